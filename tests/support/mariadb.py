@@ -1,0 +1,1 @@
+"""MariaDB started by the test harness (filled in by the scheduler work)."""

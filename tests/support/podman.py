@@ -1,0 +1,1 @@
+"""The rootless Podman host and runner image, as prepared by ./dev setup."""
