@@ -1,0 +1,50 @@
+"""The sandbox's HTTP surface: create_app(config, service) builds the Falcon app."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import falcon
+
+from sandbox.resources.health import Health, Ping, UpstreamHealth
+from sandbox.resources.run import RunPython
+
+MAX_BODY = 4 << 20
+
+
+class TokenAuth:
+    """`Authorization: Token <PYTHON_SANDBOX_AUTH_TOKEN>` on every route but the health probes."""
+
+    OPEN = frozenset({"/ping/", "/_/health", "/health", "/"})
+
+    def __init__(self, token: str) -> None:
+        self.expected = f"Token {token}".encode()
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.path in self.OPEN:
+            return
+        given = (req.get_header("Authorization") or "").encode()
+        if not hmac.compare_digest(given, self.expected):
+            raise falcon.HTTPForbidden(description="invalid or missing token")
+        if req.content_length and req.content_length > MAX_BODY:
+            raise falcon.HTTPContentTooLarge(description=f"body over {MAX_BODY} bytes")
+
+
+def json_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: Any) -> None:
+    """Every error as {"error": "..."}: what callers parse, never a traceback."""
+    resp.status = exc.status
+    resp.media = {"error": exc.description or exc.title}
+    for name, value in (exc.headers or {}).items():
+        resp.set_header(name, value)
+
+
+def create_app(auth_token: str, service: Any, health: Any) -> falcon.App:
+    app = falcon.App(middleware=[TokenAuth(auth_token)])
+    app.add_error_handler(falcon.HTTPError, json_error)
+    app.add_route("/function/run-python", RunPython(service))
+    app.add_route("/ping/", Ping())
+    app.add_route("/", Ping())
+    app.add_route("/_/health", UpstreamHealth())
+    app.add_route("/health", Health(health))
+    return app

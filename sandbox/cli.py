@@ -1,0 +1,104 @@
+"""seatable-sandbox: set up the rootless host, build the runner image, serve the sandbox API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from sandbox.errors import SetupError
+
+
+def cmd_host_setup(args: argparse.Namespace) -> int:
+    from sandbox.host import setup_host
+
+    report = setup_host(args.user)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    elif not args.quiet:
+        print(f"sandbox user      {report.user}")
+        print(f"podman socket     {report.socket}")
+        print(f"OCI runtime       {report.runtime}")
+        print(f"storage driver    {report.storage_driver}")
+        print(f"cgroups           {report.cgroup_version} (controllers: {', '.join(report.cgroup_controllers) or 'none'})")
+        print("limits            " + ", ".join(f"{k}: {v}" for k, v in report.limits.items()))
+        print(f"seccomp           {'yes' if report.seccomp else 'NO'}")
+        for note in report.notes:
+            print(f"note              {note}")
+    return 0
+
+
+def cmd_build_runner(args: argparse.Namespace) -> int:
+    from sandbox.host import lookup_user
+    from sandbox.image import Recipe, RunnerImageBuilder
+
+    recipe = Recipe.packaged(requirements=args.requirements, extra_packages=tuple(args.extra_package))
+    builder = RunnerImageBuilder(lookup_user(args.user), recipe, cache_dir=args.cache_dir, quiet=args.quiet)
+    tag = builder.build(force=args.force)
+    print(tag)
+    return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from sandbox.image import default_image
+
+    print(default_image())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from sandbox.server import serve
+
+    serve()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sandbox.host import DEFAULT_USER
+    from sandbox.image import DEFAULT_CACHE
+
+    parser = argparse.ArgumentParser(prog="seatable-sandbox", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+    p = sub.add_parser("host-setup", help="create the sandbox user and start its rootless Podman API")
+    p.add_argument("--user", default=DEFAULT_USER)
+    p.add_argument("--json", action="store_true", help="print the capability report as JSON")
+    p.add_argument("--quiet", action="store_true")
+    commands["host-setup"] = cmd_host_setup
+
+    p = sub.add_parser("build-runner", help="build the runner image offline and import it")
+    p.add_argument("--user", default=DEFAULT_USER)
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--requirements", type=Path, help="replace the packaged runner requirements")
+    p.add_argument("--extra-package", action="append", default=[], help="another Debian package")
+    p.add_argument("--force", action="store_true", help="rebuild even when the image exists")
+    p.add_argument("--quiet", action="store_true")
+    commands["build-runner"] = cmd_build_runner
+
+    sub.add_parser("image", help="print the runner image tag this installation uses")
+    commands["image"] = cmd_image
+
+    sub.add_parser("serve", help="serve the sandbox API under gunicorn (as the sandbox user)")
+    commands["serve"] = cmd_serve
+
+    parser.set_defaults(commands=commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.commands[args.command](args)
+    except SetupError as exc:
+        print(f"seatable-sandbox {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Sandbox configuration, read once from the environment (upstream's names where it had them)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# name, default, meaning: the README's configuration table is checked against this list.
+VARIABLES: list[tuple[str, str, str]] = [
+    ("PYTHON_SANDBOX_AUTH_TOKEN", "(required)", "token the dispatcher sends as `Authorization: Token …`"),
+    ("PYTHON_SANDBOX_BIND", "127.0.0.1:8088", "address the sandbox API listens on"),
+    ("PYTHON_SANDBOX_PODMAN_URL", "unix:///run/user/<uid>/podman/podman.sock", "the sandbox user's Podman API"),
+    ("PYTHON_SANDBOX_NODE_NAME", "<hostname>", "label on this node's containers; orphans are found by it"),
+    ("PYTHON_SANDBOX_STATE_DIR", "~/.local/state/seatable-sandbox", "outbox and ledger (SQLite)"),
+    ("PYTHON_SCHEDULER_URL", "http://127.0.0.1:5055", "where running and result callbacks go"),
+    ("PYTHON_SCHEDULER_AUTH_TOKEN", "(required)", "token sent with the callbacks"),
+    ("PYTHON_RUNNER_IMAGE", "localhost/seatable-python-runner:<recipe hash>", "runner image"),
+    ("PYTHON_STARTER_THREAD_COUNT", "10", "runs at once (slots); more get 429"),
+    ("PYTHON_PROCESS_TIMEOUT", "60", "wall-time limit per run, seconds"),
+    ("PYTHON_RUNNER_CONTAINER_MEMORY", "1g", "memory limit (cgroup, or RLIMIT_AS as the fallback)"),
+    ("PYTHON_RUNNER_CONTAINER_PIDS", "256", "process/thread limit (cgroup pids, or RLIMIT_NPROC)"),
+    ("PYTHON_RUNNER_CONTAINER_CPUS", "", "CPU limit in cores where cgroups are delegated; empty = none"),
+    ("PYTHON_RUNNER_OUTPUT_LIMIT", "1000000", "characters of output kept; the runner is killed past it"),
+    ("PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", "104857600", "size of the runner's /tmp"),
+    ("PYTHON_RUNNER_NETWORK", "none", "runner network: none (no interface)"),
+    ("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "", "replaces scheme and host of script URLs"),
+    ("TIME_ZONE", "UTC", "TZ inside the runner"),
+    ("PYTHON_SANDBOX_SECCOMP_PROFILE", "(packaged profile)", "Podman seccomp profile for runners"),
+]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Docker-style sizes: 512m, 1g, 1048576."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r}")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    auth_token: str
+    scheduler_url: str
+    scheduler_token: str
+    bind: str = "127.0.0.1:8088"
+    podman_url: str = ""
+    node_name: str = "sandbox"
+    state_dir: Path = Path("/tmp/seatable-sandbox")
+    image: str = ""
+    slots: int = 10
+    timeout: int = 60
+    memory: int = 1 << 30
+    pids: int = 256
+    cpus: float = 0.0
+    output_limit: int = 1_000_000
+    tmpfs_size: int = 100 << 20
+    network: str = "none"
+    alternative_file_server_root: str = ""
+    time_zone: str = "UTC"
+    seccomp_profile: str = ""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> SandboxConfig:
+        env = dict(os.environ if env is None else env)
+        missing = [k for k in ("PYTHON_SANDBOX_AUTH_TOKEN", "PYTHON_SCHEDULER_AUTH_TOKEN") if not env.get(k)]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} must be set")
+        home = Path(env.get("HOME", "/tmp"))
+        network = env.get("PYTHON_RUNNER_NETWORK", "none")
+        if network not in ("none",):
+            raise ValueError(f"PYTHON_RUNNER_NETWORK={network!r} is not supported (use none)")
+        return cls(
+            auth_token=env["PYTHON_SANDBOX_AUTH_TOKEN"],
+            scheduler_url=env.get("PYTHON_SCHEDULER_URL", "http://127.0.0.1:5055").rstrip("/"),
+            scheduler_token=env["PYTHON_SCHEDULER_AUTH_TOKEN"],
+            bind=env.get("PYTHON_SANDBOX_BIND", "127.0.0.1:8088"),
+            podman_url=env.get("PYTHON_SANDBOX_PODMAN_URL")
+            or f"unix:///run/user/{os.getuid()}/podman/podman.sock",
+            node_name=env.get("PYTHON_SANDBOX_NODE_NAME") or os.uname().nodename,
+            state_dir=Path(env.get("PYTHON_SANDBOX_STATE_DIR") or home / ".local/state/seatable-sandbox"),
+            image=env.get("PYTHON_RUNNER_IMAGE", ""),
+            slots=_positive(env, "PYTHON_STARTER_THREAD_COUNT", 10),
+            timeout=_positive(env, "PYTHON_PROCESS_TIMEOUT", 60),
+            memory=parse_size(env.get("PYTHON_RUNNER_CONTAINER_MEMORY") or "1g"),
+            pids=_positive(env, "PYTHON_RUNNER_CONTAINER_PIDS", 256),
+            cpus=float(env.get("PYTHON_RUNNER_CONTAINER_CPUS") or 0),
+            output_limit=_positive(env, "PYTHON_RUNNER_OUTPUT_LIMIT", 1_000_000),
+            tmpfs_size=_positive(env, "PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", 100 << 20),
+            network=network,
+            alternative_file_server_root=env.get("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "").rstrip("/"),
+            time_zone=env.get("TIME_ZONE") or "UTC",
+            seccomp_profile=env.get("PYTHON_SANDBOX_SECCOMP_PROFILE", ""),
+        )
+
+
+def _positive(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, not {value}")
+    return value

@@ -1,0 +1,195 @@
+"""ContainerDriver: one script, one single-use runner container, through the Podman API.
+
+The job (script, input, environment with the API token) goes in over the attach stream,
+so it is never part of the container's configuration and never touches the host's disk.
+Output streams back through the same connection and is capped as it arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox import texts
+from sandbox.limits import Enforcement, RunnerLimits, human_size
+from sandbox.output import OutputCap
+from sandbox.podman_api import STDERR, PodmanAPI, PodmanError
+
+log = logging.getLogger(__name__)
+
+LABEL = "io.seatable.sandbox"
+LABEL_SCRIPT = "io.seatable.script-id"
+TRAILER = b"\x00seatable-runner-exit "
+EXIT_OUT_OF_MEMORY = 137
+TIMEOUT_RETURN_CODE = -1  # upstream's return code for a run stopped by the time limit
+
+
+@dataclass(frozen=True)
+class Job:
+    script_id: int
+    script: str
+    input: str
+    env: dict[str, str]
+
+    def line(self) -> bytes:
+        return json.dumps({"script": self.script, "input": self.input, "env": self.env}).encode() + b"\n"
+
+
+@dataclass
+class RunResult:
+    return_code: int | None
+    output: str
+    started_at: float
+    spend_time: float
+    outcome: str  # exited, timeout, output_limit, out_of_memory, signal, error, lost, fetch_failed
+
+    @property
+    def success(self) -> bool:
+        return self.outcome == "exited" and self.return_code == 0
+
+    def body(self, script_id: int) -> dict[str, object]:
+        """upstream's /script-result/ body."""
+        return {
+            "script_id": script_id,
+            "success": self.success,
+            "return_code": self.return_code,
+            "output": self.output,
+            "started_at": self.started_at,
+            "spend_time": round(self.spend_time, 3),
+        }
+
+
+@dataclass
+class _Stream:
+    cap: OutputCap
+    control: bytes = b""
+    trailer_status: int | None = None
+
+    def take(self, kind: int, data: bytes) -> bool:
+        """Route one frame; True when the output cap is reached."""
+        if kind == STDERR:
+            self.control += data
+            while b"\n" in self.control:
+                line, _, self.control = self.control.partition(b"\n")
+                if line.startswith(TRAILER):
+                    try:
+                        self.trailer_status = int(line[len(TRAILER):])
+                    except ValueError:
+                        pass
+                elif self.cap.feed(line + b"\n"):
+                    return True
+            return False
+        return self.cap.feed(data)
+
+
+@dataclass
+class ContainerDriver:
+    api: PodmanAPI
+    image: str
+    limits: RunnerLimits
+    enforcement: Enforcement
+    node: str
+    output_limit: int
+    seccomp_profile: str = ""
+    time_zone: str = "UTC"
+    extra_warnings: list[str] = field(default_factory=list)
+
+    def spec(self, script_id: int) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "image": self.image,
+            "name": f"seatable-run-{script_id}-{int(time.time() * 1000) % 10**9}",
+            "command": self.limits.entrypoint_args(self.enforcement),
+            "user": "1000:1000",
+            "read_only_filesystem": True,
+            "mounts": [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                        "options": ["rw", "nosuid", "nodev", f"size={self.limits.tmpfs_size}"]}],
+            "cap_drop": ["ALL"],
+            "no_new_privileges": True,
+            "netns": {"nsmode": "none"},
+            "labels": {LABEL: self.node, LABEL_SCRIPT: str(script_id)},
+            "stdin": True,
+            "terminal": False,
+            "r_limits": self.limits.r_limits(),
+            "resource_limits": self.limits.resource_limits(self.enforcement),
+            # Output arrives over attach; no log file of it on the host's disk.
+            "log_configuration": {"driver": "none"},
+            "hostname": "runner",
+            "oom_score_adj": 1000,
+        }
+        if self.seccomp_profile:
+            spec["seccomp_profile_path"] = self.seccomp_profile
+        return spec
+
+    def run(self, job: Job, timeout: int, on_container: Callable[[str], None],
+            on_started: Callable[[float], None]) -> RunResult:
+        cap = OutputCap(self.output_limit)
+        created = self.api.create(self.spec(job.script_id))
+        container = created.id
+        on_container(container)
+        for warning in created.warnings:
+            if warning not in self.extra_warnings:
+                self.extra_warnings.append(warning)
+        try:
+            stream = self.api.attach(container)
+            try:
+                self.api.start(container)
+                started_at = time.time()
+                clock = time.monotonic()
+                on_started(started_at)
+                stream.send(job.line())
+                outcome, state = self._pump(stream, cap, container, clock + timeout)
+            finally:
+                stream.close()
+            spend = time.monotonic() - clock
+            return self._result(container, outcome, state, cap, started_at, spend, timeout)
+        except BaseException:
+            self.cleanup(container)
+            raise
+
+    def _pump(self, stream: Any, cap: OutputCap, container: str, deadline: float) -> tuple[str, _Stream]:
+        state = _Stream(cap)
+        for frame in stream.frames(deadline):
+            if frame is None:
+                self.api.kill(container)
+                return "timeout", state
+            if state.take(*frame):
+                self.api.kill(container)
+                return "output_limit", state
+        return "exited", state
+
+    def _result(self, container: str, outcome: str, state: _Stream, cap: OutputCap,
+                started_at: float, spend: float, timeout: int) -> RunResult:
+        output = cap.text()
+        if outcome == "timeout":
+            return RunResult(TIMEOUT_RETURN_CODE, output + texts.notice(texts.TIME_LIMIT.format(seconds=timeout)),
+                             started_at, spend, "timeout")
+        code = state.trailer_status
+        oom_killed = False
+        if code is None or outcome == "output_limit":
+            code = self.api.wait(container)
+            oom_killed = bool(self.api.inspect(container).get("State", {}).get("OOMKilled"))
+        if outcome == "output_limit":
+            return RunResult(code, output + texts.notice(texts.OUTPUT_LIMIT.format(limit=self.output_limit)),
+                             started_at, spend, "output_limit")
+        if oom_killed or code == EXIT_OUT_OF_MEMORY:
+            # 137 without our kill: the OOM killer, or the entrypoint's MemoryError under RLIMIT_AS.
+            text = texts.OUT_OF_MEMORY.format(limit=human_size(self.limits.memory))
+            return RunResult(EXIT_OUT_OF_MEMORY, output + texts.notice(text), started_at, spend, "out_of_memory")
+        if state.trailer_status is None and code > 128:
+            text = texts.KILLED_BY_SIGNAL.format(signal=code - 128)
+            return RunResult(code, output + texts.notice(text), started_at, spend, "signal")
+        return RunResult(code, output, started_at, spend, "exited")
+
+    def cleanup(self, container: str) -> None:
+        try:
+            self.api.remove(container)
+        except PodmanError as exc:
+            log.warning("could not remove container %s: %s", container[:12], exc)
+
+    def orphans(self) -> list[str]:
+        """Containers of this node that no run owns (left by a crash)."""
+        return [c["Id"] for c in self.api.labelled(f"{LABEL}={self.node}")]

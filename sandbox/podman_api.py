@@ -1,0 +1,178 @@
+"""The few libpod calls the sandbox needs, over the rootless user's API socket.
+
+podman-py carries the ordinary calls; create is posted as raw JSON so that the response's
+status and warnings (dropped limits) are not thrown away, and attach, which podman-py does
+not implement, is spoken here over the socket directly.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlparse
+
+from podman import PodmanClient
+from podman.errors import APIError, NotFound
+
+API_PREFIX = "/v4.0.0/libpod"
+STDOUT, STDERR = 1, 2
+
+
+class PodmanError(Exception):
+    """A libpod call failed; the message is safe to show (no job data in it)."""
+
+
+@dataclass(frozen=True)
+class Created:
+    id: str
+    warnings: list[str]
+
+
+class AttachStream:
+    """A container's multiplexed stdin/stdout/stderr after the HTTP upgrade."""
+
+    def __init__(self, sock: socket.socket, buffered: bytes) -> None:
+        self.sock = sock
+        self.buffer = buffered
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def frames(self, deadline: float) -> Iterator[tuple[int, bytes] | None]:
+        """Yield (stream, payload) frames until EOF; yield None when the deadline has passed."""
+        while True:
+            while len(self.buffer) >= 8:
+                kind, size = struct.unpack(">BxxxI", self.buffer[:8])
+                if len(self.buffer) < 8 + size:
+                    break
+                payload = self.buffer[8:8 + size]
+                self.buffer = self.buffer[8 + size:]
+                yield kind, payload
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                yield None
+                continue
+            ready, _, _ = select.select([self.sock], [], [], remaining)
+            if not ready:
+                continue
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return
+            self.buffer += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class PodmanAPI:
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme != "unix":
+            raise ValueError(f"only unix:// Podman sockets are supported, not {url!r}")
+        self.socket_path = parsed.path
+        self.client = PodmanClient(base_url=url, timeout=timeout)
+        self.timeout = timeout
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except Exception:
+            return False
+
+    def version(self) -> str:
+        return str(self.client.version().get("Version", ""))
+
+    def create(self, spec: dict[str, Any]) -> Created:
+        response = self.client.api.post(
+            "/containers/create", data=json.dumps(spec), headers={"content-type": "application/json"}
+        )
+        body = _json(response)
+        if response.status_code != 201 or "Id" not in body:
+            raise PodmanError(f"create failed ({response.status_code}): {body.get('message', body)}")
+        return Created(id=body["Id"], warnings=list(body.get("Warnings") or []))
+
+    def attach(self, container: str) -> AttachStream:
+        """Attach before start so no output is missed; stdin stays open for the job."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        path = f"{API_PREFIX}/containers/{quote(container)}/attach?stdin=true&stdout=true&stderr=true&stream=true"
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+            "Content-Length: 0\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                sock.close()
+                raise PodmanError("attach: connection closed before the upgrade")
+            head += chunk
+        header, _, rest = head.partition(b"\r\n\r\n")
+        status = header.split(b"\r\n", 1)[0]
+        if b" 101 " not in status and b" 200 " not in status:
+            sock.close()
+            raise PodmanError(f"attach refused: {status.decode(errors='replace')}")
+        sock.settimeout(None)
+        return AttachStream(sock, rest)
+
+    def start(self, container: str) -> None:
+        response = self.client.api.post(f"/containers/{quote(container)}/start")
+        if response.status_code not in (204, 304):
+            raise PodmanError(f"start failed ({response.status_code}): {_json(response).get('message', '')}")
+
+    def wait(self, container: str) -> int:
+        response = self.client.api.post(
+            f"/containers/{quote(container)}/wait", params={"condition": "exited", "interval": "5ms"}
+        )
+        if response.status_code != 200:
+            raise PodmanError(f"wait failed ({response.status_code})")
+        return int(response.text.strip())
+
+    def kill(self, container: str, signal: str = "KILL") -> None:
+        # 409: already stopped, which is what we wanted.
+        self.client.api.post(f"/containers/{quote(container)}/kill", params={"signal": signal})
+
+    def inspect(self, container: str) -> dict[str, Any]:
+        response = self.client.api.get(f"/containers/{quote(container)}/json")
+        if response.status_code != 200:
+            raise PodmanError(f"inspect failed ({response.status_code})")
+        result: dict[str, Any] = response.json()
+        return result
+
+    def remove(self, container: str) -> None:
+        try:
+            self.client.containers.remove(container, force=True, v=True)
+        except NotFound:
+            pass
+        except APIError as exc:
+            raise PodmanError(f"remove failed: {exc.explanation or exc}") from None
+
+    def labelled(self, label: str) -> list[dict[str, Any]]:
+        response = self.client.api.get(
+            "/containers/json", params={"all": "true", "filters": json.dumps({"label": [label]})}
+        )
+        if response.status_code != 200:
+            raise PodmanError(f"list failed ({response.status_code})")
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def image_exists(self, image: str) -> bool:
+        return bool(self.client.images.exists(image))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _json(response: Any) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"message": response.text[:200]}
+    return body if isinstance(body, dict) else {"message": str(body)[:200]}

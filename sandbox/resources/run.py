@@ -1,0 +1,78 @@
+"""POST /function/run-python: the upstream starter's path, accepting one run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+from falcon.media.validators import jsonschema
+
+from sandbox.runs import Busy, Duplicate, RunRequest, RunService
+
+SCRIPT_MAX_BYTES = 1 << 20
+
+
+def _no_nul(value: Any, where: str = "body") -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise falcon.HTTPBadRequest(description=f"NUL byte in {where}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key, where)
+            _no_nul(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            _no_nul(item, where)
+
+
+class RunPython:
+    """Accept a run and answer at once; the result goes to the scheduler's callbacks.
+
+    202 {"accepted": true}; 400 bad body; 403 bad token; 409 script_id already here;
+    429 every slot busy (with Retry-After).
+    """
+
+    SCHEMA = {
+        "type": "object",
+        "required": ["script_id", "env"],
+        "properties": {
+            "script_id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+            "script_url": {"type": "string", "minLength": 1, "maxLength": 8192, "pattern": "^https?://"},
+            "script_content": {"type": "string", "maxLength": SCRIPT_MAX_BYTES},
+            "dtable_uuid": {"type": "string", "maxLength": 64},
+            "env": {
+                "type": "object",
+                "maxProperties": 64,
+                "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"},
+                "additionalProperties": {"type": "string", "maxLength": 65536},
+            },
+            "context_data": {"type": ["object", "string", "null"]},
+        },
+        "anyOf": [{"required": ["script_url"]}, {"required": ["script_content"]}],
+    }
+
+    def __init__(self, service: RunService) -> None:
+        self.service = service
+
+    @jsonschema.validate(req_schema=SCHEMA)
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = req.get_media()
+        _no_nul(body)
+        content = body.get("script_content")
+        if content is not None and len(content.encode()) > SCRIPT_MAX_BYTES:
+            raise falcon.HTTPBadRequest(description=f"script over {SCRIPT_MAX_BYTES} bytes")
+        request = RunRequest(
+            script_id=body["script_id"],
+            env=body["env"],
+            context_data=body.get("context_data"),
+            script_content=content,
+            script_url=body.get("script_url") if content is None else None,
+        )
+        try:
+            self.service.submit(request)
+        except Duplicate:
+            raise falcon.HTTPConflict(description=f"script_id {request.script_id} is already here") from None
+        except Busy:
+            raise falcon.HTTPTooManyRequests(description="every slot is busy", retry_after=1) from None
+        resp.status = falcon.HTTP_202
+        resp.media = {"accepted": True}

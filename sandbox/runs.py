@@ -1,0 +1,180 @@
+"""RunService: slots, script fetch, one driver run per request, results into the outbox.
+
+Knows nothing of HTTP. Every accepted run ends with exactly one result in the outbox,
+whatever fails on the way; a crash is caught by the outbox's ledger on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from sandbox import texts
+from sandbox.driver import Job, RunResult
+
+log = logging.getLogger(__name__)
+SCRIPT_FETCH_TIMEOUT = 60
+SCRIPT_MAX_BYTES = 1 << 20
+
+
+class Busy(Exception):
+    """Every slot is taken."""
+
+
+class Duplicate(Exception):
+    """This script_id is already held here."""
+
+
+class Driver(Protocol):
+    def run(self, job: Job, timeout: int, on_container: Any, on_started: Any) -> RunResult: ...
+    def cleanup(self, container: str) -> None: ...
+    def orphans(self) -> list[str]: ...
+
+
+class Ledger(Protocol):
+    def run_accepted(self, script_id: int) -> bool: ...
+    def run_container(self, script_id: int, container: str) -> None: ...
+    def running(self, script_id: int, started_at: float) -> None: ...
+    def result(self, script_id: int, body: dict[str, object]) -> None: ...
+    def in_flight(self) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    script_id: int
+    env: dict[str, str]
+    context_data: Any = None
+    script_content: str | None = None
+    script_url: str | None = None
+
+
+@dataclass
+class RunService:
+    driver: Driver
+    outbox: Ledger
+    slots: int
+    timeout: int
+    time_zone: str = "UTC"
+    alternative_file_server_root: str = ""
+    _active: set[int] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pool: ThreadPoolExecutor | None = None
+    finished: int = 0
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="run")
+
+    @property
+    def busy(self) -> int:
+        return len(self._active)
+
+    def submit(self, request: RunRequest) -> None:
+        with self._lock:
+            if request.script_id in self._active:
+                raise Duplicate(request.script_id)
+            if len(self._active) >= self.slots:
+                raise Busy()
+            if not self.outbox.run_accepted(request.script_id):
+                raise Duplicate(request.script_id)
+            self._active.add(request.script_id)
+        assert self._pool is not None
+        self._pool.submit(self._run, request)
+
+    def _run(self, request: RunRequest) -> None:
+        container = ""
+
+        def remember(name: str) -> None:
+            nonlocal container
+            container = name
+            self.outbox.run_container(request.script_id, name)
+
+        try:
+            result = self._execute(request, remember)
+        except Exception as exc:  # a failure of one run never stops the service
+            log.exception("run %s failed in the sandbox", request.script_id)
+            result = RunResult(None, texts.SANDBOX_ERROR.format(reason=_reason(exc)), time.time(), 0.0, "error")
+        try:
+            self.outbox.result(request.script_id, result.body(request.script_id))
+        finally:
+            with self._lock:
+                self._active.discard(request.script_id)
+                self.finished += 1
+            if container:
+                self.driver.cleanup(container)
+
+    def _execute(self, request: RunRequest, remember: Any) -> RunResult:
+        script = self._script(request)
+        if isinstance(script, RunResult):
+            return script
+        job = Job(request.script_id, script, _input_text(request.context_data), self._env(request.env))
+        return self.driver.run(job, self.timeout, remember,
+                               lambda started: self.outbox.running(request.script_id, started))
+
+    def _script(self, request: RunRequest) -> str | RunResult:
+        if request.script_content is not None:
+            return request.script_content
+        if not request.script_url:
+            return RunResult(None, texts.SCRIPT_URL_MISSING, time.time(), 0.0, "fetch_failed")
+        url = self._rewrite(request.script_url)
+        try:
+            response = requests.get(url, timeout=SCRIPT_FETCH_TIMEOUT, stream=True)
+            body = response.raw.read(SCRIPT_MAX_BYTES + 1, decode_content=True)
+            response.close()
+        except requests.RequestException as exc:
+            log.warning("run %s: script fetch failed: %s", request.script_id, type(exc).__name__)
+            return RunResult(None, texts.FAIL_TO_GET_SCRIPT, time.time(), 0.0, "fetch_failed")
+        if response.status_code != 200 or len(body) > SCRIPT_MAX_BYTES:
+            return RunResult(None, texts.FAIL_TO_GET_SCRIPT, time.time(), 0.0, "fetch_failed")
+        return body.decode("utf-8", errors="replace")
+
+    def _rewrite(self, url: str) -> str:
+        """PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT replaces the URL's scheme and host."""
+        if not self.alternative_file_server_root:
+            return url
+        root = urlsplit(self.alternative_file_server_root)
+        parts = urlsplit(url)
+        path = root.path.rstrip("/") + parts.path
+        return urlunsplit((root.scheme, root.netloc, path, parts.query, ""))
+
+    def _env(self, env: dict[str, str]) -> dict[str, str]:
+        return {**env, "is_cloud": "1", "TZ": self.time_zone}
+
+    def recover(self) -> int:
+        """After a crash: end what was in flight as lost, remove its containers and other orphans."""
+        lost = 0
+        for entry in self.outbox.in_flight():
+            if entry.container:
+                self.driver.cleanup(entry.container)
+            self.outbox.result(entry.script_id, RunResult(
+                None, texts.SANDBOX_LOST, entry.accepted_at, 0.0, "lost").body(entry.script_id))
+            lost += 1
+        for container in self.driver.orphans():
+            self.driver.cleanup(container)
+        return lost
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait)
+
+
+def _input_text(context_data: Any) -> str:
+    """What upstream writes to the runner's input file: the context as JSON."""
+    import json
+
+    if context_data is None:
+        return ""
+    if isinstance(context_data, str):
+        return context_data
+    return json.dumps(context_data)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
