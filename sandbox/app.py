@@ -42,6 +42,8 @@ def json_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError
 def create_app(auth_token: str, service: Any, health: Any) -> falcon.App:
     app = falcon.App(middleware=[TokenAuth(auth_token)])
     app.add_error_handler(falcon.HTTPError, json_error)
+    # JSON only: a form body would otherwise parse into something schema-shaped but wrong.
+    app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: falcon.media.JSONHandler()})
     app.add_route("/function/run-python", RunPython(service))
     app.add_route("/ping/", Ping())
     app.add_route("/", Ping())

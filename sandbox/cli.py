@@ -36,7 +36,7 @@ def cmd_build_runner(args: argparse.Namespace) -> int:
 
     recipe = Recipe.packaged(requirements=args.requirements, extra_packages=tuple(args.extra_package))
     builder = RunnerImageBuilder(lookup_user(args.user), recipe, cache_dir=args.cache_dir, quiet=args.quiet)
-    tag = builder.build(force=args.force)
+    tag = builder.build(force=args.force, prune=args.prune)
     print(tag)
     return 0
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requirements", type=Path, help="replace the packaged runner requirements")
     p.add_argument("--extra-package", action="append", default=[], help="another Debian package")
     p.add_argument("--force", action="store_true", help="rebuild even when the image exists")
+    p.add_argument("--prune", action="store_true", help="remove images and tarballs of other recipes")
     p.add_argument("--quiet", action="store_true")
     commands["build-runner"] = cmd_build_runner
 

@@ -25,6 +25,7 @@ LABEL = "io.seatable.sandbox"
 LABEL_SCRIPT = "io.seatable.script-id"
 TRAILER = b"\x00seatable-runner-exit "
 EXIT_OUT_OF_MEMORY = 137
+KILLED = 137  # what a container we stopped with SIGKILL exits with
 TIMEOUT_RETURN_CODE = -1  # upstream's return code for a run stopped by the time limit
 
 
@@ -141,23 +142,24 @@ class ContainerDriver:
                 clock = time.monotonic()
                 on_started(started_at)
                 stream.send(job.line())
-                outcome, state = self._pump(stream, cap, container, clock + timeout)
+                outcome, state = self._pump(stream, cap, clock + timeout)
             finally:
+                # Before any kill: conmon blocks on an attach socket nobody reads.
                 stream.close()
             spend = time.monotonic() - clock
+            if outcome != "exited":
+                self.api.kill(container)
             return self._result(container, outcome, state, cap, started_at, spend, timeout)
         except BaseException:
             self.cleanup(container)
             raise
 
-    def _pump(self, stream: Any, cap: OutputCap, container: str, deadline: float) -> tuple[str, _Stream]:
+    def _pump(self, stream: Any, cap: OutputCap, deadline: float) -> tuple[str, _Stream]:
         state = _Stream(cap)
         for frame in stream.frames(deadline):
             if frame is None:
-                self.api.kill(container)
                 return "timeout", state
             if state.take(*frame):
-                self.api.kill(container)
                 return "output_limit", state
         return "exited", state
 
@@ -167,14 +169,14 @@ class ContainerDriver:
         if outcome == "timeout":
             return RunResult(TIMEOUT_RETURN_CODE, output + texts.notice(texts.TIME_LIMIT.format(seconds=timeout)),
                              started_at, spend, "timeout")
+        if outcome == "output_limit":
+            return RunResult(KILLED, output + texts.notice(texts.OUTPUT_LIMIT.format(limit=self.output_limit)),
+                             started_at, spend, "output_limit")
         code = state.trailer_status
         oom_killed = False
-        if code is None or outcome == "output_limit":
+        if code is None:
             code = self.api.wait(container)
             oom_killed = bool(self.api.inspect(container).get("State", {}).get("OOMKilled"))
-        if outcome == "output_limit":
-            return RunResult(code, output + texts.notice(texts.OUTPUT_LIMIT.format(limit=self.output_limit)),
-                             started_at, spend, "output_limit")
         if oom_killed or code == EXIT_OUT_OF_MEMORY:
             # 137 without our kill: the OOM killer, or the entrypoint's MemoryError under RLIMIT_AS.
             text = texts.OUT_OF_MEMORY.format(limit=human_size(self.limits.memory))

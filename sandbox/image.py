@@ -111,7 +111,7 @@ class RunnerImageBuilder:
     def image_exists(self) -> bool:
         return self.user.run(["podman", "image", "exists", self.recipe.tag]).returncode == 0
 
-    def build(self, force: bool = False) -> str:
+    def build(self, force: bool = False, prune: bool = False) -> str:
         """Return the image tag, building only what is missing."""
         progress = Progress(total=6, quiet=self.quiet)
         self._check_tools()
@@ -128,7 +128,8 @@ class RunnerImageBuilder:
             else:
                 progress(f"root filesystem {tarball.name} is cached")
             self._import(tarball, progress)
-            self._prune(tarball)
+            if prune:
+                self._prune(tarball)
             progress("done")
         return self.recipe.tag
 
@@ -229,7 +230,7 @@ class RunnerImageBuilder:
         self.user.run(["podman", "tag", self.recipe.tag, f"{IMAGE_NAME}:latest"])
 
     def _prune(self, keep: Path) -> None:
-        """Keep the newest tarball only; drop images of older recipes."""
+        """Keep the newest tarball only; drop images of other recipes (a running sandbox may use one)."""
         for old in self.cache_dir.glob("rootfs-*.tar"):
             if old != keep:
                 old.unlink()

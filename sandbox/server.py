@@ -44,7 +44,7 @@ class Sandbox:
             "slots": {"total": self.config.slots, "busy": busy, "free": self.config.slots - busy},
             "image": self.driver.image,
             "limits": {**self.driver.enforcement.as_dict(), "memory_bytes": self.config.memory,
-                       "pids": self.config.pids, "timeout_s": self.config.timeout,
+                       "pids_limit": self.config.pids, "timeout_s": self.config.timeout,
                        "output_chars": self.config.output_limit, "network": self.config.network},
             "podman_warnings": list(self.driver.extra_warnings),
             "outbox": {"pending": self.outbox.pending(), "in_flight": self.service.busy},

@@ -1,1 +1,250 @@
-"""The rootless Podman host and runner image, as prepared by ./dev setup."""
+"""The rootless Podman host and runner image (prepared by ./dev setup), and the sandbox service.
+
+The sandbox runs as the unprivileged sandbox user from the installed virtualenv, exactly as
+in production; tests talk to it over real HTTP and receive its callbacks on a real server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from sandbox.host import DEFAULT_USER, SandboxUser, lookup_user, socket_alive, start_api_service
+from sandbox.image import default_image
+from sandbox.podman_api import PodmanAPI
+
+VENV_BIN = Path(os.environ.get("SEATABLE_PIPELINE_PREFIX", "/opt/seatable-pipeline")) / "venv" / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def sandbox_user() -> SandboxUser:
+    user = lookup_user(DEFAULT_USER)
+    if not socket_alive(user):
+        start_api_service(user)  # a previous test run or session may have stopped it
+    return user
+
+
+@pytest.fixture(scope="session")
+def podman(sandbox_user: SandboxUser) -> Iterator[PodmanAPI]:
+    api = PodmanAPI(sandbox_user.socket_url)
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def runner_image(podman: PodmanAPI) -> str:
+    image = default_image()
+    assert podman.image_exists(image), f"{image} missing: ./dev setup builds it"
+    return image
+
+
+# --- a scheduler stand-in that records the sandbox's callbacks --------------------------
+
+@dataclass
+class Callback:
+    path: str
+    auth: str
+    body: dict[str, Any]
+
+
+@dataclass
+class CallbackReceiver:
+    """A real HTTP server for /script-running-callback/ and /script-result/; can go down and up."""
+
+    port: int = field(default_factory=free_port)
+    received: list[Callback] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with receiver._cond:
+                    receiver.received.append(Callback(self.path, self.headers.get("Authorization", ""), body))
+                    receiver._cond.notify_all()
+                payload = b'{"success": true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def results(self) -> dict[int, dict[str, Any]]:
+        with self._cond:
+            return {c.body["script_id"]: c.body for c in self.received if c.path == "/script-result/"}
+
+    def result(self, script_id: int, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for c in self.received:
+                    if c.path == "/script-result/" and c.body.get("script_id") == script_id:
+                        return c.body
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no result for script {script_id} within {timeout} s")
+                self._cond.wait(remaining)
+
+
+@pytest.fixture
+def receiver() -> Iterator[CallbackReceiver]:
+    rec = CallbackReceiver()
+    rec.start()
+    yield rec
+    rec.stop()
+
+
+# --- the sandbox service, as the sandbox user --------------------------------------------
+
+@dataclass
+class SandboxProcess:
+    user: SandboxUser
+    env: dict[str, str]
+    port: int
+    state_dir: Path
+    token: str = "sandbox-test-token"
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.log_path = self.state_dir.parent / f"sandbox-{int(time.time() * 1000)}.log"
+        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen(
+            self.user.command([str(VENV_BIN / "seatable-sandbox"), "serve"]),
+            env={**self.user.env(), **self.env}, cwd="/", stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"sandbox exited at start:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/ping/", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:  # not listening yet, or the worker still booting
+                time.sleep(0.1)
+        raise AssertionError(f"sandbox did not answer within 30 s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def worker_pid(self) -> int:
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        # runuser -> gunicorn master -> worker
+        for pid in children:
+            grand = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if grand:
+                return int(grand[0])
+        raise AssertionError("no gunicorn worker found")
+
+    def post(self, body: Any, token: str | None = None, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Token {self.token if token is None else token}"}
+        return requests.post(self.url + "/function/run-python", json=body, headers=headers, timeout=10, **kwargs)
+
+    def run(self, script_id: int, script: str, env: dict[str, str] | None = None,
+            context: Any = None) -> requests.Response:
+        return self.post({"script_id": script_id, "script_content": script, "env": env or {},
+                          "context_data": context})
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = requests.get(self.url + "/health", timeout=10).json()
+        return result
+
+
+@pytest.fixture
+def sandbox_factory(sandbox_user: SandboxUser, runner_image: str, receiver: CallbackReceiver,
+                    ) -> Iterator[Any]:
+    started: list[SandboxProcess] = []
+    base = Path(tempfile.mkdtemp(prefix="sandbox-test-"))
+    base.chmod(0o755)
+
+    def make(**overrides: str) -> SandboxProcess:
+        state = base / f"state-{len(started)}"
+        state.mkdir()
+        os.chown(state, sandbox_user.uid, sandbox_user.gid)
+        port = free_port()
+        env = {
+            "PYTHON_SANDBOX_AUTH_TOKEN": "sandbox-test-token",
+            "PYTHON_SCHEDULER_URL": receiver.url,
+            "PYTHON_SCHEDULER_AUTH_TOKEN": "scheduler-test-token",
+            "PYTHON_SANDBOX_BIND": f"127.0.0.1:{port}",
+            "PYTHON_SANDBOX_STATE_DIR": str(state),
+            "PYTHON_SANDBOX_NODE_NAME": f"test-{port}",
+            "PYTHON_PROCESS_TIMEOUT": "5",
+            "PYTHON_STARTER_THREAD_COUNT": "4",
+            "PYTHON_RUNNER_CONTAINER_MEMORY": "512m",
+            **overrides,
+        }
+        proc = SandboxProcess(sandbox_user, env, port, state)
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield make
+    for proc in started:
+        proc.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def sandbox(sandbox_factory: Any) -> SandboxProcess:
+    proc: SandboxProcess = sandbox_factory()
+    return proc

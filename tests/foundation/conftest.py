@@ -1,0 +1,42 @@
+"""A ContainerDriver the foundation tests call directly (no HTTP), as the sandbox would."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+import pytest
+
+from sandbox.driver import ContainerDriver, Job, RunResult
+from sandbox.limits import RunnerLimits, detect
+from sandbox.podman_api import PodmanAPI
+from sandbox.seccomp_profile import write_profile
+
+RunFn = Callable[..., RunResult]
+
+
+@pytest.fixture(scope="session")
+def driver(podman: PodmanAPI, runner_image: str) -> ContainerDriver:
+    # Podman (the sandbox user) reads the profile: pytest's own temp dirs are root-only.
+    state = Path(tempfile.mkdtemp(prefix="seccomp-"))
+    state.chmod(0o755)
+    return ContainerDriver(
+        api=podman, image=runner_image,
+        limits=RunnerLimits(memory=512 << 20, pids=256, cpus=0, timeout=30, tmpfs_size=100 << 20),
+        enforcement=detect(podman.client.info()), node="foundation-tests", output_limit=1_000_000,
+        seccomp_profile=str(write_profile(state)),
+    )
+
+
+@pytest.fixture
+def run_script(driver: ContainerDriver) -> RunFn:
+    """Run one script in a fresh runner and remove the runner."""
+
+    def run(script: str, input: str = "", env: dict[str, str] | None = None, timeout: int = 30) -> RunResult:
+        containers: list[str] = []
+        result = driver.run(Job(1, script, input, env or {}), timeout, containers.append,
+                            lambda _started: None)
+        driver.cleanup(containers[0])
+        return result
+
+    return run

@@ -1,0 +1,1 @@
+"""Tests of the SeaTable stand-in (tests/seatable_stub), over real HTTP."""
