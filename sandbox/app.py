@@ -35,8 +35,8 @@ def json_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError
     """Every error as {"error": "..."}: what callers parse, never a traceback."""
     resp.status = exc.status
     resp.media = {"error": exc.description or exc.title}
-    for name, value in (exc.headers or {}).items():
-        resp.set_header(name, value)
+    if exc.headers:
+        resp.set_headers(exc.headers)
 
 
 def create_app(auth_token: str, service: Any, health: Any) -> falcon.App:

@@ -22,7 +22,8 @@ def cmd_host_setup(args: argparse.Namespace) -> int:
         print(f"podman socket     {report.socket}")
         print(f"OCI runtime       {report.runtime}")
         print(f"storage driver    {report.storage_driver}")
-        print(f"cgroups           {report.cgroup_version} (controllers: {', '.join(report.cgroup_controllers) or 'none'})")
+        controllers = ", ".join(report.cgroup_controllers) or "none"
+        print(f"cgroups           {report.cgroup_version} (controllers: {controllers})")
         print("limits            " + ", ".join(f"{k}: {v}" for k, v in report.limits.items()))
         print(f"seccomp           {'yes' if report.seccomp else 'NO'}")
         for note in report.notes:

@@ -50,7 +50,7 @@ class SandboxConfig:
     bind: str = "127.0.0.1:8088"
     podman_url: str = ""
     node_name: str = "sandbox"
-    state_dir: Path = Path("/tmp/seatable-sandbox")
+    state_dir: Path = Path("state")
     image: str = ""
     slots: int = 10
     timeout: int = 60
@@ -70,7 +70,7 @@ class SandboxConfig:
         missing = [k for k in ("PYTHON_SANDBOX_AUTH_TOKEN", "PYTHON_SCHEDULER_AUTH_TOKEN") if not env.get(k)]
         if missing:
             raise ValueError(f"{', '.join(missing)} must be set")
-        home = Path(env.get("HOME", "/tmp"))
+        home = Path(env.get("HOME") or Path.home())
         network = env.get("PYTHON_RUNNER_NETWORK", "none")
         if network not in ("none",):
             raise ValueError(f"PYTHON_RUNNER_NETWORK={network!r} is not supported (use none)")

@@ -61,7 +61,7 @@ class SandboxUser:
     def run(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         opts: dict[str, object] = {"text": True, "capture_output": True, "env": self.env(), "cwd": "/"}
         opts.update(kwargs)
-        return subprocess.run(self.command(argv), check=False, **opts)  # type: ignore[call-overload,no-any-return]
+        return subprocess.run(self.command(argv), check=False, **opts)  # type: ignore[call-overload]
 
 
 @dataclass
@@ -190,8 +190,9 @@ def _write_owned(user: SandboxUser, path: Path, text: str) -> None:
 
 
 def reset_storage_if_needed(user: SandboxUser, changed: bool) -> None:
-    info = podman_info(user)
-    if changed or info.get("store", {}).get("graphDriverName") != "overlay":
+    store = podman_info(user).get("store")
+    driver = store.get("graphDriverName") if isinstance(store, dict) else None
+    if changed or driver != "overlay":
         result = user.run(["podman", "system", "reset", "-f"])
         if result.returncode != 0:
             raise SetupError(f"podman system reset failed: {_last_line(result.stderr)}")
@@ -231,7 +232,7 @@ def start_api_service(user: SandboxUser) -> None:
             return
     user.socket_path.parent.mkdir(parents=True, exist_ok=True)
     os.chown(user.socket_path.parent, user.uid, user.gid)
-    log = open(user.home / "podman-service.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open(user.home / "podman-service.log", "ab")
     os.chown(user.home / "podman-service.log", user.uid, user.gid)
     subprocess.Popen(
         user.command(["podman", "system", "service", "--time=0", user.socket_url]),

@@ -226,7 +226,8 @@ class RunnerImageBuilder:
         with open(tarball, "rb") as data:
             result = self.user.run([*argv, "-", self.recipe.tag], stdin=data, text=False)
         if result.returncode != 0:
-            raise SetupError(f"podman import failed: {_last_line(result.stderr.decode(errors='replace'))}")
+            stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode(errors="replace")
+            raise SetupError(f"podman import failed: {_last_line(stderr)}")
         self.user.run(["podman", "tag", self.recipe.tag, f"{IMAGE_NAME}:latest"])
 
     def _prune(self, keep: Path) -> None:

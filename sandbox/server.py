@@ -63,7 +63,8 @@ def build(config: SandboxConfig) -> Sandbox:
     api = PodmanAPI(config.podman_url)
     image = config.image or default_image()
     if not api.image_exists(image):
-        raise SystemExit(f"seatable-sandbox serve: runner image {image} is missing; run 'seatable-sandbox build-runner'")
+        raise SystemExit(f"seatable-sandbox serve: runner image {image} is missing; "
+                         "run 'seatable-sandbox build-runner'")
     enforcement = detect(api.client.info())
     limits = RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                           timeout=config.timeout, tmpfs_size=config.tmpfs_size)
@@ -82,7 +83,7 @@ def build(config: SandboxConfig) -> Sandbox:
     return Sandbox(config, api, driver, outbox, service)
 
 
-class SandboxServer(BaseApplication):  # type: ignore[misc]
+class SandboxServer(BaseApplication):
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self.sandbox: Sandbox | None = None

@@ -1,0 +1,11 @@
+"""./dev bench NAME [args]: run one benchmark module of this package."""
+
+import importlib
+import sys
+
+if len(sys.argv) < 2:
+    print("usage: ./dev bench sandbox_overhead|scheduler_wrk [args]", file=sys.stderr)
+    raise SystemExit(2)
+module = importlib.import_module(f"bench.{sys.argv[1]}")
+sys.argv = [f"bench {sys.argv[1]}", *sys.argv[2:]]
+raise SystemExit(module.main())
