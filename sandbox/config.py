@@ -27,7 +27,10 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("PYTHON_RUNNER_NETWORK", "none", "runner network: none (no interface)"),
     ("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "", "replaces scheme and host of script URLs"),
     ("TIME_ZONE", "UTC", "TZ inside the runner"),
-    ("PYTHON_SANDBOX_SECCOMP_PROFILE", "(packaged profile)", "Podman seccomp profile for runners"),
+    ("PYTHON_SANDBOX_SECCOMP_PROFILE", "(tightened Podman default)", "Podman seccomp profile for runners"),
+    ("PYTHON_SANDBOX_WARM_POOL", "2", "pre-started runners waiting for a job; 0 turns the pool off"),
+    ("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas", "modules warm runners import before their job"),
+    ("PYTHON_SANDBOX_POOL_MIN_AVAILABLE", "1g", "below this much available memory the pool empties"),
 ]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -63,6 +66,9 @@ class SandboxConfig:
     alternative_file_server_root: str = ""
     time_zone: str = "UTC"
     seccomp_profile: str = ""
+    warm_pool: int = 2
+    preimport: str = "seatable_api,pandas"
+    pool_min_available: int = 1 << 30
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> SandboxConfig:
@@ -95,7 +101,17 @@ class SandboxConfig:
             alternative_file_server_root=env.get("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "").rstrip("/"),
             time_zone=env.get("TIME_ZONE") or "UTC",
             seccomp_profile=env.get("PYTHON_SANDBOX_SECCOMP_PROFILE", ""),
+            warm_pool=_whole(env, "PYTHON_SANDBOX_WARM_POOL", 2),
+            preimport=env.get("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas"),
+            pool_min_available=parse_size(env.get("PYTHON_SANDBOX_POOL_MIN_AVAILABLE") or "1g"),
         )
+
+
+def _whole(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    if not raw.isdigit():
+        raise ValueError(f"{name}={raw!r} is not a whole number >= 0")
+    return int(raw)
 
 
 def _positive(env: dict[str, str], name: str, default: int) -> int:

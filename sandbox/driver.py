@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 from sandbox import texts
 from sandbox.limits import Enforcement, RunnerLimits, human_size
 from sandbox.output import OutputCap
-from sandbox.podman_api import STDERR, PodmanAPI, PodmanError
+from sandbox.podman_api import STDERR, AttachStream, PodmanAPI, PodmanError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,15 @@ class RunResult:
 
 
 @dataclass
+class Runner:
+    """A started runner container whose entrypoint waits for its one job on stdin."""
+
+    container: str
+    stream: AttachStream
+    created: float = field(default_factory=time.monotonic)
+
+
+@dataclass
 class _Stream:
     cap: OutputCap
     control: bytes = b""
@@ -99,11 +109,14 @@ class ContainerDriver:
     time_zone: str = "UTC"
     extra_warnings: list[str] = field(default_factory=list)
 
-    def spec(self, script_id: int) -> dict[str, Any]:
+    def spec(self, label: str, preimport: str = "") -> dict[str, Any]:
+        command = self.limits.entrypoint_args(self.enforcement)
+        if preimport:
+            command += ["--preimport", preimport]
         spec: dict[str, Any] = {
             "image": self.image,
-            "name": f"seatable-run-{script_id}-{int(time.time() * 1000) % 10**9}",
-            "command": self.limits.entrypoint_args(self.enforcement),
+            "name": f"seatable-run-{label}-{secrets.token_hex(4)}",
+            "command": command,
             "user": "1000:1000",
             "read_only_filesystem": True,
             "mounts": [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
@@ -111,7 +124,7 @@ class ContainerDriver:
             "cap_drop": ["ALL"],
             "no_new_privileges": True,
             "netns": {"nsmode": "none"},
-            "labels": {LABEL: self.node, LABEL_SCRIPT: str(script_id)},
+            "labels": {LABEL: self.node, LABEL_SCRIPT: label},
             "stdin": True,
             "terminal": False,
             "r_limits": self.limits.r_limits(),
@@ -125,34 +138,50 @@ class ContainerDriver:
             spec["seccomp_profile_path"] = self.seccomp_profile
         return spec
 
-    def run(self, job: Job, timeout: int, on_container: Callable[[str], None],
-            on_started: Callable[[float], None]) -> RunResult:
-        cap = OutputCap(self.output_limit)
-        created = self.api.create(self.spec(job.script_id))
-        container = created.id
-        on_container(container)
+    def prepare(self, label: str, preimport: str = "") -> Runner:
+        """Create, attach and start a runner; its entrypoint then waits for one job."""
+        created = self.api.create(self.spec(label, preimport))
         for warning in created.warnings:
             if warning not in self.extra_warnings:
                 self.extra_warnings.append(warning)
         try:
-            stream = self.api.attach(container)
+            stream = self.api.attach(created.id)
             try:
-                self.api.start(container)
-                started_at = time.time()
-                clock = time.monotonic()
-                on_started(started_at)
-                stream.send(job.line())
-                outcome, state = self._pump(stream, cap, clock + timeout)
-            finally:
-                # Before any kill: conmon blocks on an attach socket nobody reads.
+                self.api.start(created.id)
+            except BaseException:
                 stream.close()
-            spend = time.monotonic() - clock
-            if outcome != "exited":
-                self.api.kill(container)
-            return self._result(container, outcome, state, cap, started_at, spend, timeout)
+                raise
         except BaseException:
-            self.cleanup(container)
+            self.cleanup(created.id)
             raise
+        return Runner(created.id, stream)
+
+    def run(self, job: Job, timeout: int, on_container: Callable[[str], None],
+            on_started: Callable[[float], None], runner: Runner | None = None) -> RunResult:
+        """Run a job on a given (warm) runner, or on a new one (the cold path)."""
+        runner = runner or self.prepare(str(job.script_id))
+        on_container(runner.container)
+        try:
+            return self.execute(runner, job, timeout, on_started)
+        except BaseException:
+            self.cleanup(runner.container)
+            raise
+
+    def execute(self, runner: Runner, job: Job, timeout: int, on_started: Callable[[float], None]) -> RunResult:
+        cap = OutputCap(self.output_limit)
+        try:
+            started_at = time.time()
+            clock = time.monotonic()
+            on_started(started_at)
+            runner.stream.send(job.line())
+            outcome, state = self._pump(runner.stream, cap, clock + timeout)
+        finally:
+            # Before any kill: conmon blocks on an attach socket nobody reads.
+            runner.stream.close()
+        spend = time.monotonic() - clock
+        if outcome != "exited":
+            self.api.kill(runner.container)
+        return self._result(runner.container, outcome, state, cap, started_at, spend, timeout)
 
     def _pump(self, stream: Any, cap: OutputCap, deadline: float) -> tuple[str, _Stream]:
         state = _Stream(cap)

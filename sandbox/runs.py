@@ -33,7 +33,8 @@ class Duplicate(Exception):
 
 
 class Driver(Protocol):
-    def run(self, job: Job, timeout: int, on_container: Any, on_started: Any) -> RunResult: ...
+    def run(self, job: Job, timeout: int, on_container: Any, on_started: Any,
+            runner: Any = None) -> RunResult: ...
     def cleanup(self, container: str) -> None: ...
     def orphans(self) -> list[str]: ...
 
@@ -63,6 +64,7 @@ class RunService:
     timeout: int
     time_zone: str = "UTC"
     alternative_file_server_root: str = ""
+    pool: Any = None  # a WarmPool, or None for the cold path only
     _active: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: ThreadPoolExecutor | None = None
@@ -114,8 +116,9 @@ class RunService:
         if isinstance(script, RunResult):
             return script
         job = Job(request.script_id, script, _input_text(request.context_data), self._env(request.env))
+        runner = self.pool.take() if self.pool is not None else None
         return self.driver.run(job, self.timeout, remember,
-                               lambda started: self.outbox.running(request.script_id, started))
+                               lambda started: self.outbox.running(request.script_id, started), runner=runner)
 
     def _script(self, request: RunRequest) -> str | RunResult:
         if request.script_content is not None:

@@ -22,6 +22,7 @@ from sandbox.image import default_image
 from sandbox.limits import RunnerLimits, detect
 from sandbox.outbox import Outbox
 from sandbox.podman_api import PodmanAPI
+from sandbox.pool import WarmPool
 from sandbox.runs import RunService
 from sandbox.seccomp_profile import write_profile
 
@@ -35,6 +36,7 @@ class Sandbox:
     driver: ContainerDriver
     outbox: Outbox
     service: RunService
+    pool: WarmPool
 
     def health(self) -> dict[str, object]:
         busy = self.service.busy
@@ -49,9 +51,11 @@ class Sandbox:
             "podman_warnings": list(self.driver.extra_warnings),
             "outbox": {"pending": self.outbox.pending(), "in_flight": self.service.busy},
             "runs_finished": self.service.finished,
+            "warm_pool": self.pool.health(),
         }
 
     def stop(self) -> None:
+        self.pool.stop()
         self.service.shutdown(wait=True)
         self.outbox.flush(timeout=5)
         self.outbox.stop()
@@ -73,14 +77,17 @@ def build(config: SandboxConfig) -> Sandbox:
                              node=config.node_name, output_limit=config.output_limit,
                              seccomp_profile=profile, time_zone=config.time_zone)
     outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token)
+    pool = WarmPool(driver, config.warm_pool, config.preimport, config.pool_min_available)
     service = RunService(driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
                          time_zone=config.time_zone,
-                         alternative_file_server_root=config.alternative_file_server_root)
+                         alternative_file_server_root=config.alternative_file_server_root,
+                         pool=pool if config.warm_pool else None)
     lost = service.recover()
     if lost:
         log.warning("%d run(s) were in flight when the sandbox stopped; reported as lost", lost)
     outbox.start()
-    return Sandbox(config, api, driver, outbox, service)
+    pool.start()
+    return Sandbox(config, api, driver, outbox, service, pool)
 
 
 class SandboxServer(BaseApplication):

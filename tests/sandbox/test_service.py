@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -42,12 +42,18 @@ def test_hello_world_with_callbacks(sandbox: SandboxProcess, receiver: CallbackR
     assert running[0].body["started_at"] == result["started_at"]
     assert all(c.auth == "Token scheduler-test-token" for c in receiver.received)
     assert receiver.received[-1].path == "/script-result/"
+    # The used runner is removed; what remains are the pool's idle runners, waiting.
+    pool = int(sandbox.env["PYTHON_SANDBOX_WARM_POOL"])
     deadline = time.monotonic() + 10
-    while ours(podman, sandbox) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        left = ours(podman, sandbox)
+        if len(left) == pool and all(c["State"] == "running" for c in left):
+            break
         time.sleep(0.1)
-    assert ours(podman, sandbox) == []
+    assert len(left) == pool and all(c["State"] == "running" for c in left), left
 
 
+@pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
 def test_stdout_stderr_traceback_and_exit_code(sandbox: SandboxProcess, receiver: CallbackReceiver) -> None:
     failing = run(sandbox, receiver, 102, "print('before')\nraise KeyError('missing')\n")
     assert failing["return_code"] == 1 and failing["success"] is False
@@ -58,6 +64,7 @@ def test_stdout_stderr_traceback_and_exit_code(sandbox: SandboxProcess, receiver
     assert exit3["return_code"] == 3 and exit3["output"] == "x\n" and exit3["success"] is False
 
 
+@pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
 def test_memory_bomb_is_out_of_memory(sandbox: SandboxProcess, receiver: CallbackReceiver) -> None:
     script = "chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 1024 * 1024))\n"
     result = run(sandbox, receiver, 104, script)
@@ -66,6 +73,7 @@ def test_memory_bomb_is_out_of_memory(sandbox: SandboxProcess, receiver: Callbac
     assert texts.OUT_OF_MEMORY.format(limit="512 MiB") in result["output"]
 
 
+@pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
 def test_fork_bomb_is_contained(sandbox: SandboxProcess, receiver: CallbackReceiver) -> None:
     script = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     result = run(sandbox, receiver, 105, script)
@@ -75,6 +83,7 @@ def test_fork_bomb_is_contained(sandbox: SandboxProcess, receiver: CallbackRecei
     assert run(sandbox, receiver, 106, "print('still fine')")["output"] == "still fine\n"
 
 
+@pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
 @pytest.mark.parametrize("script", ["while True: pass", "import time\ntime.sleep(10**6)"])
 def test_time_limit(sandbox: SandboxProcess, receiver: CallbackReceiver, script: str) -> None:
     script_id = 107 if "pass" in script else 108
@@ -94,8 +103,10 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_output_flood_is_capped_and_killed(sandbox_factory: Any, receiver: CallbackReceiver) -> None:
-    sandbox = sandbox_factory(PYTHON_RUNNER_OUTPUT_LIMIT="100000", PYTHON_PROCESS_TIMEOUT="60")
+@pytest.mark.parametrize("pool", ["0", "2"], ids=["cold", "warm"])
+def test_output_flood_is_capped_and_killed(sandbox_factory: Any, receiver: CallbackReceiver, pool: str) -> None:
+    sandbox = sandbox_factory(PYTHON_RUNNER_OUTPUT_LIMIT="100000", PYTHON_PROCESS_TIMEOUT="60",
+                              PYTHON_SANDBOX_WARM_POOL=pool)
     run(sandbox, receiver, 109, "print('warm-up')")
     before = rss_kib(sandbox.worker_pid())
     started = time.monotonic()
@@ -110,10 +121,11 @@ def test_output_flood_is_capped_and_killed(sandbox_factory: Any, receiver: Callb
     assert growth < 20 * 1024, f"sandbox RSS grew by {growth} KiB"
 
 
+@pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
 def test_tmp_is_capped_and_root_read_only(sandbox: SandboxProcess, receiver: CallbackReceiver,
                                          sandbox_user: Any) -> None:
     storage = sandbox_user.home / ".local/share/containers"
-    before = os.statvfs(storage).f_bavail * os.statvfs(storage).f_frsize
+    before = disk_usage(storage)
     script = (
         "import errno\n"
         "try:\n"
@@ -127,13 +139,20 @@ def test_tmp_is_capped_and_root_read_only(sandbox: SandboxProcess, receiver: Cal
         "    open('/evil', 'w')\n"
         "except OSError as e:\n"
         "    print('root:', e.strerror)\n"
+        "print([l.split()[2] for l in open('/proc/mounts') if l.split()[1] == '/tmp'])\n"
     )
     result = run(sandbox, receiver, 111, script)
     lines = result["output"].splitlines()
     assert lines[0] in ("tmp: ENOSPC", "tmp: EFBIG"), result["output"]
     assert lines[1] == "root: Read-only file system"
-    after = os.statvfs(storage).f_bavail * os.statvfs(storage).f_frsize
-    assert before - after < 50 << 20, "the runner's /tmp reached the host disk"
+    assert lines[2] == "['tmpfs']"  # in memory, capped: never the host's disk
+    assert disk_usage(storage) - before < 10 << 20, "the runner's writes reached the sandbox user's storage"
+
+
+@pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
+def disk_usage(path: Path) -> int:
+    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=False).stdout
+    return int(out.split()[0])
 
 
 def test_runner_reaches_no_address(sandbox: SandboxProcess, receiver: CallbackReceiver) -> None:
@@ -155,6 +174,7 @@ def test_runner_reaches_no_address(sandbox: SandboxProcess, receiver: CallbackRe
     assert result["output"].splitlines()[-1] == "['lo']"
 
 
+@pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
 def test_concurrent_runs_do_not_see_each_others_tokens(sandbox: SandboxProcess,
                                                        receiver: CallbackReceiver) -> None:
     # The other run's token is derived here, so it is in neither this script nor its environment.
@@ -212,7 +232,7 @@ def test_results_wait_for_the_scheduler(sandbox: SandboxProcess, receiver: Callb
 
 def test_sigkill_mid_run_reports_sandbox_lost(sandbox_factory: Any, receiver: CallbackReceiver,
                                               podman: PodmanAPI) -> None:
-    sandbox = sandbox_factory(PYTHON_PROCESS_TIMEOUT="60")
+    sandbox = sandbox_factory(PYTHON_PROCESS_TIMEOUT="60")  # cold: exactly one container
     assert sandbox.run(140, "import time\nprint('started')\ntime.sleep(120)\n").status_code == 202
     deadline = time.monotonic() + 20
     while not any(c.path == "/script-running-callback/" for c in receiver.received):
@@ -291,7 +311,7 @@ def test_script_url_is_fetched_once(sandbox: SandboxProcess, receiver: CallbackR
     fetches: list[str] = []
 
     class Files(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             fetches.append(self.path)
             ok = self.path == "/files/once.py" and len(fetches) == 1
             payload = b"print('from url')" if ok else b"gone"

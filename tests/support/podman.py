@@ -85,7 +85,7 @@ class CallbackReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with receiver._cond:
@@ -154,7 +154,7 @@ class SandboxProcess:
 
     def start(self) -> None:
         self.log_path = self.state_dir.parent / f"sandbox-{int(time.time() * 1000)}.log"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child
+        log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             self.user.command([str(VENV_BIN / "seatable-sandbox"), "serve"]),
             env={**self.user.env(), **self.env}, cwd="/", stdout=log, stderr=subprocess.STDOUT,
@@ -231,11 +231,19 @@ def sandbox_factory(sandbox_user: SandboxUser, runner_image: str, receiver: Call
             "PYTHON_PROCESS_TIMEOUT": "5",
             "PYTHON_STARTER_THREAD_COUNT": "4",
             "PYTHON_RUNNER_CONTAINER_MEMORY": "512m",
+            "PYTHON_SANDBOX_WARM_POOL": "0",
             **overrides,
         }
         proc = SandboxProcess(sandbox_user, env, port, state)
         proc.start()
         started.append(proc)
+        deadline = time.monotonic() + 60
+        while True:  # measure the warm path, not a miss
+            pool = proc.health()["warm_pool"]
+            if pool["idle"] >= pool["target"]:
+                break
+            assert time.monotonic() < deadline, f"the warm pool did not fill: {pool}"
+            time.sleep(0.1)
         return proc
 
     yield make
@@ -244,7 +252,12 @@ def sandbox_factory(sandbox_user: SandboxUser, runner_image: str, receiver: Call
     shutil.rmtree(base, ignore_errors=True)
 
 
+PATHS = {"cold": "0", "warm": "2"}
+
+
 @pytest.fixture
-def sandbox(sandbox_factory: Any) -> SandboxProcess:
-    proc: SandboxProcess = sandbox_factory()
+def sandbox(sandbox_factory: Any, request: pytest.FixtureRequest) -> SandboxProcess:
+    """A sandbox on the warm path (the default) or, parametrized indirectly, on "cold"."""
+    path = getattr(request, "param", "warm")
+    proc: SandboxProcess = sandbox_factory(PYTHON_SANDBOX_WARM_POOL=PATHS[path])
     return proc

@@ -1,0 +1,171 @@
+"""WarmPool: pre-started single-use runners, refilled in the background.
+
+A pooled runner has already paid for create, attach, start, interpreter start-up, its
+rlimits and seccomp filter, and the optional pre-imports; it waits for exactly one job on
+stdin. Nothing secret is in it until the job arrives. Each serves one run and is then
+removed, so no state passes from one run to the next. Refill never runs on the request
+path, and the pool gives way when the host runs short of memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from sandbox.driver import ContainerDriver, Runner
+
+log = logging.getLogger(__name__)
+REFILL_THREADS = 2
+RETRY_AFTER_FAILURE = 2.0
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class WarmPool:
+    def __init__(self, driver: ContainerDriver, size: int, preimport: str = "",
+                 min_available: int = 1 << 30) -> None:
+        self.driver = driver
+        self.size = size
+        self.preimport = preimport
+        self.min_available = min_available
+        self._idle: deque[Runner] = deque()
+        self._starting = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self.served = 0
+        self.misses = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        if self.size <= 0 or self._threads:
+            return
+        for n in range(min(REFILL_THREADS, self.size)):
+            thread = threading.Thread(target=self._refill, name=f"pool-refill-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def target(self) -> int:
+        """How many idle runners to keep: none while the host is short of memory."""
+        return self.size if mem_available() >= self.min_available else 0
+
+    def take(self) -> Runner | None:
+        """A live warm runner, or None (the caller takes the cold path)."""
+        with self._cond:
+            while self._idle:
+                runner = self._idle.popleft()
+                self._cond.notify_all()
+                if _alive(runner):
+                    self.served += 1
+                    return runner
+                self._discard(runner)
+            self.misses += 1
+            self._cond.notify_all()
+            return None
+
+    def _refill(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and len(self._idle) + self._starting >= self.target():
+                    if len(self._idle) > self.target():
+                        self._discard(self._idle.pop())  # shrink: memory is short
+                        continue
+                    self._cond.wait(timeout=5.0)  # re-read the memory situation now and then
+                if self._stopping:
+                    return
+                self._starting += 1
+            try:
+                runner = self.driver.prepare("pool", self.preimport)
+            except Exception as exc:
+                with self._cond:
+                    self._starting -= 1
+                    self.failures += 1
+                log.warning("warm runner could not start: %s", exc)
+                time.sleep(RETRY_AFTER_FAILURE)
+                continue
+            with self._cond:
+                self._starting -= 1
+                if self._stopping:
+                    self._discard(runner)
+                    return
+                self._idle.append(runner)
+                self._cond.notify_all()
+
+    def wait_ready(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._idle) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def _discard(self, runner: Runner) -> None:
+        runner.stream.close()
+        threading.Thread(target=self.driver.cleanup, args=(runner.container,), daemon=True).start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            idle = list(self._idle)
+            self._idle.clear()
+            self._cond.notify_all()
+        for runner in idle:
+            runner.stream.close()
+            self.driver.cleanup(runner.container)
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def health(self) -> dict[str, Any]:
+        with self._cond:
+            idle = list(self._idle)
+            starting = self._starting
+        rss = [self._rss(r) for r in idle]
+        return {
+            "size": self.size,
+            "target": self.target(),
+            "idle": len(idle),
+            "starting": starting,
+            "preimport": self.preimport,
+            "idle_runner_rss_bytes": rss,
+            "memory_available_bytes": mem_available(),
+            "served": self.served,
+            "misses": self.misses,
+            "failures": self.failures,
+        }
+
+    def _rss(self, runner: Runner) -> int | None:
+        try:
+            pid = self.driver.api.inspect(runner.container)["State"]["Pid"]
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except Exception:
+            return None
+        return None
+
+
+def _alive(runner: Runner) -> bool:
+    """An idle runner's attach stream shows EOF if its container died while waiting."""
+    sock = runner.stream.sock
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return True
+    try:
+        import socket as _socket
+
+        peeked = sock.recv(1, _socket.MSG_PEEK)
+    except OSError:
+        return False
+    return bool(peeked)

@@ -1,0 +1,46 @@
+"""The warm pool: pre-started runners serve runs, refill in the background, give way to memory."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.support.podman import CallbackReceiver, SandboxProcess
+
+
+def test_pool_serves_runs_and_refills(sandbox: SandboxProcess, receiver: CallbackReceiver) -> None:
+    health = sandbox.health()["warm_pool"]
+    assert health["size"] == 2 and health["idle"] == 2
+    assert health["preimport"] == "seatable_api,pandas"
+    assert all(isinstance(rss, int) and rss > 10 << 20 for rss in health["idle_runner_rss_bytes"])
+    script = ("import sys\nfrom seatable_api import context\n"
+              "print(context.current_table, 'pandas' in sys.modules)\n")
+    for script_id in (301, 302, 303):
+        assert sandbox.run(script_id, script, context={"table": f"T{script_id}"}).status_code == 202
+        assert receiver.result(script_id)["output"] == f"T{script_id} True\n"
+        deadline = time.monotonic() + 30
+        while sandbox.health()["warm_pool"]["idle"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    health = sandbox.health()["warm_pool"]
+    assert health["served"] == 3 and health["misses"] == 0
+
+
+def test_pool_empties_when_memory_is_short(sandbox_factory: Any, receiver: CallbackReceiver) -> None:
+    sandbox = sandbox_factory(PYTHON_SANDBOX_WARM_POOL="2", PYTHON_SANDBOX_POOL_MIN_AVAILABLE="100000g")
+    health = sandbox.health()["warm_pool"]
+    assert health["target"] == 0 and health["idle"] == 0
+    assert sandbox.run(310, "print('cold path')").status_code == 202
+    assert receiver.result(310)["output"] == "cold path\n"
+    assert sandbox.health()["warm_pool"]["misses"] == 1
+
+
+def test_a_pooled_runner_carries_no_job_data(sandbox: SandboxProcess, podman: Any) -> None:
+    """Idle runners are created before any job: their config holds no token or script."""
+    from sandbox.driver import LABEL
+
+    idle = podman.labelled(f"{LABEL}={sandbox.env['PYTHON_SANDBOX_NODE_NAME']}")
+    assert len(idle) == 2
+    for entry in idle:
+        config = str(podman.inspect(entry["Id"]))
+        assert "api_token" not in config and "dtable_web_url" not in config
