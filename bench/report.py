@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+HEADER = "# Benchmarks\n\nNumbers measured on this project's machines; each section says how.\n"
 
 
 def machine() -> str:
@@ -41,7 +42,7 @@ def median(values: list[float]) -> float:
 
 def update_section(title: str, body: str) -> None:
     """Replace (or append) the `## title` section of BENCHMARKS.md, keeping the others."""
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\nNumbers measured on this project's machines; each section says how.\n"
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
     section = f"## {title}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     if pattern.search(text):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
 import pytest
 
 from sandbox.driver import ContainerDriver, Job, RunResult

@@ -1,0 +1,126 @@
+"""`seatable-scheduler`: one entry point for every scheduler process.
+
+Subcommands are a table (`COMMANDS`); the dispatcher work adds `dispatch`, `maintain` and `run-local`
+there, each a function taking the parsed arguments and the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from scheduler.config import Config, ConfigError
+
+
+class SchedulerServer(BaseApplication):
+    """gunicorn configured in code; each worker builds its own app (and database connections)."""
+
+    def __init__(self, config: Config, overrides: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.overrides = overrides or {}
+        super().__init__()
+
+    def load_config(self) -> None:
+        settings: dict[str, Any] = {
+            "bind": [f"{self.config.bind_host}:{self.config.port}"],
+            "workers": self.config.workers,
+            # gthread keeps connections alive (dtable-web polls) and lets a slow query not block a worker.
+            "worker_class": "gthread",
+            "threads": self.config.threads,
+            "keepalive": 30,
+            "timeout": 60,
+            "graceful_timeout": 30,
+            "backlog": 2048,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": self.config.log_level.lower(),
+            "proc_name": "seatable-scheduler",
+            "preload_app": False,
+            "limit_request_line": 8190,
+        }
+        settings.update(self.overrides)
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from scheduler.app import create_app
+
+        return create_app(self.config)
+
+
+def serve(args: argparse.Namespace, config: Config) -> int:
+    config.require_auth_token()
+    overrides: dict[str, Any] = {}
+    if args.bind:
+        overrides["bind"] = [args.bind]
+    if args.workers:
+        overrides["workers"] = args.workers
+    if args.access_log:
+        overrides["accesslog"] = "-"
+    if args.migrate:
+        migrate(args, config)
+    SchedulerServer(config, overrides).run()
+    return 0
+
+
+def migrate(args: argparse.Namespace, config: Config) -> int:
+    from scheduler.db import run_migrate
+
+    changes = run_migrate(config)
+    for change in changes:
+        print(f"migrate: {change}")
+    if not changes:
+        print("migrate: schema is up to date")
+    return 0
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", help="host:port, overrides PYTHON_SCHEDULER_BIND_HOST/PORT")
+    parser.add_argument("--workers", type=int, help="overrides PYTHON_SCHEDULER_WORKERS")
+    parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    parser.add_argument("--migrate", action="store_true", help="run migrate before serving")
+
+
+# name -> (help, argument setup, handler)
+COMMANDS: dict[
+    str,
+    tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, Config], int]],
+] = {
+    "serve": ("serve the HTTP API under gunicorn", _serve_arguments, serve),
+    "migrate": ("create or upgrade the database schema (idempotent)", lambda parser: None, migrate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seatable-scheduler", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, handler) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text)
+        add_arguments(sub)
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = Config.from_env()
+        logging.basicConfig(
+            level=config.log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        result: int = args.handler(args, config)
+        return result
+    except ConfigError as exc:
+        print(f"seatable-scheduler: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Scheduler configuration, read once from the environment.
+
+Variable names and defaults follow upstream's scheduler wherever upstream had one, so an existing
+SeaTable deployment can point at this scheduler without renaming anything. `VARIABLES` is the single
+table of every variable; the README table is checked against it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the scheduler cannot use."""
+
+
+class Variable(NamedTuple):
+    name: str
+    default: str
+    description: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("PYTHON_SCHEDULER_AUTH_TOKEN", "", "Shared secret with SeaTable (required); `Token`/`Bearer` auth."),
+    Variable("SEATABLE_SERVER_URL", "", "Base URL of dtable-web, for scripts-running-limit and task files."),
+    Variable("PYTHON_SCHEDULER_URL", "", "URL under which sandboxes reach this scheduler's callbacks."),
+    Variable("DB_HOST", "", "MariaDB/MySQL host; empty selects the embedded SQLite database."),
+    Variable("DB_PORT", "3306", "MariaDB/MySQL port."),
+    Variable("DB_USER", "", "Database user (used when DB_ROOT_PASSWD is empty)."),
+    Variable("DB_PASSWD", "", "Password of DB_USER."),
+    Variable("DB_ROOT_USER", "root", "Privileged database user, preferred when DB_ROOT_PASSWD is set."),
+    Variable("DB_ROOT_PASSWD", "", "Password of DB_ROOT_USER."),
+    Variable("DATABASE_NAME", "scheduler", "Database (schema) name on MariaDB/MySQL."),
+    Variable(
+        "PYTHON_SCHEDULER_SQLITE_PATH",
+        "/var/lib/seatable-scheduler/scheduler.sqlite3",
+        "SQLite file used when DB_HOST is empty.",
+    ),
+    Variable("PYTHON_PROCESS_TIMEOUT", "900", "Time limit of one run in seconds."),
+    Variable("DELETE_LOG_DAYS", "30", "Days after which script_log rows are deleted."),
+    Variable("DELETE_STATISTICS_DAYS", "90", "Days after which statistics rows are deleted."),
+    Variable("PYTHON_SCHEDULER_WINDOW_SECS", "300", "Rate-limit window in seconds."),
+    Variable("PYTHON_SCHEDULER_RATE_LIMIT_PERCENT", "0.25", "Share of the window's capacity one team may use."),
+    Variable("PYTHON_STARTER_TOTAL_THREAD_COUNT", "10", "Total run slots over all sandboxes (rate limit base)."),
+    Variable("TIME_ZONE", "", "IANA time zone of stored timestamps and API output; empty: the host's."),
+    Variable("PYTHON_SCHEDULER_BIND_HOST", "127.0.0.1", "Address the API listens on."),
+    Variable("PYTHON_SCHEDULER_PORT", "5055", "Port the API listens on."),
+    Variable("PYTHON_SCHEDULER_WORKERS", "2", "gunicorn worker processes."),
+    Variable("PYTHON_SCHEDULER_THREADS", "8", "Threads per gunicorn worker (gthread)."),
+    Variable(
+        "PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS",
+        "false",
+        "true: accept result/running callbacks without the token (old upstream starters).",
+    ),
+    Variable("PYTHON_SCHEDULER_MAX_BODY_BYTES", "8388608", "Largest request body accepted (413 above)."),
+    Variable("PYTHON_SCHEDULER_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR)."),
+)
+
+_DEFAULTS = {v.name: v.default for v in VARIABLES}
+
+
+def _int(env: Mapping[str, str], name: str, minimum: int = 0) -> int:
+    raw = env.get(name, _DEFAULTS[name]).strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str) -> float:
+    raw = env.get(name, _DEFAULTS[name]).strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, _DEFAULTS[name]).strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _str(env: Mapping[str, str], name: str) -> str:
+    return env.get(name, _DEFAULTS[name]).strip()
+
+
+@dataclass(frozen=True)
+class Config:
+    auth_token: str = ""
+    seatable_server_url: str = ""
+    scheduler_url: str = ""
+    db_host: str = ""
+    db_port: int = 3306
+    db_user: str = "root"
+    db_passwd: str = field(default="", repr=False)
+    database_name: str = "scheduler"
+    sqlite_path: str = _DEFAULTS["PYTHON_SCHEDULER_SQLITE_PATH"]
+    process_timeout: int = 900
+    delete_log_days: int = 30
+    delete_statistics_days: int = 90
+    window_secs: int = 300
+    rate_limit_percent: float = 0.25
+    total_thread_count: int = 10
+    time_zone: str = ""
+    bind_host: str = "127.0.0.1"
+    port: int = 5055
+    workers: int = 2
+    threads: int = 8
+    accept_unauthenticated_callbacks: bool = False
+    max_body_bytes: int = 8 * 1024 * 1024
+    log_level: str = "INFO"
+
+    @property
+    def uses_mysql(self) -> bool:
+        return bool(self.db_host)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if environ is None else environ
+        # Upstream's credential rule: the root account when its password is given, else DB_USER.
+        root_passwd = _str(env, "DB_ROOT_PASSWD")
+        if root_passwd:
+            user, passwd = _str(env, "DB_ROOT_USER") or "root", root_passwd
+        elif _str(env, "DB_USER") and _str(env, "DB_PASSWD"):
+            user, passwd = _str(env, "DB_USER"), _str(env, "DB_PASSWD")
+        else:
+            user, passwd = _str(env, "DB_USER") or "root", _str(env, "DB_PASSWD")
+        time_zone = _str(env, "TIME_ZONE")
+        if time_zone:
+            try:
+                ZoneInfo(time_zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ConfigError(f"TIME_ZONE is not a known IANA time zone: {time_zone!r}") from None
+        log_level = _str(env, "PYTHON_SCHEDULER_LOG_LEVEL").upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"PYTHON_SCHEDULER_LOG_LEVEL is not a log level: {log_level!r}")
+        return cls(
+            auth_token=_str(env, "PYTHON_SCHEDULER_AUTH_TOKEN"),
+            seatable_server_url=_str(env, "SEATABLE_SERVER_URL").rstrip("/"),
+            scheduler_url=_str(env, "PYTHON_SCHEDULER_URL").rstrip("/"),
+            db_host=_str(env, "DB_HOST"),
+            db_port=_int(env, "DB_PORT", 1),
+            db_user=user,
+            db_passwd=passwd,
+            database_name=_str(env, "DATABASE_NAME"),
+            sqlite_path=_str(env, "PYTHON_SCHEDULER_SQLITE_PATH"),
+            process_timeout=_int(env, "PYTHON_PROCESS_TIMEOUT", 1),
+            delete_log_days=_int(env, "DELETE_LOG_DAYS", 1),
+            delete_statistics_days=_int(env, "DELETE_STATISTICS_DAYS", 1),
+            window_secs=_int(env, "PYTHON_SCHEDULER_WINDOW_SECS", 1),
+            rate_limit_percent=_float(env, "PYTHON_SCHEDULER_RATE_LIMIT_PERCENT"),
+            total_thread_count=_int(env, "PYTHON_STARTER_TOTAL_THREAD_COUNT", 1),
+            time_zone=time_zone,
+            bind_host=_str(env, "PYTHON_SCHEDULER_BIND_HOST"),
+            port=_int(env, "PYTHON_SCHEDULER_PORT", 1),
+            workers=_int(env, "PYTHON_SCHEDULER_WORKERS", 1),
+            threads=_int(env, "PYTHON_SCHEDULER_THREADS", 1),
+            accept_unauthenticated_callbacks=_bool(env, "PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS"),
+            max_body_bytes=_int(env, "PYTHON_SCHEDULER_MAX_BODY_BYTES", 1024),
+            log_level=log_level,
+        )
+
+    def require_auth_token(self) -> None:
+        """Refuse to serve without a secret: an empty token would let `Token ` through."""
+        if not self.auth_token:
+            raise ConfigError("PYTHON_SCHEDULER_AUTH_TOKEN must be set")
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated so documentation and code cannot drift apart."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for var in VARIABLES:
+        default = f"`{var.default}`" if var.default else "(empty)"
+        lines.append(f"| `{var.name}` | {default} | {var.description} |")
+    return "\n".join(lines)

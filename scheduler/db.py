@@ -1,0 +1,121 @@
+"""Database access: binding Pony to MariaDB or SQLite, migrate, and retried write transactions."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pymysql
+from pony.orm import Database, db_session
+from pony.orm.core import TransactionError
+from pony.orm.dbapiprovider import OperationalError
+
+from scheduler.clock import Clock, zone
+from scheduler.config import Config
+from scheduler.models import Entities, define_entities
+from scheduler.schema import SchemaConnection, migrate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# MariaDB deadlock and lock wait timeout; SQLite "database is locked" also arrives as OperationalError.
+_RETRYABLE_MYSQL_CODES = {1205, 1213}
+
+
+@dataclass
+class Store:
+    """One bound database with its entities and the clock its timestamps are written in."""
+
+    db: Database
+    entities: Entities
+    mysql: bool
+    clock: Clock
+
+    def write(self, fn: Callable[[], T], attempts: int = 8) -> T:
+        """Run `fn` in its own transaction, retrying deadlocks and busy databases."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with db_session(optimistic=False):
+                    return fn()
+            except (OperationalError, TransactionError) as exc:
+                if attempt == attempts or not _retryable(exc):
+                    raise
+                log.debug("retrying transaction after %s", exc)
+                time.sleep(0.005 * attempt)
+        raise AssertionError("unreachable")
+
+    def disconnect(self) -> None:
+        self.db.disconnect()
+
+
+def _retryable(exc: Exception) -> bool:
+    inner = getattr(exc, "exceptions", None)  # Pony's CommitException wraps the driver's exception info
+    if inner:
+        return any(_retryable(info[1]) for info in inner if isinstance(info[1], Exception))
+    original = getattr(exc, "original_exc", None) or exc.__cause__ or exc
+    args = getattr(original, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0] in _RETRYABLE_MYSQL_CODES
+    return "locked" in str(original) or "deadlock" in str(original).lower()
+
+
+def _mysql_credentials(config: Config) -> dict[str, Any]:
+    return {
+        "host": config.db_host,
+        "port": config.db_port,
+        "user": config.db_user,
+        "password": config.db_passwd,
+        "charset": "utf8mb4",  # output may hold any Unicode; Pony's default utf8 is 3-byte only
+    }
+
+
+def open_store(config: Config, check_tables: bool = True) -> Store:
+    """Bind Pony and map the entities; the schema must exist (`seatable-scheduler migrate`)."""
+    db = Database()
+    if config.uses_mysql:
+        db.bind(provider="mysql", database=config.database_name, autocommit=False, **_mysql_credentials(config))
+    else:
+        db.bind(provider="sqlite", filename=os.path.abspath(config.sqlite_path), create_db=False, timeout=30)
+
+        @db.on_connect(provider="sqlite")
+        def _tune(_db: Database, connection: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA busy_timeout = 30000")
+
+    entities = define_entities(db)
+    db.generate_mapping(create_tables=False, check_tables=check_tables)
+    if check_tables:
+        db.disconnect()  # do not hand an open connection to forked workers
+    return Store(db, entities, config.uses_mysql, Clock(zone(config.time_zone)))
+
+
+def schema_connection(config: Config) -> SchemaConnection:
+    """A plain DB-API connection for migrate, creating the database (or file) when allowed."""
+    if config.uses_mysql:
+        conn = pymysql.connect(**_mysql_credentials(config), autocommit=False)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{config.database_name.replace('`', '')}`")
+        except pymysql.err.MySQLError as exc:  # an unprivileged DB_USER may still own an existing database
+            log.info("cannot create database %s: %s", config.database_name, exc)
+        conn.select_db(config.database_name)
+        return SchemaConnection(conn, mysql=True)
+    directory = os.path.dirname(os.path.abspath(config.sqlite_path))
+    os.makedirs(directory, exist_ok=True)
+    conn_sqlite = sqlite3.connect(config.sqlite_path)
+    conn_sqlite.execute("PRAGMA journal_mode = WAL")  # readers never wait for the one writer
+    return SchemaConnection(conn_sqlite, mysql=False)
+
+
+def run_migrate(config: Config) -> list[str]:
+    conn = schema_connection(config)
+    try:
+        return migrate(conn, Clock(zone(config.time_zone)).now)
+    finally:
+        conn.connection.close()

@@ -1,0 +1,149 @@
+"""What every resource shares: the error type, auth, bounded JSON bodies and query parameter parsing.
+
+Errors carry either a text body (upstream answers most errors in plain words) or a JSON body (upstream's
+/admin/ endpoints answer {"error": ...}); `app.py` turns them into responses, never into tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import falcon
+import jsonschema
+
+from scheduler import texts
+from scheduler.auth import TokenAuth
+from scheduler.clock import Clock
+
+TEXT_TYPE = "text/html; charset=utf-8"  # what upstream's Flask sends for plain-word answers
+MAX_ID = 2**31 - 1  # int(11) columns
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\Z")
+_DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+_ID_RE = re.compile(r"^[0-9]{1,10}\Z")
+_INT_RE = re.compile(r"^-?[0-9]{1,12}\Z")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: str | dict[str, Any]) -> None:
+        super().__init__(status, body)
+        self.status = status
+        self.body = body
+
+
+def bad(body: str | dict[str, Any]) -> ApiError:
+    return ApiError(400, body)
+
+
+def admin_error(message: str) -> ApiError:
+    return ApiError(400, {"error": message})
+
+
+def render_error(resp: falcon.Response, error: ApiError) -> None:
+    resp.status = falcon.code_to_http_status(error.status)
+    if isinstance(error.body, dict):
+        resp.media = error.body
+    else:
+        resp.content_type = TEXT_TYPE
+        resp.text = error.body
+
+
+@dataclass(frozen=True)
+class Context:
+    """Collaborators handed to every resource."""
+
+    auth: TokenAuth
+    clock: Clock
+    max_body_bytes: int
+    accept_unauthenticated_callbacks: bool
+
+    def require_auth(self, req: falcon.Request, forbidden_text: str = texts.FORBIDDEN) -> None:
+        if not self.auth.accepts(req.get_header("Authorization")):
+            raise ApiError(403, forbidden_text)
+
+    def read_json_object(self, req: falcon.Request) -> dict[str, Any]:
+        """The body as a JSON object; 413 above the size limit, 400 "Bad request" otherwise wrong."""
+        length = req.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise ApiError(413, texts.BODY_TOO_LARGE)
+        raw = req.bounded_stream.read(self.max_body_bytes + 1)
+        if len(raw) > self.max_body_bytes:
+            raise ApiError(413, texts.BODY_TOO_LARGE)
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise bad(texts.BAD_REQUEST) from None
+        if not isinstance(data, dict):
+            raise bad(texts.BAD_REQUEST)
+        return data
+
+
+def validate(validator: jsonschema.protocols.Validator, data: dict[str, Any]) -> None:
+    if not validator.is_valid(data):
+        raise bad(texts.PARAMETERS_INVALID)
+
+
+def param(req: falcon.Request, name: str) -> str | None:
+    """A query parameter, with blank treated as absent (as Flask's `if value:` did upstream)."""
+    value = req.get_param(name)
+    return value if value else None
+
+
+def int_param(req: falcon.Request, name: str, default: int, error: ApiError, lo: int = 1, hi: int = MAX_ID) -> int:
+    raw = param(req, name)
+    if raw is None:
+        return default
+    if not _INT_RE.match(raw.strip()):
+        raise error
+    value = int(raw.strip())
+    if not lo <= value <= hi:
+        raise error
+    return value
+
+
+def parse_id(raw: str) -> int | None:
+    if not _ID_RE.match(raw):
+        return None
+    value = int(raw)
+    return value if 0 < value <= MAX_ID else None
+
+
+def uuid_forms(value: str) -> tuple[str, ...] | None:
+    """All spellings a base uuid may be stored under (with and without dashes); None if not a uuid."""
+    if not _UUID_RE.match(value):
+        return None
+    parsed = uuid.UUID(value)
+    return tuple(dict.fromkeys((value, str(parsed), parsed.hex)))
+
+
+def same_uuid(a: str, b: str) -> bool:
+    return a.replace("-", "").lower() == b.replace("-", "").lower()
+
+
+def parse_month(raw: str | None, today: date) -> date:
+    if raw is None:
+        return today.replace(day=1)
+    try:
+        return datetime.strptime(raw, "%Y-%m").date()
+    except ValueError:
+        raise bad(texts.MONTH_INVALID) from None
+
+
+def parse_bound(raw: str | None, clock: Clock, is_end: bool, message: str) -> tuple[datetime | None, bool]:
+    """A start/end filter: a date (an end date covers its whole day) or an ISO datetime.
+
+    Returns the bound as naive local time and whether it is inclusive.
+    """
+    if raw is None:
+        return None, True
+    try:
+        if _DATE_RE.match(raw):
+            day = datetime.strptime(raw, "%Y-%m-%d")
+            return (day + timedelta(days=1), False) if is_end else (day, True)
+        return clock.to_local(datetime.fromisoformat(raw)), True
+    except (ValueError, OverflowError):
+        raise admin_error(message) from None

@@ -1,0 +1,249 @@
+"""The life of a run: created pending, marked running, finished once with its result.
+
+Plain functions over a `Store`, callable without HTTP, so the dispatcher and maintenance loops change
+state exactly the way the callbacks do. State changes are single conditional UPDATEs, which makes them
+idempotent and race-free: a result for a finished run changes nothing and counts nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pony.orm import db_session, desc, select
+
+from scheduler import stats
+from scheduler.db import Store
+from scheduler.models import FINISHED, PENDING, RUNNING
+
+NOT_FINISHED = "(state IS NULL OR state <> 'finished')"
+
+SUMMARY_FIELDS = (
+    "id",
+    "dtable_uuid",
+    "owner",
+    "org_id",
+    "script_name",
+    "started_at",
+    "finished_at",
+    "success",
+    "return_code",
+    "operate_from",
+    "state",
+    "created_at",
+)
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"
+    NOT_FOUND = "not found"
+    ALREADY_FINISHED = "already finished"
+
+
+@dataclass(frozen=True)
+class NewRun:
+    dtable_uuid: str
+    script_name: str
+    owner: str
+    org_id: int | None
+    context_data: Any
+    operate_from: str | None
+    script_content: str | None = None
+    draft_api_token: str | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    success: bool
+    return_code: int | None
+    output: str | None
+    started_at: datetime | None = None
+    spend_time: float | None = None
+
+
+def create_run(store: Store, run: NewRun) -> int:
+    """Write a pending run and return its id; nothing is dispatched here."""
+    context = json.dumps(run.context_data) if run.context_data else None
+    values = {
+        "dtable_uuid": run.dtable_uuid,
+        "owner": run.owner,
+        "org_id": run.org_id,
+        "script_name": run.script_name,
+        "context_data": context,
+        "operate_from": run.operate_from,
+        "state": PENDING,
+        "created_at": store.clock.now(),
+        "attempt": 0,
+    }
+    if run.script_content is not None:
+        values["script_content"] = run.script_content
+        values["draft_api_token"] = run.draft_api_token
+    return int(store.write(lambda: store.db.insert("script_log", returning="id", **values)))
+
+
+def to_json(store: Store, row: Any, full: bool = True) -> dict[str, Any]:
+    """Upstream's ScriptLog JSON: started_at "" while unset, finished_at/created_at null."""
+    iso = store.clock.iso
+    data: dict[str, Any] = {
+        "id": row.id,
+        "dtable_uuid": row.dtable_uuid,
+        "owner": row.owner,
+        "org_id": row.org_id,
+        "script_name": row.script_name,
+        "started_at": iso(row.started_at) or "",
+        "finished_at": iso(row.finished_at),
+        "success": None if row.success is None else bool(row.success),
+        "return_code": row.return_code,
+        "operate_from": row.operate_from,
+        "state": row.state,
+        "created_at": iso(row.created_at),
+    }
+    if full:
+        data["context_data"] = _parse_context(row.context_data)
+        data["output"] = row.output
+    return data
+
+
+def _parse_context(raw: str | None) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:  # rows written by other tools; show what is there rather than fail
+        return raw
+
+
+def get_run(store: Store, run_id: int) -> dict[str, Any] | None:
+    """One run by id: the hot path dtable-web polls, so one query over exactly the columns shown."""
+    with db_session:
+        rows = store.db.select(
+            f"SELECT {', '.join(SUMMARY_FIELDS)}, context_data, output FROM script_log WHERE id = $run_id",
+            {"run_id": run_id},
+        )
+        return to_json(store, rows[0]) if rows else None
+
+
+def list_logs(
+    store: Store, uuids: tuple[str, ...], script_name: str, descending: bool, offset: int, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """One script's runs in a base, newest first unless asked otherwise."""
+    log_entity = store.entities.ScriptLog
+    with db_session:
+        query = select(s for s in log_entity if s.dtable_uuid in uuids and s.script_name == script_name)
+        count = query.count()
+        ordered = query.order_by(desc(log_entity.id) if descending else log_entity.id)
+        rows = ordered.limit(limit, offset=offset)
+        return [to_json(store, row) for row in rows], count
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    org_id: int | None = None
+    base_uuids: tuple[str, ...] = ()
+    start: datetime | None = None
+    end: datetime | None = None
+    end_inclusive: bool = True
+
+
+def list_runs(store: Store, where: RunFilter, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Runs for /admin/runs/, newest first, without context_data and output (they can be megabytes)."""
+    clauses: list[str] = ["1 = 1"]
+    params: dict[str, Any] = {}
+    if where.org_id is not None:
+        clauses.append("org_id = $org_id")
+        params["org_id"] = where.org_id
+    if where.base_uuids:
+        names = [f"u{i}" for i in range(len(where.base_uuids))]
+        clauses.append(f"dtable_uuid IN ({', '.join('$' + n for n in names)})")
+        params.update(zip(names, where.base_uuids, strict=True))
+    if where.start is not None:
+        clauses.append("started_at >= $start")
+        params["start"] = where.start
+    if where.end is not None:
+        clauses.append("started_at <= $end" if where.end_inclusive else "started_at < $end")
+        params["end"] = where.end
+    condition = " AND ".join(clauses)
+    params.update(limit=limit, offset=offset)
+    with db_session:
+        total = store.db.select(f"SELECT COUNT(*) FROM script_log WHERE {condition}", params)[0]
+        rows = store.db.select(
+            f"SELECT {', '.join(SUMMARY_FIELDS)} FROM script_log WHERE {condition} "
+            "ORDER BY id DESC LIMIT $limit OFFSET $offset",
+            params,
+        )
+        return [to_json(store, row, full=False) for row in rows], int(total)
+
+
+def mark_running(store: Store, run_id: int, started_at: datetime | None = None) -> Outcome:
+    """The sandbox started the run. Ignored once the run is finished (a late callback)."""
+    started = started_at or store.clock.now()
+
+    def tx() -> Outcome:
+        cursor = store.db.execute(
+            "UPDATE script_log SET started_at = $started, state = $running, draft_api_token = NULL "
+            f"WHERE id = $run_id AND {NOT_FINISHED}",
+            {"started": started, "running": RUNNING, "run_id": run_id},
+        )
+        if cursor.rowcount:
+            return Outcome.APPLIED
+        exists = store.db.select("SELECT id FROM script_log WHERE id = $run_id", {"run_id": run_id})
+        return Outcome.ALREADY_FINISHED if exists else Outcome.NOT_FOUND
+
+    return store.write(tx)
+
+
+def record_result(store: Store, run_id: int, result: RunResult) -> Outcome:
+    """Finish the run and count it in the statistics, in one transaction, at most once."""
+
+    def tx() -> Outcome:
+        lock = " FOR UPDATE" if store.mysql else ""  # SQLite: Pony already holds BEGIN IMMEDIATE
+        rows = store.db.select(
+            f"SELECT state, started_at, dtable_uuid, owner, org_id FROM script_log WHERE id = $run_id{lock}",
+            {"run_id": run_id},
+        )
+        if not rows:
+            return Outcome.NOT_FOUND
+        row = rows[0]
+        if row.state == FINISHED:
+            return Outcome.ALREADY_FINISHED
+        now = store.clock.now()
+        spend = result.spend_time
+        started = result.started_at or _as_datetime(row.started_at)
+        if started is None:
+            started = now - timedelta(seconds=spend or 0)
+        finished = started + timedelta(seconds=spend) if spend is not None else now
+        cursor = store.db.execute(
+            "UPDATE script_log SET state = $finished_state, started_at = $started, finished_at = $finished, "
+            "success = $success, return_code = $return_code, output = $output, "
+            "draft_api_token = NULL, script_content = NULL "
+            f"WHERE id = $run_id AND {NOT_FINISHED}",
+            {
+                "finished_state": FINISHED,
+                "started": started,
+                "finished": finished,
+                "success": bool(result.success),
+                "return_code": result.return_code,
+                "output": result.output,
+                "run_id": run_id,
+            },
+        )
+        if not cursor.rowcount:
+            return Outcome.ALREADY_FINISHED
+        stats.count_run(store, row.dtable_uuid, row.owner, row.org_id, spend or 0.0, now)
+        return Outcome.APPLIED
+
+    return store.write(tx)
+
+
+def fail_run(store: Store, run_id: int, output: str, return_code: int | None = None) -> Outcome:
+    """End a run as failed with a text the user reads (timeout, sandbox lost, fetch failure...)."""
+    return record_result(store, run_id, RunResult(success=False, return_code=return_code, output=output))
+
+
+def _as_datetime(value: datetime | str | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)

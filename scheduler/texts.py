@@ -1,0 +1,34 @@
+"""Every text the scheduler's clients read, worded as upstream words it so SeaTable shows the same."""
+
+FORBIDDEN = "Forbidden: the auth token is not correct."
+FORBIDDEN_SHORT = "Forbidden"  # upstream's task-log endpoints say only this
+PONG = "Pong"
+BAD_REQUEST = "Bad request"
+PARAMETERS_INVALID = "Parameters invalid"
+LIMIT_EXCEEDED = "The number of runs exceeds the limit"
+NOT_FOUND = "Not found"
+INTERNAL_ERROR = "Internal server error"
+BODY_TOO_LARGE = "Request body too large"
+ORDER_BY_INVALID = "order_by invalid."
+DIRECTION_INVALID = "direction invalid."
+MONTH_INVALID = "month invalid."
+PAGE_INVALID = "page invalid."
+PER_PAGE_INVALID = "per_page invalid."
+USERNAME_OR_ORG_INVALID = "username or org_id invalid."
+ORG_ID_INVALID = "org_id invalid."
+SCRIPT_LOG_NOT_FOUND = "Script log not found"
+
+# /admin/ endpoints answer with {"error": ...}
+START_INVALID = "Invalid value for start parameter"
+END_INVALID = "Invalid value for end parameter"
+ORG_ID_PARAM_INVALID = "Invalid value for org_id parameter"
+ORG_ID_REQUIRED = "org_id is required"
+BASE_UUID_INVALID = "Invalid value for base_uuid parameter"
+PAGE_NOT_INTEGER = "page must be an integer"
+PAGE_NOT_POSITIVE = "page must be greater than 0"
+PER_PAGE_NOT_INTEGER = "per_page must be an integer"
+PER_PAGE_NOT_POSITIVE = "per_page must be greater than 0"
+PER_PAGE_TOO_LARGE = "per_page cannot be greater than 1000"
+
+# Outputs stored on a run that ended without its own output.
+TIMEOUT_OUTPUT = "The script's running time exceeded the limit and the execution was aborted."
