@@ -8,7 +8,7 @@ from typing import Any
 import falcon
 
 from sandbox.resources.health import Health, Ping, UpstreamHealth
-from sandbox.resources.run import RunPython
+from sandbox.resources.run import RunPython, RunStatus
 
 MAX_BODY = 4 << 20
 
@@ -45,6 +45,7 @@ def create_app(auth_token: str, service: Any, health: Any) -> falcon.App:
     # JSON only: a form body would otherwise parse into something schema-shaped but wrong.
     app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: falcon.media.JSONHandler()})
     app.add_route("/function/run-python", RunPython(service))
+    app.add_route("/function/runs/{script_id:int(min=1)}", RunStatus(service))
     app.add_route("/ping/", Ping())
     app.add_route("/", Ping())
     app.add_route("/_/health", UpstreamHealth())

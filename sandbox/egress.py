@@ -329,6 +329,8 @@ class EgressProxy:
                 time.sleep(0.05)  # out of descriptors: back off rather than spin
                 continue
             conn = _Conn(client)
+            if os.environ.get('EGX_SNDBUF'):
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(os.environ['EGX_SNDBUF']))
             with run.lock:
                 if run.closed:
                     client.close()

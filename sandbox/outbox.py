@@ -150,6 +150,15 @@ class Outbox:
         rows = self._query("SELECT script_id, container, accepted_at FROM ledger ORDER BY accepted_at")
         return [InFlight(int(s), str(c), float(a)) for s, c, a in rows]
 
+    def holds(self, script_id: int) -> str | None:
+        """"running" while in the ledger, "reporting" while callbacks wait, else None (not here)."""
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM ledger WHERE script_id = ?", (script_id,)).fetchone():
+                return "running"
+            if self._db.execute("SELECT 1 FROM outbox WHERE script_id = ? LIMIT 1", (script_id,)).fetchone():
+                return "reporting"
+        return None
+
     # --- queue --------------------------------------------------------------------------------------------
 
     def running(self, script_id: int, started_at: float) -> None:

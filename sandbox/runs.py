@@ -45,6 +45,7 @@ class Ledger(Protocol):
     def running(self, script_id: int, started_at: float) -> None: ...
     def result(self, script_id: int, body: dict[str, object]) -> None: ...
     def in_flight(self) -> list[Any]: ...
+    def holds(self, script_id: int) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,10 @@ class RunService:
             self._active.add(request.script_id)
         assert self._pool is not None
         self._pool.submit(self._run, request)
+
+    def status(self, script_id: int) -> str | None:
+        """What this node knows of a run: "running", "reporting" (result not yet acknowledged) or None."""
+        return self.outbox.holds(script_id)
 
     def _run(self, request: RunRequest) -> None:
         container = ""

@@ -25,6 +25,24 @@ def _no_nul(value: Any, where: str = "body") -> None:
             _no_nul(item, where)
 
 
+class RunStatus:
+    """GET /function/runs/{script_id}: whether this node holds a run.
+
+    200 {"script_id", "state": "running"|"reporting"}; 404 when the node has neither run
+    it nor a result waiting for it. The dispatcher uses this to tell a run that may have
+    started from one that provably never did.
+    """
+
+    def __init__(self, service: RunService) -> None:
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, script_id: int) -> None:
+        state = self.service.status(script_id)
+        if state is None:
+            raise falcon.HTTPNotFound(description=f"script_id {script_id} is not here")
+        resp.media = {"script_id": script_id, "state": state}
+
+
 class RunPython:
     """Accept a run and answer at once; the result goes to the scheduler's callbacks.
 

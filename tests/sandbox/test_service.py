@@ -217,17 +217,29 @@ def test_slots_busy_gives_429_and_duplicate_gives_409(sandbox_factory: Any, rece
     assert 122 not in receiver.results()
 
 
+def run_state(sandbox: SandboxProcess, script_id: int) -> tuple[int, Any]:
+    response = requests.get(f"{sandbox.url}/function/runs/{script_id}",
+                            headers={"Authorization": f"Token {sandbox.token}"}, timeout=10)
+    return response.status_code, response.json()
+
+
 def test_results_wait_for_the_scheduler(sandbox: SandboxProcess, receiver: CallbackReceiver) -> None:
     receiver.stop()
+    assert run_state(sandbox, 130)[0] == 404
     for script_id in (130, 131):
         assert sandbox.run(script_id, f"print('r{script_id}')").status_code == 202
     deadline = time.monotonic() + 20
     while sandbox.health()["runs_finished"] < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert sandbox.health()["outbox"]["pending"] >= 2
+    assert run_state(sandbox, 130) == (200, {"script_id": 130, "state": "reporting"})
     receiver.start()
     assert receiver.result(130, timeout=60)["output"] == "r130\n"
     assert receiver.result(131, timeout=60)["output"] == "r131\n"
+    deadline = time.monotonic() + 10
+    while run_state(sandbox, 131)[0] != 404:  # acknowledged: the node lets go of it
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def test_sigkill_mid_run_reports_sandbox_lost(sandbox_factory: Any, receiver: CallbackReceiver,
@@ -239,6 +251,7 @@ def test_sigkill_mid_run_reports_sandbox_lost(sandbox_factory: Any, receiver: Ca
         assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.05)
     assert len(ours(podman, sandbox)) == 1
+    assert run_state(sandbox, 140) == (200, {"script_id": 140, "state": "running"})
     sandbox.stop(signal.SIGKILL)
     assert len(ours(podman, sandbox)) == 1  # the orphan outlives the service
     assert 140 not in receiver.results()
