@@ -25,7 +25,8 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("PYTHON_RUNNER_OUTPUT_LIMIT", "1000000", "characters of output kept; the runner is killed past it"),
     ("PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", "104857600", "size of the runner's /tmp"),
     ("PYTHON_RUNNER_NETWORK", "none", "runner network: none (no interface)"),
-    ("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "", "replaces scheme and host of script URLs"),
+    ("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "", "replaces scheme and host of script URLs (when used)"),
+    ("PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT", "", "true: use it (upstream needs both set)"),
     ("TIME_ZONE", "UTC", "TZ inside the runner"),
     ("PYTHON_SANDBOX_SECCOMP_PROFILE", "(tightened Podman default)", "Podman seccomp profile for runners"),
     ("PYTHON_SANDBOX_WARM_POOL", "2", "pre-started runners waiting for a job; 0 turns the pool off"),
@@ -98,13 +99,19 @@ class SandboxConfig:
             output_limit=_positive(env, "PYTHON_RUNNER_OUTPUT_LIMIT", 1_000_000),
             tmpfs_size=_positive(env, "PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", 100 << 20),
             network=network,
-            alternative_file_server_root=env.get("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "").rstrip("/"),
+            alternative_file_server_root=(
+                env.get("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "").rstrip("/")
+                if _true(env.get("PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT", "")) else ""),
             time_zone=env.get("TIME_ZONE") or "UTC",
             seccomp_profile=env.get("PYTHON_SANDBOX_SECCOMP_PROFILE", ""),
             warm_pool=_whole(env, "PYTHON_SANDBOX_WARM_POOL", 2),
             preimport=env.get("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas"),
             pool_min_available=parse_size(env.get("PYTHON_SANDBOX_POOL_MIN_AVAILABLE") or "1g"),
         )
+
+
+def _true(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _whole(env: dict[str, str], name: str, default: int) -> int:
@@ -123,3 +130,12 @@ def _positive(env: dict[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be positive, not {value}")
     return value
+
+
+def markdown_table() -> str:
+    """The README's sandbox configuration table, generated from VARIABLES."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, default, meaning in VARIABLES:
+        shown = f"`{default}`" if default else "(empty)"
+        lines.append(f"| `{name}` | {shown} | {meaning[0].upper() + meaning[1:]}. |")
+    return "\n".join(lines)

@@ -1,0 +1,28 @@
+"""The README's configuration tables are the ones the code generates (no drift)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sandbox.config
+import scheduler.config
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    text = README.read_text()
+    commands = [line.strip() for line in text.splitlines() if line.strip().startswith("./dev ")]
+    assert commands[:2] == ["./dev demo", "./dev test"]
+
+
+def test_configuration_tables_match_the_code() -> None:
+    text = README.read_text()
+    assert scheduler.config.markdown_table() in text
+    assert sandbox.config.markdown_table() in text
+
+
+def test_every_sandbox_variable_is_read() -> None:
+    source = Path(sandbox.config.__file__).read_text()
+    for name, _default, _meaning in sandbox.config.VARIABLES:
+        assert source.count(f'"{name}"') >= 2, f"{name} is listed but never read"

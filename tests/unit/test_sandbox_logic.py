@@ -1,0 +1,106 @@
+"""Pure logic of the sandbox: no Podman, no HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sandbox.config import SandboxConfig, parse_size
+from sandbox.limits import Enforcement, RunnerLimits, detect, human_size
+from sandbox.output import OutputCap
+from sandbox.runs import RunService
+from sandbox.seccomp_profile import DENIED, PODMAN_DEFAULT, tighten
+
+
+def test_output_cap_keeps_exactly_the_limit_in_characters() -> None:
+    cap = OutputCap(5)
+    assert cap.feed("héllo".encode()) is False  # exactly at the cap is not over it
+    assert cap.feed(b"!") is True
+    assert cap.text() == "héllo"
+
+
+def test_output_cap_decodes_utf8_split_across_chunks() -> None:
+    cap = OutputCap(100)
+    data = "zé€😀".encode()
+    for i in range(len(data)):
+        cap.feed(data[i:i + 1])
+    assert cap.text() == "zé€😀"
+
+
+def test_output_cap_memory_is_bounded() -> None:
+    cap = OutputCap(10)
+    for _ in range(1000):
+        cap.feed(b"x" * 65536)
+    assert cap.text() == "x" * 10 and cap.reached and cap.bytes_seen == 1000 * 65536
+
+
+@pytest.mark.parametrize(("text", "value"), [("1g", 1 << 30), ("512m", 512 << 20), ("1048576", 1 << 20),
+                                             ("1.5G", 3 << 29), ("100k", 100 << 10), ("2GiB", 2 << 30)])
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "1x", "-1g"])
+def test_parse_size_refuses(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def test_config_requires_tokens_and_checks_numbers() -> None:
+    with pytest.raises(ValueError, match="PYTHON_SANDBOX_AUTH_TOKEN"):
+        SandboxConfig.from_env({"PYTHON_SCHEDULER_AUTH_TOKEN": "s"})
+    base = {"PYTHON_SANDBOX_AUTH_TOKEN": "a", "PYTHON_SCHEDULER_AUTH_TOKEN": "b", "HOME": "/home/x"}
+    with pytest.raises(ValueError, match="PYTHON_PROCESS_TIMEOUT"):
+        SandboxConfig.from_env({**base, "PYTHON_PROCESS_TIMEOUT": "0"})
+    with pytest.raises(ValueError, match="PYTHON_SANDBOX_WARM_POOL"):
+        SandboxConfig.from_env({**base, "PYTHON_SANDBOX_WARM_POOL": "-1"})
+    config = SandboxConfig.from_env({**base, "PYTHON_RUNNER_CONTAINER_MEMORY": "2g"})
+    assert config.memory == 2 << 30 and config.timeout == 60 and config.output_limit == 1_000_000
+    assert config.state_dir == Path("/home/x/.local/state/seatable-sandbox")
+    alt = {**base, "PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT": "http://files:8082/"}
+    assert SandboxConfig.from_env(alt).alternative_file_server_root == ""  # as upstream: USE_ is needed too
+    alt["PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT"] = "true"
+    assert SandboxConfig.from_env(alt).alternative_file_server_root == "http://files:8082"
+
+
+def test_detect_enforcement() -> None:
+    v1 = detect({"host": {"cgroupVersion": "v1", "cgroupControllers": []}})
+    assert (v1.memory, v1.pids, v1.cpu) == ("rlimit", "rlimit", "none")
+    v2 = detect({"host": {"cgroupVersion": "v2", "cgroupControllers": ["memory", "pids"]}})
+    assert (v2.memory, v2.pids, v2.cpu) == ("cgroup", "cgroup", "none")
+
+
+def test_limits_go_to_cgroups_or_rlimits() -> None:
+    limits = RunnerLimits(memory=1 << 30, pids=256, cpus=1.5, timeout=60, tmpfs_size=100 << 20)
+    cgroup = Enforcement("cgroup", "cgroup", "cgroup", "v2")
+    assert limits.resource_limits(cgroup) == {"memory": {"limit": 1 << 30, "swap": 1 << 30},
+                                              "pids": {"limit": 256}, "cpu": {"quota": 150000, "period": 100000}}
+    assert "--address-space" not in limits.entrypoint_args(cgroup)
+    fallback = Enforcement("rlimit", "rlimit", "none", "v1")
+    assert limits.resource_limits(fallback) == {}
+    args = limits.entrypoint_args(fallback)
+    assert args[args.index("--address-space") + 1] == str(1 << 30)
+    assert args[args.index("--nproc") + 1] == "256"
+
+
+def test_human_size() -> None:
+    assert (human_size(512 << 20), human_size(1 << 30), human_size(1536 << 20)) == ("512 MiB", "1 GiB", "1.5 GiB")
+
+
+def test_seccomp_profile_denies_what_podman_allows() -> None:
+    default = json.loads(PODMAN_DEFAULT.read_text())
+    tightened = tighten(default)
+    allowed = {n for r in tightened["syscalls"] if r["action"] == "SCMP_ACT_ALLOW" for n in r["names"]}
+    assert not allowed & DENIED and "clone3" not in allowed
+    clone3 = [r for r in tightened["syscalls"] if r["names"] == ["clone3"]]
+    assert clone3 == [{"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38, "args": []}]
+    assert {"read", "write", "clone", "execve"} <= allowed
+
+
+def test_alternative_file_server_root_replaces_scheme_and_host() -> None:
+    service = RunService.__new__(RunService)
+    service.alternative_file_server_root = "http://seatable.internal:8082/seafhttp-alt"
+    rewritten = service._rewrite("https://cloud.example/seafhttp/files/abc/index.py?dl=1")
+    assert rewritten == "http://seatable.internal:8082/seafhttp-alt/seafhttp/files/abc/index.py?dl=1"
