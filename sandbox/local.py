@@ -1,0 +1,102 @@
+"""run-local: one script through a real runner, without SeaTable or the scheduler.
+
+For script authors on a pipeline host: the same image, entrypoint, limits and outcome texts
+as a real run, driven straight through the sandbox user's Podman socket (as root or as that
+user). The context and environment are what SeaTable would pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.config import SandboxConfig
+from sandbox.driver import ContainerDriver, Job, RunResult
+from sandbox.errors import SetupError
+from sandbox.host import DEFAULT_USER, lookup_user
+from sandbox.image import default_image
+from sandbox.limits import RunnerLimits, detect
+from sandbox.podman_api import PodmanAPI
+from sandbox.seccomp_profile import write_profile
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    path: Path
+    context: object = None
+    env: tuple[tuple[str, str], ...] = ()
+    user: str = DEFAULT_USER
+
+
+def run_local(request: LocalRun) -> RunResult:
+    try:
+        script = request.path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SetupError(f"cannot read {request.path}: {exc}") from None
+    # The sandbox's own settings where given (limits, image), without requiring its tokens.
+    config = SandboxConfig.from_env({"PYTHON_SANDBOX_AUTH_TOKEN": "-", "PYTHON_SCHEDULER_AUTH_TOKEN": "-",
+                                     **os.environ})
+    user = lookup_user(request.user)
+    api = PodmanAPI(config.podman_url if "PYTHON_SANDBOX_PODMAN_URL" in os.environ else user.socket_url)
+    if not api.ping():
+        raise SetupError(f"no Podman API at {api.socket_path}; run 'seatable-sandbox host-setup' as root")
+    image = config.image or default_image()
+    if not api.image_exists(image):
+        raise SetupError(f"runner image {image} is missing; run 'seatable-sandbox build-runner' as root")
+    with tempfile.TemporaryDirectory(prefix="run-local-") as state:
+        os.chmod(state, 0o755)  # noqa: S103 - the Podman service (the sandbox user) reads the profile
+        driver = ContainerDriver(
+            api=api, image=image, node=f"run-local-{os.getpid()}", output_limit=config.output_limit,
+            limits=RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
+                                timeout=config.timeout, tmpfs_size=config.tmpfs_size),
+            enforcement=detect(api.client.info()), seccomp_profile=str(write_profile(Path(state))),
+        )
+        env = {"is_cloud": "1", "TZ": config.time_zone, **dict(request.env)}
+        context = "" if request.context is None else json.dumps(request.context)
+        containers: list[str] = []
+        try:
+            return driver.run(Job(0, script, context, env), config.timeout, containers.append, lambda _t: None)
+        finally:
+            for container in containers:
+                driver.cleanup(container)
+            api.close()
+
+
+def print_result(result: RunResult) -> int:
+    sys.stdout.write(result.output)
+    if result.output and not result.output.endswith("\n"):
+        sys.stdout.write("\n")
+    state = "succeeded" if result.success else "failed"
+    print(f"--- {state}: {result.outcome}, return code {result.return_code}, {result.spend_time:.2f} s",
+          file=sys.stderr)
+    return 0 if result.success else 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="the Python script to run")
+    parser.add_argument("--context", type=json.loads, help='JSON as SeaTable passes it, e.g. \'{"table": "T"}\'')
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the script, e.g. dtable_web_url=... api_token=...")
+    parser.add_argument("--user", default=DEFAULT_USER, help="the sandbox user whose Podman runs the script")
+
+
+def command(args: argparse.Namespace, _config: object = None) -> int:
+    """CLI handler: run, print the output and one outcome line; exit 0 only on success."""
+    env = []
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            print(f"run-local: --env needs NAME=VALUE, not {item!r}", file=sys.stderr)
+            return 2
+        env.append((name, value))
+    try:
+        result = run_local(LocalRun(args.file, args.context, tuple(env), args.user))
+    except (SetupError, ValueError) as exc:
+        print(f"run-local: {exc}", file=sys.stderr)
+        return 2
+    return print_result(result)
