@@ -22,6 +22,10 @@ import sys
 import traceback
 import types
 
+EGRESS_SOCKET = "/run/egress/proxy.sock"  # present when the sandbox gives this runner a way out
+EGRESS_FORWARDER = "/opt/runner/egress_forward.py"
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+CA_BUNDLE_PATH = "/tmp/.ca-bundle.pem"
 SCRIPT_DIR = "/scripts"  # a link to SCRIPT_HOME, as upstream's scripts expect
 SCRIPT_HOME = "/tmp/scripts"
 SCRIPT_PATH = SCRIPT_DIR + "/index.py"
@@ -134,7 +138,38 @@ def read_job() -> dict[str, object]:
         raise ValueError("job env must map strings to strings")
     if not isinstance(job.get("input", ""), str):
         raise ValueError("job input must be a string")
+    if not isinstance(job.get("ca_bundle", ""), str):
+        raise ValueError("job ca_bundle must be a string")
     return job
+
+
+def start_egress() -> dict[str, str]:
+    """Relay 127.0.0.1:3128 to the sandbox's egress socket; the proxy variables for the script.
+
+    The relay enforces nothing (the host-side proxy does), so a script that ignores the
+    variables or kills the relay only loses its own way out.
+    """
+    if not os.path.exists(EGRESS_SOCKET):
+        return {}
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("egress_forward", EGRESS_FORWARDER)
+    if spec is None or spec.loader is None:
+        return {}
+    forward = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(forward)
+    forward.start(EGRESS_SOCKET)
+    env: dict[str, str] = forward.proxy_env()
+    return env
+
+
+def trust_store(extra_pem: str) -> dict[str, str]:
+    """The system CAs plus the admin's, for requests (REQUESTS_CA_BUNDLE) and ssl (SSL_CERT_FILE)."""
+    if not extra_pem:
+        return {}
+    with open(SYSTEM_CA_FILE, encoding="ascii") as system, open(CA_BUNDLE_PATH, "w", encoding="ascii") as bundle:
+        bundle.write(system.read().rstrip("\n") + "\n" + extra_pem)
+    return {"REQUESTS_CA_BUNDLE": CA_BUNDLE_PATH, "SSL_CERT_FILE": CA_BUNDLE_PATH}
 
 
 def stdin_from(text: str) -> None:
@@ -147,7 +182,7 @@ def stdin_from(text: str) -> None:
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
 
 
-def prepare_environment(env: dict[str, str]) -> None:
+def prepare_environment(env: dict[str, str], base: dict[str, str] | None = None) -> None:
     os.environ.clear()
     os.environ.update({
         "HOME": "/tmp",
@@ -155,6 +190,7 @@ def prepare_environment(env: dict[str, str]) -> None:
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
         "is_cloud": "1",
+        **(base or {}),
     })
     os.environ.update(env)
     if "TZ" in env:
@@ -248,7 +284,12 @@ def main(argv: list[str]) -> None:
     env = job.get("env", {})
     assert isinstance(env, dict)
     stdin_from(str(job.get("input", "")))
-    prepare_environment(env)
+    try:
+        base = {**start_egress(), **trust_store(str(job.get("ca_bundle", "")))}
+    except (OSError, ValueError) as exc:
+        print(f"runner: network set-up failed: {exc}", file=sys.stderr)
+        base = {}
+    prepare_environment(env, base)
     try:
         status = run_script(str(job["script"]))
     except SystemExit as exc:

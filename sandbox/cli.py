@@ -86,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="serve the sandbox API under gunicorn (as the sandbox user)")
     commands["serve"] = cmd_serve
 
+    from sandbox import local
+
+    p = sub.add_parser("run-local", help="run one script through a real runner, as SeaTable would")
+    local.add_arguments(p)
+    commands["run-local"] = local.command
+
+    from sandbox.systemd import add_parser as add_systemd_parser
+
+    add_systemd_parser(sub, commands)
+
     parser.set_defaults(commands=commands)
     return parser
 

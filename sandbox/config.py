@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.egress_policy import EgressPolicy
+
 # name, default, meaning: the README's configuration table is checked against this list.
 VARIABLES: list[tuple[str, str, str]] = [
     ("PYTHON_SANDBOX_AUTH_TOKEN", "(required)", "token the dispatcher sends as `Authorization: Token …`"),
@@ -24,7 +26,15 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("PYTHON_RUNNER_CONTAINER_CPUS", "", "CPU limit in cores where cgroups are delegated; empty = none"),
     ("PYTHON_RUNNER_OUTPUT_LIMIT", "1000000", "characters of output kept; the runner is killed past it"),
     ("PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", "104857600", "size of the runner's /tmp"),
-    ("PYTHON_RUNNER_NETWORK", "none", "runner network: none (no interface)"),
+    ("PYTHON_RUNNER_NETWORK", "seatable", "runner network: none (nothing reachable), seatable (HTTP(S) to the run's "
+     "SeaTable server and the allow list only), open (any public address; never loopback or link-local)"),
+    ("PYTHON_RUNNER_EGRESS_ALLOW", "", "more destinations runners may reach: host, host:port, [v6]:port or an "
+     "http(s) URL, comma-separated; a listed IP literal may be private or loopback"),
+    ("PYTHON_RUNNER_CA_BUNDLE", "", "PEM file of extra CA certificates the runners trust (REQUESTS_CA_BUNDLE, "
+     "SSL_CERT_FILE), e.g. for a SeaTable server with an in-house CA"),
+    ("PYTHON_SANDBOX_EGRESS_DIR", "<state dir>/egress", "where the per-run egress sockets are created"),
+    ("PYTHON_SANDBOX_EGRESS_HOST_DIR", "(same)", "that directory as the Podman host sees it, when the sandbox itself "
+     "runs in a container"),
     ("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "", "replaces scheme and host of script URLs (when used)"),
     ("PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT", "", "true: use it (upstream needs both set)"),
     ("TIME_ZONE", "UTC", "TZ inside the runner"),
@@ -33,6 +43,11 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas", "modules warm runners import before their job"),
     ("PYTHON_SANDBOX_POOL_MIN_AVAILABLE", "1g", "below this much available memory the pool empties"),
 ]
+
+NETWORK_MODES = ("none", "seatable", "open")
+# A Unix socket path is at most 107 bytes: <dir>/<12 hex digits>/proxy.sock.
+MAX_EGRESS_DIR = 107 - 13 - len("/proxy.sock")
+MAX_CA_BUNDLE = 1 << 20
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
@@ -63,7 +78,11 @@ class SandboxConfig:
     cpus: float = 0.0
     output_limit: int = 1_000_000
     tmpfs_size: int = 100 << 20
-    network: str = "none"
+    network: str = "seatable"
+    egress_allow: str = ""
+    ca_bundle: str = ""
+    egress_dir: Path = Path("state/egress")
+    egress_host_dir: str = ""
     alternative_file_server_root: str = ""
     time_zone: str = "UTC"
     seccomp_profile: str = ""
@@ -78,9 +97,19 @@ class SandboxConfig:
         if missing:
             raise ValueError(f"{', '.join(missing)} must be set")
         home = Path(env.get("HOME") or Path.home())
-        network = env.get("PYTHON_RUNNER_NETWORK", "none")
-        if network not in ("none",):
-            raise ValueError(f"PYTHON_RUNNER_NETWORK={network!r} is not supported (use none)")
+        network = env.get("PYTHON_RUNNER_NETWORK") or "seatable"
+        if network not in NETWORK_MODES:
+            raise ValueError(f"PYTHON_RUNNER_NETWORK={network!r}: use one of {', '.join(NETWORK_MODES)}")
+        egress_allow = env.get("PYTHON_RUNNER_EGRESS_ALLOW", "")
+        EgressPolicy.for_run("open", egress_allow, None)  # a bad entry fails here, at start, not per run
+        state_dir = Path(env.get("PYTHON_SANDBOX_STATE_DIR") or home / ".local/state/seatable-sandbox")
+        egress_dir = Path(env.get("PYTHON_SANDBOX_EGRESS_DIR") or state_dir / "egress")
+        if len(str(egress_dir)) > MAX_EGRESS_DIR:
+            raise ValueError(f"PYTHON_SANDBOX_EGRESS_DIR {egress_dir} is too long for Unix socket paths "
+                             f"(at most {MAX_EGRESS_DIR} characters)")
+        ca_bundle = env.get("PYTHON_RUNNER_CA_BUNDLE", "")
+        if ca_bundle:
+            ca_bundle = _read_ca_bundle(ca_bundle)
         return cls(
             auth_token=env["PYTHON_SANDBOX_AUTH_TOKEN"],
             scheduler_url=env.get("PYTHON_SCHEDULER_URL", "http://127.0.0.1:5055").rstrip("/"),
@@ -89,7 +118,7 @@ class SandboxConfig:
             podman_url=env.get("PYTHON_SANDBOX_PODMAN_URL")
             or f"unix:///run/user/{os.getuid()}/podman/podman.sock",
             node_name=env.get("PYTHON_SANDBOX_NODE_NAME") or os.uname().nodename,
-            state_dir=Path(env.get("PYTHON_SANDBOX_STATE_DIR") or home / ".local/state/seatable-sandbox"),
+            state_dir=state_dir,
             image=env.get("PYTHON_RUNNER_IMAGE", ""),
             slots=_positive(env, "PYTHON_STARTER_THREAD_COUNT", 10),
             timeout=_positive(env, "PYTHON_PROCESS_TIMEOUT", 60),
@@ -99,6 +128,10 @@ class SandboxConfig:
             output_limit=_positive(env, "PYTHON_RUNNER_OUTPUT_LIMIT", 1_000_000),
             tmpfs_size=_positive(env, "PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", 100 << 20),
             network=network,
+            egress_allow=egress_allow,
+            ca_bundle=ca_bundle,
+            egress_dir=egress_dir,
+            egress_host_dir=env.get("PYTHON_SANDBOX_EGRESS_HOST_DIR", ""),
             alternative_file_server_root=(
                 env.get("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "").rstrip("/")
                 if _true(env.get("PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT", "")) else ""),
@@ -108,6 +141,17 @@ class SandboxConfig:
             preimport=env.get("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas"),
             pool_min_available=parse_size(env.get("PYTHON_SANDBOX_POOL_MIN_AVAILABLE") or "1g"),
         )
+
+
+def _read_ca_bundle(path: str) -> str:
+    """The PEM text, read once at start (a path of the admin's, never one a runner could plant)."""
+    try:
+        text = Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"PYTHON_RUNNER_CA_BUNDLE={path}: cannot read it ({exc})") from None
+    if "-----BEGIN CERTIFICATE-----" not in text or len(text) > MAX_CA_BUNDLE:
+        raise ValueError(f"PYTHON_RUNNER_CA_BUNDLE={path}: not a PEM certificate bundle (at most 1 MiB)")
+    return text
 
 
 def _true(raw: str) -> bool:

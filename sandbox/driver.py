@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox import texts
+from sandbox.egress import EgressPolicy, EgressProxy
 from sandbox.limits import Enforcement, RunnerLimits, human_size
 from sandbox.output import OutputCap
 from sandbox.podman_api import STDERR, AttachStream, PodmanAPI, PodmanError
@@ -30,15 +32,23 @@ KILLED = 137  # what a container we stopped with SIGKILL exits with
 TIMEOUT_RETURN_CODE = -1  # upstream's return code for a run stopped by the time limit
 
 
+EGRESS_MOUNT = "/run/egress"
+
+
 @dataclass(frozen=True)
 class Job:
     script_id: int
     script: str
     input: str
     env: dict[str, str]
+    egress: EgressPolicy | None = None  # where this run may connect; None: nowhere
+    ca_bundle: str = ""  # extra CA certificates (PEM) the runner trusts
 
     def line(self) -> bytes:
-        return json.dumps({"script": self.script, "input": self.input, "env": self.env}).encode() + b"\n"
+        job: dict[str, object] = {"script": self.script, "input": self.input, "env": self.env}
+        if self.ca_bundle:
+            job["ca_bundle"] = self.ca_bundle
+        return json.dumps(job).encode() + b"\n"
 
 
 @dataclass
@@ -72,6 +82,7 @@ class Runner:
     container: str
     stream: AttachStream
     created: float = field(default_factory=time.monotonic)
+    egress_key: str = ""  # its socket directory in the EgressProxy, when it has one
 
 
 @dataclass
@@ -108,22 +119,38 @@ class ContainerDriver:
     seccomp_profile: str = ""
     time_zone: str = "UTC"
     extra_warnings: list[str] = field(default_factory=list)
+    # The way out for runners (network modes seatable and open); None: no way out at all.
+    egress: EgressProxy | None = None
+    # The egress proxy's directory as the Podman host sees it, when the sandbox runs in a container.
+    egress_host_dir: str = ""
+    _egress_keys: dict[str, str] = field(default_factory=dict)
+    _keys_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def spec(self, label: str, preimport: str = "") -> dict[str, Any]:
+    def spec(self, label: str, preimport: str = "", key: str = "") -> dict[str, Any]:
+        key = key or secrets.token_hex(6)
         command = self.limits.entrypoint_args(self.enforcement)
         if preimport:
             command += ["--preimport", preimport]
+        mounts: list[dict[str, Any]] = [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                                         "options": ["rw", "nosuid", "nodev", f"size={self.limits.tmpfs_size}"]}]
+        if self.egress is not None:
+            base = self.egress_host_dir or str(self.egress.base_dir)
+            mounts.append({"destination": EGRESS_MOUNT, "type": "bind", "source": f"{base}/{key}",
+                           "options": ["ro", "rbind", "nosuid", "nodev", "noexec"]})
         spec: dict[str, Any] = {
             "image": self.image,
-            "name": f"seatable-run-{label}-{secrets.token_hex(4)}",
+            "name": f"seatable-run-{label}-{key}",
             "command": command,
             "user": "1000:1000",
             "read_only_filesystem": True,
-            "mounts": [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                        "options": ["rw", "nosuid", "nodev", f"size={self.limits.tmpfs_size}"]}],
+            "mounts": mounts,
             "cap_drop": ["ALL"],
             "no_new_privileges": True,
+            # Loopback only, in every mode: the one way out is the egress socket, checked host-side.
             "netns": {"nsmode": "none"},
+            # The image's empty resolv.conf and loopback-only hosts, read-only like the rest of the root.
+            "use_image_resolve_conf": True,
+            "use_image_hosts": True,
             "labels": {LABEL: self.node, LABEL_SCRIPT: label},
             "stdin": True,
             "terminal": False,
@@ -140,7 +167,17 @@ class ContainerDriver:
 
     def prepare(self, label: str, preimport: str = "") -> Runner:
         """Create, attach and start a runner; its entrypoint then waits for one job."""
-        created = self.api.create(self.spec(label, preimport))
+        key = secrets.token_hex(6)
+        if self.egress is not None:
+            self.egress.open(key)
+        try:
+            created = self.api.create(self.spec(label, preimport, key))
+        except BaseException:
+            self._close_egress(key)
+            raise
+        if self.egress is not None:
+            with self._keys_lock:
+                self._egress_keys[created.id] = key
         for warning in created.warnings:
             if warning not in self.extra_warnings:
                 self.extra_warnings.append(warning)
@@ -154,7 +191,7 @@ class ContainerDriver:
         except BaseException:
             self.cleanup(created.id)
             raise
-        return Runner(created.id, stream)
+        return Runner(created.id, stream, egress_key=key if self.egress is not None else "")
 
     def run(self, job: Job, timeout: int, on_container: Callable[[str], None],
             on_started: Callable[[float], None], runner: Runner | None = None) -> RunResult:
@@ -170,6 +207,9 @@ class ContainerDriver:
     def execute(self, runner: Runner, job: Job, timeout: int, on_started: Callable[[float], None]) -> RunResult:
         cap = OutputCap(self.output_limit)
         try:
+            if runner.egress_key and job.egress is not None:
+                assert self.egress is not None
+                self.egress.arm(runner.egress_key, job.egress)  # unarmed, every connection is refused
             started_at = time.time()
             clock = time.monotonic()
             on_started(started_at)
@@ -181,7 +221,30 @@ class ContainerDriver:
         spend = time.monotonic() - clock
         if outcome != "exited":
             self.api.kill(runner.container)
-        return self._result(runner.container, outcome, state, cap, started_at, spend, timeout)
+        result = self._result(runner.container, outcome, state, cap, started_at, spend, timeout)
+        lines = self._egress_lines(runner.container)
+        if lines and result.output and not result.output.endswith("\n"):
+            lines = "\n" + lines
+        result.output += lines
+        return result
+
+    def _egress_lines(self, container: str) -> str:
+        """The run's refused and failed connections, one short line each, after its output."""
+        with self._keys_lock:
+            key = self._egress_keys.pop(container, "")
+        report = self._close_egress(key)
+        if report is None:
+            return ""
+        lines = report.refused + report.failed
+        return "".join(f"[{line}]\n" for line in lines)
+
+    def _close_egress(self, key: str) -> Any:
+        if self.egress is None or not key:
+            return None
+        try:
+            return self.egress.close(key)
+        except KeyError:
+            return None  # already closed
 
     def _pump(self, stream: Any, cap: OutputCap, deadline: float) -> tuple[str, _Stream]:
         state = _Stream(cap)
@@ -220,6 +283,9 @@ class ContainerDriver:
             self.api.remove(container)
         except PodmanError as exc:
             log.warning("could not remove container %s: %s", container[:12], exc)
+        with self._keys_lock:
+            key = self._egress_keys.pop(container, "")
+        self._close_egress(key)
 
     def orphans(self) -> list[str]:
         """Containers of this node that no run owns (left by a crash)."""

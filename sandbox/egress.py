@@ -9,8 +9,6 @@ forwarded one request per connection, rewritten to origin form with Connection: 
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import re
 import select
@@ -22,8 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from sandbox.egress_http import PIPE_CHUNK, Mover, ProxyRequest, answer, parse_request, read_head, rewrite_response
 from sandbox.egress_policy import (  # the reason texts users see live there, at the top
     FAILED_LINE,
     NOT_ARMED,
@@ -35,21 +33,15 @@ from sandbox.egress_policy import (  # the reason texts users see live there, at
     EgressPolicy,
     Refused,
     Resolver,
-    split_authority,
 )
 
-__all__ = ["EgressPolicy", "EgressProxy", "RunEgressReport", "connect_address"]
+__all__ = ["EgressPolicy", "EgressProxy", "ProxyRequest", "RunEgressReport", "connect_address", "parse_request"]
 
 SOCKET_NAME = "proxy.sock"
-MAX_HEAD = 32 * 1024
 MAX_REPORT_LINES = 20
-BUFFER = 256 * 1024
-PIPE_CHUNK = int(os.environ.get('EGX_PIPE', 1024 * 1024))
-_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 Connector = Callable[[Address, int, float], socket.socket]
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def connect_address(ip: Address, port: int, timeout: float) -> socket.socket:
@@ -77,96 +69,6 @@ class RunEgressReport:
 
 class Unreachable(Exception):
     """An allowed destination that did not answer (answered 502, reported as failed)."""
-
-
-@dataclass(frozen=True)
-class ProxyRequest:
-    connect: bool
-    host: str
-    port: int
-    head: bytes  # what goes upstream (plain HTTP only)
-
-    @property
-    def target(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host[:100]}:{self.port}"
-
-
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "upgrade", "host"})
-
-
-def parse_request(head: bytes) -> ProxyRequest:
-    """CONNECT host:port, or an absolute http:// request rewritten to origin form with Connection: close."""
-    lines = head.decode("latin-1").split("\r\n")[:-2]
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
-        raise BadRequest("bad request line")
-    method, target, version = parts
-    headers = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not _TOKEN.fullmatch(name):
-            raise BadRequest("bad header line")
-        headers.append((name, value.strip()))
-    if method == "CONNECT":
-        return ProxyRequest(True, *split_authority(target), b"")
-    url = urlsplit(target)
-    if url.scheme.lower() != "http" or not url.netloc:
-        raise BadRequest("use CONNECT, or an absolute http:// URL")
-    authority = url.netloc.rpartition("@")[2]
-    host, port = split_authority(authority, default_port=80)
-    listed = {t.strip().lower() for n, v in headers if n.lower() == "connection" for t in v.split(",")}
-    drop = _HOP_BY_HOP | listed
-    kept = [f"{n}: {v}" for n, v in headers if n.lower() not in drop and not n.lower().startswith("proxy-")]
-    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-    out = [f"{method} {path} {version}", f"Host: {authority}", *kept, "Connection: close", "", ""]
-    return ProxyRequest(False, host, port, "\r\n".join(out).encode("latin-1"))
-
-
-def _rewrite_response(head: bytearray) -> bytes | None:
-    """The response head with Connection: close, so no client reuses a connection this proxy ends."""
-    end = head.find(b"\r\n\r\n")
-    if end < 0:
-        return None if len(head) <= MAX_HEAD else bytes(head)
-    lines = bytes(head[:end]).split(b"\r\n")
-    kept = [ln for ln in lines[1:] if ln.split(b":", 1)[0].strip().lower() not in (b"connection", b"keep-alive")]
-    return b"\r\n".join([lines[0], *kept, b"Connection: close", b"", b""]) + bytes(head[end + 4:])
-
-
-def _read_head(sock: socket.socket, deadline: float) -> tuple[bytes, bytes]:
-    data = bytearray()
-    while (end := data.find(b"\r\n\r\n")) < 0:
-        remaining = deadline - time.monotonic()
-        if len(data) > MAX_HEAD or remaining <= 0:
-            raise BadRequest("request head too large or too slow")
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            continue
-        if not chunk:
-            raise ConnectionError("closed before a complete request")
-        data += chunk
-    if end > MAX_HEAD:
-        raise BadRequest("request head too large")
-    return bytes(data[:end + 4]), bytes(data[end + 4:])
-
-
-def _answer(sock: socket.socket, status: int, phrase: str, body: str, reason: str = "") -> None:
-    """A short text answer; then drain briefly so closing does not reset it away."""
-    extra = f"X-Egress-Refused: {reason}\r\n" if reason else ""
-    payload = (body + "\n").encode()
-    head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n{extra}\r\n")
-    try:
-        sock.settimeout(2.0)
-        sock.sendall(head.encode() + payload)
-        sock.shutdown(socket.SHUT_WR)
-        for _ in range(16):
-            if not sock.recv(65536):
-                break
-    except OSError:
-        pass
 
 
 def _shutdown(sock: socket.socket | None, how: int = socket.SHUT_RDWR) -> None:
@@ -222,9 +124,13 @@ class EgressProxy:
 
     def __init__(self, base_dir: Path, *, resolver: Resolver = socket.getaddrinfo,
                  connector: Connector = connect_address, idle_timeout: float = 300.0,
-                 head_timeout: float = 30.0, connect_timeout: float = 10.0, max_connections: int = 32) -> None:
+                 head_timeout: float = 30.0, connect_timeout: float = 10.0, max_connections: int = 32,
+                 clear: bool = False) -> None:
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if clear:  # sockets of runs this service held before a restart: their runners are gone
+            for leftover in os.listdir(self.base_dir):
+                self._remove(leftover)
         self._resolver = resolver
         self._connector = connector
         self.idle_timeout = idle_timeout
@@ -329,8 +235,10 @@ class EgressProxy:
                 time.sleep(0.05)  # out of descriptors: back off rather than spin
                 continue
             conn = _Conn(client)
-            if os.environ.get('EGX_SNDBUF'):
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(os.environ['EGX_SNDBUF']))
+            try:  # fewer wake-ups on the download side; capped by net.core.wmem_max, so best effort
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PIPE_CHUNK)
+            except OSError:
+                pass
             with run.lock:
                 if run.closed:
                     client.close()
@@ -340,7 +248,7 @@ class EgressProxy:
                     run.conns.add(conn)
             if full:
                 self._note(run, "refused", REFUSED_LINE.format(target="new connection", reason=TOO_MANY))
-                _answer(client, 503, "Service Unavailable", TOO_MANY, TOO_MANY)
+                answer(client, 503, "Service Unavailable", TOO_MANY, TOO_MANY)
                 client.close()
                 continue
             conn.thread = threading.Thread(target=self._serve, args=(run, conn), daemon=True,
@@ -360,7 +268,7 @@ class EgressProxy:
     def _serve(self, run: _Run, conn: _Conn) -> None:
         client, target = conn.client, "?"
         try:
-            head, rest = _read_head(client, time.monotonic() + self.head_timeout)
+            head, rest = read_head(client, time.monotonic() + self.head_timeout)
             request = parse_request(head)
             target = request.target
             if run.policy is None:
@@ -383,13 +291,13 @@ class EgressProxy:
             reason = f"{exc.reason} {exc.detail}".strip()
             line = REFUSED_LINE.format(target=target, reason=reason)
             self._note(run, "refused", line)
-            _answer(client, 403, "Forbidden", line, exc.reason)
+            answer(client, 403, "Forbidden", line, exc.reason)
         except Unreachable as exc:
             line = FAILED_LINE.format(target=target, reason=f"{UNREACHABLE}: {exc}")
             self._note(run, "failed", line)
-            _answer(client, 502, "Bad Gateway", line)
+            answer(client, 502, "Bad Gateway", line)
         except BadRequest as exc:
-            _answer(client, 400, "Bad Request", f"egress: bad proxy request: {exc}")
+            answer(client, 400, "Bad Request", f"egress: bad proxy request: {exc}")
         except (OSError, ValueError):
             pass  # a peer went away mid-stream
         finally:
@@ -421,7 +329,7 @@ class EgressProxy:
         poller.register(upstream, select.POLLIN)
         client_fd = client.fileno()
         head: bytearray | None = bytearray() if rewrite else None
-        mover = _Mover(self.idle_timeout)
+        mover = Mover(self.idle_timeout)
         try:
             while events := poller.poll(self.idle_timeout * 1000):
                 for fd, _ in events:
@@ -435,7 +343,7 @@ class EgressProxy:
                     if head is not None:  # the response head is rewritten, the body only moved
                         data = upstream.recv(65536)
                         head += data
-                        rewritten = _rewrite_response(head) if data else bytes(head)
+                        rewritten = rewrite_response(head) if data else bytes(head)
                         if rewritten is not None:
                             client.sendall(rewritten)
                             conn.down += len(rewritten)
@@ -449,59 +357,3 @@ class EgressProxy:
                     conn.down += n or 0
         finally:
             mover.close()
-
-
-class _Mover:
-    """Moves what is readable from one socket to another: splice(2) through a pipe, so the bytes are
-    never copied into this process (the proxy must keep up with a direct download), recv/send where
-    splice is not supported."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.pipe: tuple[int, int] | None = os.pipe2(os.O_CLOEXEC)
-        try:  # fewer, larger moves; refused once the user's pipe budget is spent, which only costs speed
-            fcntl.fcntl(self.pipe[1], fcntl.F_SETPIPE_SZ, PIPE_CHUNK)
-        except OSError:
-            pass
-        self.buf = bytearray(0)
-
-    def close(self) -> None:
-        if self.pipe is not None:
-            os.close(self.pipe[0])
-            os.close(self.pipe[1])
-            self.pipe = None
-
-    def move(self, src: socket.socket, dst: socket.socket) -> int | None:
-        """Bytes moved; 0 at end of stream; None when there was nothing to read after all."""
-        if self.pipe is not None:
-            try:
-                n = os.splice(src.fileno(), self.pipe[1], PIPE_CHUNK, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                return None
-            except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                self.close()  # nothing moved yet: carry on with recv/send
-            else:
-                left = n
-                while left:
-                    try:
-                        left -= os.splice(self.pipe[0], dst.fileno(), left, flags=_SPLICE_FLAGS)
-                    except BlockingIOError:
-                        _wait_writable(dst, self.timeout)
-                return n
-        if not self.buf:
-            self.buf = bytearray(BUFFER)
-        try:
-            n = src.recv_into(self.buf)
-        except BlockingIOError:
-            return None
-        dst.sendall(memoryview(self.buf)[:n])
-        return n
-
-
-def _wait_writable(sock: socket.socket, timeout: float) -> None:
-    poller = select.poll()
-    poller.register(sock, select.POLLOUT)
-    if not poller.poll(timeout * 1000):
-        raise TimeoutError("peer stopped reading")

@@ -99,13 +99,13 @@ def address_kind(ip: Address) -> str | None:
 def parse_host(host: str) -> tuple[str, Address | None]:
     """(normalised name, IP literal or None); every IPv4 spelling inet_aton accepts counts as a literal."""
     host = host.strip().lower().rstrip(".")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    bracketed = host.startswith("[") and host.endswith("]")
     try:
-        ip = normalise_ip(ipaddress.ip_address(host))
+        ip = normalise_ip(ipaddress.ip_address(host[1:-1] if bracketed else host))
         return str(ip), ip
     except ValueError:
-        pass
+        if bracketed:
+            raise BadRequest(f"bad IPv6 address {host[:80]!r}") from None
     if _NUMERIC_V4.fullmatch(host):
         try:
             ip = ipaddress.IPv4Address(socket.inet_aton(host))
@@ -121,6 +121,7 @@ def split_authority(text: str, default_port: int | None = None) -> tuple[str, in
     """host:port, [v6]:port, or a bare host when a default port is given."""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
+        host = f"[{host}]"  # parse_host accepts brackets around IPv6 literals only
         port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "!")
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")

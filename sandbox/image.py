@@ -50,6 +50,7 @@ class Recipe:
     requirements: str
     sdist_wheels: str
     entrypoint: str
+    egress_forward: str = ""
     extra_packages: tuple[str, ...] = ()
     mirrors: tuple[str, ...] = DEFAULT_MIRRORS
 
@@ -60,6 +61,7 @@ class Recipe:
             requirements=requirements.read_text() if requirements else files.joinpath("requirements.txt").read_text(),
             sdist_wheels=files.joinpath("sdist-wheels.txt").read_text(),
             entrypoint=files.joinpath("entrypoint.py").read_text(),
+            egress_forward=files.joinpath("egress_forward.py").read_text(),
             extra_packages=extra_packages,
         )
 
@@ -70,7 +72,8 @@ class Recipe:
     def digest(self) -> str:
         h = hashlib.sha256()
         for part in (RECIPE_VERSION, SUITE, " ".join(self.debian_packages), "\n".join(self.mirrors),
-                     " ".join(PIP_PLATFORM), self.requirements, self.sdist_wheels, self.entrypoint):
+                     " ".join(PIP_PLATFORM), self.requirements, self.sdist_wheels, self.entrypoint,
+                     self.egress_forward):
             h.update(part.encode())
             h.update(b"\0")
         return h.hexdigest()[:16]
@@ -195,6 +198,11 @@ class RunnerImageBuilder:
     def _finish_tree(self, rootfs: Path) -> None:
         runner = rootfs / "opt" / "runner"
         (runner / "entrypoint.py").write_text(self.recipe.entrypoint)
+        (runner / "egress_forward.py").write_text(self.recipe.egress_forward)
+        # No resolver and no names but loopback: every name is resolved by the egress proxy's policy.
+        (rootfs / "etc/resolv.conf").unlink(missing_ok=True)
+        (rootfs / "etc/resolv.conf").write_text("# names are resolved by the sandbox's egress proxy\n")
+        (rootfs / "etc/hosts").write_text("127.0.0.1\tlocalhost runner\n::1\tlocalhost ip6-localhost\n")
         # -I ignores PYTHONPATH, but site still reads .pth files from dist-packages.
         (rootfs / "usr/lib/python3/dist-packages/runner.pth").write_text(f"/{SITE_PACKAGES}\n")
         _append(rootfs / "etc/passwd", f"seatable:x:{RUNNER_UID}:{RUNNER_UID}:SeaTable script:/tmp:/usr/sbin/nologin\n")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sandbox.config import SandboxConfig
 from sandbox.driver import ContainerDriver, Job, RunResult
+from sandbox.egress import EgressPolicy, EgressProxy
 from sandbox.errors import SetupError
 from sandbox.host import DEFAULT_USER, lookup_user
 from sandbox.image import default_image
@@ -50,27 +51,38 @@ def run_local(request: LocalRun) -> RunResult:
         raise SetupError(f"runner image {image} is missing; run 'seatable-sandbox build-runner' as root")
     with tempfile.TemporaryDirectory(prefix="run-local-") as state:
         os.chmod(state, 0o755)  # noqa: S103 - the Podman service (the sandbox user) reads the profile
+        egress = None
+        if config.network != "none":
+            egress = EgressProxy(Path(state) / "egress")
+            os.chmod(egress.base_dir, 0o755)  # noqa: S103 - the sandbox user's Podman bind-mounts from it
         driver = ContainerDriver(
             api=api, image=image, node=f"run-local-{os.getpid()}", output_limit=config.output_limit,
             limits=RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                                 timeout=config.timeout, tmpfs_size=config.tmpfs_size),
             enforcement=detect(api.client.info()), seccomp_profile=str(write_profile(Path(state))),
+            egress=egress,
         )
         env = {"is_cloud": "1", "TZ": config.time_zone, **dict(request.env)}
         context = "" if request.context is None else json.dumps(request.context)
         containers: list[str] = []
         try:
-            return driver.run(Job(0, script, context, env), config.timeout, containers.append, lambda _t: None)
+            policy = None if egress is None else EgressPolicy.for_run(
+                config.network, config.egress_allow, env.get("dtable_web_url"))
+            job = Job(0, script, context, env, egress=policy, ca_bundle=config.ca_bundle)
+            return driver.run(job, config.timeout, containers.append, lambda _t: None)
         finally:
             for container in containers:
                 driver.cleanup(container)
             api.close()
+            if egress is not None:
+                egress.shutdown()
 
 
 def print_result(result: RunResult) -> int:
     sys.stdout.write(result.output)
     if result.output and not result.output.endswith("\n"):
         sys.stdout.write("\n")
+    sys.stdout.flush()  # the output before the outcome line, also when both go to one pipe
     state = "succeeded" if result.success else "failed"
     print(f"--- {state}: {result.outcome}, return code {result.return_code}, {result.spend_time:.2f} s",
           file=sys.stderr)

@@ -18,6 +18,7 @@ import requests
 
 from sandbox import texts
 from sandbox.driver import Job, RunResult
+from sandbox.egress_policy import EgressPolicy
 
 log = logging.getLogger(__name__)
 SCRIPT_FETCH_TIMEOUT = 60
@@ -66,6 +67,9 @@ class RunService:
     time_zone: str = "UTC"
     alternative_file_server_root: str = ""
     pool: Any = None  # a WarmPool, or None for the cold path only
+    network: str = "none"  # none, seatable or open (PYTHON_RUNNER_NETWORK)
+    egress_allow: str = ""  # PYTHON_RUNNER_EGRESS_ALLOW
+    ca_bundle: str = ""  # PEM text of extra CAs for the runners
     _active: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: ThreadPoolExecutor | None = None
@@ -120,7 +124,8 @@ class RunService:
         script = self._script(request)
         if isinstance(script, RunResult):
             return script
-        job = Job(request.script_id, script, _input_text(request.context_data), self._env(request.env))
+        job = Job(request.script_id, script, _input_text(request.context_data), self._env(request.env),
+                  egress=self._egress(request.env), ca_bundle=self.ca_bundle)
         runner = self.pool.take() if self.pool is not None else None
         return self.driver.run(job, self.timeout, remember,
                                lambda started: self.outbox.running(request.script_id, started), runner=runner)
@@ -150,6 +155,13 @@ class RunService:
         parts = urlsplit(url)
         path = root.path.rstrip("/") + parts.path
         return urlunsplit((root.scheme, root.netloc, path, parts.query, ""))
+
+    def _egress(self, env: dict[str, str]) -> EgressPolicy | None:
+        """The run's own SeaTable server (and file server root) plus the admin's allow list."""
+        if self.network == "none":
+            return None
+        extra = [self.alternative_file_server_root] if self.alternative_file_server_root else []
+        return EgressPolicy.for_run(self.network, self.egress_allow, env.get("dtable_web_url"), extra)
 
     def _env(self, env: dict[str, str]) -> dict[str, str]:
         return {**env, "is_cloud": "1", "TZ": self.time_zone}

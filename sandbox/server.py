@@ -18,6 +18,7 @@ from gunicorn.app.base import BaseApplication
 from sandbox.app import create_app
 from sandbox.config import SandboxConfig
 from sandbox.driver import ContainerDriver
+from sandbox.egress import EgressProxy
 from sandbox.image import default_image
 from sandbox.limits import RunnerLimits, detect
 from sandbox.outbox import Outbox
@@ -37,6 +38,7 @@ class Sandbox:
     outbox: Outbox
     service: RunService
     pool: WarmPool
+    egress: EgressProxy | None
 
     def health(self) -> dict[str, object]:
         busy = self.service.busy
@@ -52,6 +54,9 @@ class Sandbox:
             "outbox": {"pending": self.outbox.pending(), "in_flight": self.service.busy},
             "runs_finished": self.service.finished,
             "warm_pool": self.pool.health(),
+            "egress": {"mode": self.config.network,
+                       "allow": [e for e in self.config.egress_allow.replace(",", " ").split() if e],
+                       **(self.egress.stats() if self.egress is not None else {})},
         }
 
     def stop(self) -> None:
@@ -59,6 +64,8 @@ class Sandbox:
         self.service.shutdown(wait=True)
         self.outbox.flush(timeout=5)
         self.outbox.stop()
+        if self.egress is not None:
+            self.egress.shutdown()
         self.api.close()
 
 
@@ -73,21 +80,24 @@ def build(config: SandboxConfig) -> Sandbox:
     limits = RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                           timeout=config.timeout, tmpfs_size=config.tmpfs_size)
     profile = config.seccomp_profile or str(write_profile(config.state_dir))
+    egress = None if config.network == "none" else EgressProxy(config.egress_dir, clear=True)
     driver = ContainerDriver(api=api, image=image, limits=limits, enforcement=enforcement,
                              node=config.node_name, output_limit=config.output_limit,
-                             seccomp_profile=profile, time_zone=config.time_zone)
+                             seccomp_profile=profile, time_zone=config.time_zone,
+                             egress=egress, egress_host_dir=config.egress_host_dir)
     outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token)
     pool = WarmPool(driver, config.warm_pool, config.preimport, config.pool_min_available)
     service = RunService(driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
                          time_zone=config.time_zone,
                          alternative_file_server_root=config.alternative_file_server_root,
-                         pool=pool if config.warm_pool else None)
+                         pool=pool if config.warm_pool else None, network=config.network,
+                         egress_allow=config.egress_allow, ca_bundle=config.ca_bundle)
     lost = service.recover()
     if lost:
         log.warning("%d run(s) were in flight when the sandbox stopped; reported as lost", lost)
     outbox.start()
     pool.start()
-    return Sandbox(config, api, driver, outbox, service, pool)
+    return Sandbox(config, api, driver, outbox, service, pool, egress)
 
 
 class SandboxServer(BaseApplication):

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from scheduler import systemd
 from scheduler.config import Config, ConfigError
 
 
@@ -79,6 +83,95 @@ def migrate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _on_sigterm(*stoppers: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT stop the loops gracefully; a second signal does not kill a hand-off midway."""
+
+    def handler(signum: int, frame: Any) -> None:
+        logging.getLogger("scheduler.cli").info("signal %d: stopping", signum)
+        for stop in stoppers:
+            stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def dispatch(args: argparse.Namespace, config: Config) -> int:
+    from scheduler.db import open_store
+    from scheduler.dispatcher import Dispatcher, test_pause
+    from scheduler.maintenance import Maintenance
+    from scheduler.nodes import Nodes
+    from scheduler.queue import read_committed
+    from scheduler.seatable import SeaTable
+
+    config.require_dispatch_settings()
+    store = open_store(config)
+    read_committed(store)
+    nodes = Nodes(config.sandbox_urls, config.sandbox_auth_token)
+    dispatcher = Dispatcher(
+        config,
+        store,
+        SeaTable(config.seatable_server_url, config.auth_token),
+        nodes,
+        pause=test_pause(os.environ.get("PYTHON_DISPATCH_TEST_PAUSE", "")),
+    )
+    stoppers = [dispatcher.stop]
+    maintainer: threading.Thread | None = None
+    if args.maintain:
+        maintenance = Maintenance(config, store, Nodes(config.sandbox_urls, config.sandbox_auth_token))
+        maintainer = threading.Thread(target=maintenance.run, name="maintenance", daemon=True)
+        stoppers.append(maintenance.stop)
+    _on_sigterm(*stoppers)
+    if maintainer is not None:
+        maintainer.start()
+    dispatcher.run()
+    if maintainer is not None:
+        maintainer.join(timeout=30)
+    store.disconnect()
+    return 0
+
+
+def maintain(args: argparse.Namespace, config: Config) -> int:
+    from scheduler.db import open_store
+    from scheduler.maintenance import Maintenance
+    from scheduler.nodes import Nodes
+    from scheduler.queue import read_committed
+
+    config.require_auth_token()
+    store = open_store(config)
+    read_committed(store)
+    maintenance = Maintenance(config, store, Nodes(config.sandbox_urls, config.sandbox_auth_token))
+    if args.once:
+        print(f"sweep: {maintenance.sweep_handed_off()}")
+        print(f"stale runs ended: {maintenance.end_stale()}")
+        print(f"retention: {maintenance.retention()}")
+        return 0
+    _on_sigterm(maintenance.stop)
+    maintenance.run()
+    store.disconnect()
+    return 0
+
+
+def _run_local_arguments(parser: argparse.ArgumentParser) -> None:
+    from sandbox import local
+
+    local.add_arguments(parser)
+
+
+def run_local(args: argparse.Namespace, config: Config) -> int:
+    """The sandbox's run-local, here too: script authors know this command's name from upstream's docs."""
+    from sandbox import local
+
+    return local.command(args)
+
+
+def _dispatch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--maintain", action="store_true", help="also run the maintenance sweeps in this process")
+
+
+def _maintain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--once", action="store_true", help="one sweep and one retention pass, then exit")
+
+
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", help="host:port, overrides PYTHON_SCHEDULER_BIND_HOST/PORT")
     parser.add_argument("--workers", type=int, help="overrides PYTHON_SCHEDULER_WORKERS")
@@ -93,6 +186,11 @@ COMMANDS: dict[
 ] = {
     "serve": ("serve the HTTP API under gunicorn", _serve_arguments, serve),
     "migrate": ("create or upgrade the database schema (idempotent)", lambda parser: None, migrate),
+    "dispatch": ("claim pending runs and hand them to sandbox nodes", _dispatch_arguments, dispatch),
+    "maintain": ("end lost and stale runs, delete old logs and statistics", _maintain_arguments, maintain),
+    "run-local": ("run one script through a real runner, without SeaTable", _run_local_arguments, run_local),
+    "install-systemd": ("write the systemd units (API, dispatcher, maintenance timer)", systemd.add_arguments,
+                        systemd.command),
 }
 
 

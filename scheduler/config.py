@@ -58,6 +58,33 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("PYTHON_SCHEDULER_MAX_BODY_BYTES", "8388608", "Largest request body accepted (413 above)."),
     Variable("PYTHON_SCHEDULER_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR)."),
+    Variable("PYTHON_SANDBOX_URLS", "http://127.0.0.1:8088", "Comma list of sandbox nodes runs are handed to."),
+    Variable("PYTHON_SANDBOX_AUTH_TOKEN", "", "Token sent to the sandbox nodes (required by `dispatch`)."),
+    Variable("PYTHON_DISPATCH_BATCH", "50", "Most runs claimed per transaction (and never more than free slots)."),
+    Variable("PYTHON_DISPATCH_THREADS", "16", "Parallel task-file fetches and hand-offs per dispatcher."),
+    Variable("PYTHON_DISPATCH_LEASE_SECS", "30", "A claim not handed off within this time returns to the queue."),
+    Variable(
+        "PYTHON_DISPATCH_HANDOFF_SECS",
+        "60",
+        'After this long a node\'s "not here" proves a hand-off never arrived (no POST still in flight).',
+    ),
+    Variable(
+        "PYTHON_SANDBOX_LOST_GRACE_SECS",
+        "60",
+        'A run whose node does not answer for PYTHON_PROCESS_TIMEOUT plus this long ends as "sandbox lost".',
+    ),
+    Variable(
+        "PYTHON_SCHEDULER_QUEUE_TIMEOUT",
+        "3600",
+        "Queued longer than this: ended as not started; 0 never.",
+    ),
+    Variable("PYTHON_SWEEP_INTERVAL_SECS", "5", "How often `maintain` asks the nodes about runs handed to them."),
+    Variable(
+        "PYTHON_RETENTION_INTERVAL_SECS",
+        "3600",
+        "How often old logs and statistics are deleted.",
+    ),
+    Variable("PYTHON_RETENTION_BATCH", "1000", "Rows deleted per transaction by the retention sweep."),
 )
 
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
@@ -98,6 +125,16 @@ def _str(env: Mapping[str, str], name: str) -> str:
     return env.get(name, _DEFAULTS[name]).strip()
 
 
+def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    urls = tuple(u.strip().rstrip("/") for u in _str(env, name).split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{name} holds a URL without http:// or https://: {url!r}")
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{name} names a node twice")
+    return urls
+
+
 @dataclass(frozen=True)
 class Config:
     auth_token: str = ""
@@ -123,6 +160,17 @@ class Config:
     accept_unauthenticated_callbacks: bool = False
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: str = "INFO"
+    sandbox_urls: tuple[str, ...] = ("http://127.0.0.1:8088",)
+    sandbox_auth_token: str = field(default="", repr=False)
+    dispatch_batch: int = 50
+    dispatch_threads: int = 16
+    lease_secs: int = 30
+    handoff_secs: int = 60
+    lost_grace_secs: int = 60
+    queue_timeout: int = 3600
+    sweep_interval: int = 5
+    retention_interval: int = 3600
+    retention_batch: int = 1000
 
     @property
     def uses_mysql(self) -> bool:
@@ -172,12 +220,31 @@ class Config:
             accept_unauthenticated_callbacks=_bool(env, "PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS"),
             max_body_bytes=_int(env, "PYTHON_SCHEDULER_MAX_BODY_BYTES", 1024),
             log_level=log_level,
+            sandbox_urls=_urls(env, "PYTHON_SANDBOX_URLS"),
+            sandbox_auth_token=_str(env, "PYTHON_SANDBOX_AUTH_TOKEN"),
+            dispatch_batch=_int(env, "PYTHON_DISPATCH_BATCH", 1),
+            dispatch_threads=_int(env, "PYTHON_DISPATCH_THREADS", 1),
+            lease_secs=_int(env, "PYTHON_DISPATCH_LEASE_SECS", 1),
+            handoff_secs=_int(env, "PYTHON_DISPATCH_HANDOFF_SECS", 1),
+            lost_grace_secs=_int(env, "PYTHON_SANDBOX_LOST_GRACE_SECS", 0),
+            queue_timeout=_int(env, "PYTHON_SCHEDULER_QUEUE_TIMEOUT", 0),
+            sweep_interval=_int(env, "PYTHON_SWEEP_INTERVAL_SECS", 1),
+            retention_interval=_int(env, "PYTHON_RETENTION_INTERVAL_SECS", 1),
+            retention_batch=_int(env, "PYTHON_RETENTION_BATCH", 1),
         )
 
     def require_auth_token(self) -> None:
         """Refuse to serve without a secret: an empty token would let `Token ` through."""
         if not self.auth_token:
             raise ConfigError("PYTHON_SCHEDULER_AUTH_TOKEN must be set")
+
+    def require_dispatch_settings(self) -> None:
+        """The dispatcher needs somewhere to send runs and a token the nodes accept."""
+        self.require_auth_token()
+        if not self.sandbox_auth_token:
+            raise ConfigError("PYTHON_SANDBOX_AUTH_TOKEN must be set")
+        if not self.sandbox_urls:
+            raise ConfigError("PYTHON_SANDBOX_URLS must name at least one sandbox node")
 
 
 def markdown_table() -> str:

@@ -113,6 +113,14 @@ _MYSQL_TABLES: dict[str, str] = {
   `version` varchar(10) NOT NULL,
   `update_at` datetime(6) DEFAULT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
+    # Ours, not upstream's: which team was told about the rate limit in which window, so several
+    # dispatchers send SeaTable one notification per team per window.
+    "exceeded_notification": """CREATE TABLE IF NOT EXISTS `exceeded_notification` (
+  `team` varchar(255) NOT NULL,
+  `window_start` bigint NOT NULL,
+  `created_at` datetime(6) DEFAULT NULL,
+  PRIMARY KEY (`team`, `window_start`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
 }
 
 _SQLITE_TABLES: dict[str, str] = {
@@ -165,6 +173,21 @@ _SQLITE_TABLES: dict[str, str] = {
   version TEXT NOT NULL,
   update_at DATETIME
 )""",
+    "exceeded_notification": """CREATE TABLE IF NOT EXISTS exceeded_notification (
+  team TEXT NOT NULL,
+  window_start INTEGER NOT NULL,
+  created_at DATETIME,
+  PRIMARY KEY (team, window_start)
+)""",
+}
+
+# The dispatcher's queries: a team's oldest pending runs in id order (InnoDB appends the primary key to
+# every secondary index, so (state, org_id) serves "state = pending AND org_id = X ORDER BY id"), and the
+# runs handed out in the fair-share window.
+DISPATCH_INDEXES: dict[str, tuple[str, str]] = {
+    "dispatch_org_k": ("script_log", "state, org_id"),
+    "dispatch_owner_k": ("script_log", "state, owner"),
+    "dispatched_at_k": ("script_log", "dispatched_at"),
 }
 
 _SQLITE_INDEXES = (
@@ -292,6 +315,20 @@ def _upgrade_script_log(conn: SchemaConnection) -> list[str]:
     return done
 
 
+def _dispatch_indexes(conn: SchemaConnection) -> list[str]:
+    done = []
+    existing = conn.indexes("script_log")
+    for name, (table, columns) in DISPATCH_INDEXES.items():
+        if name in existing:
+            continue
+        if conn.mysql:
+            conn.execute(f"ALTER TABLE `{table}` ADD INDEX `{name}` ({columns})")
+        else:
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})")
+        done.append(f"index {name}")
+    return done
+
+
 def _version_tuple(text: str) -> tuple[int, ...] | None:
     try:
         return tuple(int(p) for p in text.strip().split("."))
@@ -327,6 +364,7 @@ def migrate(conn: SchemaConnection, now: Callable[[], datetime] = datetime.now) 
     if conn.mysql:
         done += _convert_to_utf8mb4(conn)
     done += _upgrade_script_log(conn)
+    done += _dispatch_indexes(conn)
     if _stamp_version(conn, now):
         done.append(f"version_history {UPSTREAM_SCHEMA_VERSION}")
     conn.connection.commit()

@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    """What the sandbox needs to run a saved script: a one-time download URL and a one-hour API token."""
+
+    script_url: str
+    temp_api_token: str
+
+
+class ScriptNotFound(Exception):
+    """dtable-web answered 404: the base or the script is gone; retrying cannot help."""
+
+
+class FetchFailed(Exception):
+    """dtable-web did not answer usefully (down, 5xx, garbage); the reason is shown to the user."""
 
 
 class SeaTable:
@@ -52,3 +71,43 @@ class SeaTable:
             log.error("scripts-running-limit is not an integer: %r", limit)
             return None
         return limit
+
+    def task_file(self, dtable_uuid: str, script_name: str) -> TaskFile:
+        """Fetch the script's one-time URL and temp_api_token just before the hand-off (upstream's get_script_file)."""
+        try:
+            base = str(uuid.UUID(dtable_uuid))
+        except ValueError:
+            raise ScriptNotFound(dtable_uuid) from None
+        url = f"{self.server_url}/api/v2.1/dtable/{base}/run-script/{quote(script_name, safe='')}/task/file/"
+        try:
+            response = self.session.get(url, headers=self.headers, timeout=TIMEOUT_SECONDS)
+        except requests.RequestException as exc:
+            log.warning("task/file for %s %s failed: %s", base, script_name, exc)
+            raise FetchFailed("SeaTable did not answer") from exc
+        if response.status_code == 404:
+            raise ScriptNotFound(script_name)
+        if response.status_code != 200:
+            log.warning("task/file for %s %s answered %s", base, script_name, response.status_code)
+            raise FetchFailed(f"SeaTable answered HTTP {response.status_code}")
+        try:
+            data = response.json()
+            script_url, token = data["script_url"], data["temp_api_token"]
+        except (ValueError, KeyError, TypeError):
+            raise FetchFailed("SeaTable answered without a script URL") from None
+        if not isinstance(script_url, str) or not script_url or not isinstance(token, str):
+            raise FetchFailed("Script URL is missing")
+        return TaskFile(script_url, token)
+
+    def send_exceeded_notification(self, org_id: int | None, owner: str | None) -> bool:
+        """Tell SeaTable a team hit the rate limit (scripts-exceeded-notifications); False when it failed."""
+        body: dict[str, Any] = {"org_ids": [org_id]} if org_id is not None else {"owners": [owner]}
+        url = f"{self.server_url}/api/v2.1/scripts-exceeded-notifications/"
+        try:
+            response = self.session.post(url, headers=self.headers, json=body, timeout=TIMEOUT_SECONDS)
+        except requests.RequestException as exc:
+            log.error("scripts-exceeded-notifications failed: %s", exc)
+            return False
+        if not response.ok:
+            log.error("scripts-exceeded-notifications answered %s", response.status_code)
+            return False
+        return True

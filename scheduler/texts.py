@@ -32,3 +32,15 @@ PER_PAGE_TOO_LARGE = "per_page cannot be greater than 1000"
 
 # Outputs stored on a run that ended without its own output.
 TIMEOUT_OUTPUT = "The script's running time exceeded the limit and the execution was aborted."
+
+# Outputs the dispatcher and the maintenance sweeps write on runs that ended without the sandbox's result.
+RATE_LIMITED = "Running scripts too frequently in a short period of time"  # upstream's, word for word
+FAIL_TO_GET_SCRIPT = "Fail to get script"  # upstream's; the reason follows after a colon
+SCRIPT_NOT_FOUND = "Fail to get script: the script {script_name} does not exist in this base (404)"
+SCRIPT_FETCH_FAILED = "Fail to get script: {reason}"
+# The sandbox says "sandbox lost" in its own words (sandbox/texts.py); the scheduler's cases are its own.
+SANDBOX_LOST = "sandbox lost: the sandbox node stopped answering about this run; its result is unknown"
+SANDBOX_LOST_NODE_FORGOT = "sandbox lost: the sandbox node no longer knows this run after it started"
+SANDBOX_LOST_NO_RESULT = "sandbox lost: no result arrived within {seconds} s of the start"
+SANDBOX_REJECTED = "sandbox error: the sandbox refused the run ({reason})"
+QUEUE_TIMEOUT = "Not started: no sandbox had a free slot within {seconds} s"

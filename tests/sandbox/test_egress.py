@@ -14,6 +14,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -336,6 +337,7 @@ def test_bad_requests_get_400(env: Env) -> None:
     run_dir = env.run("open")
     for request in (b"GET / HTTP/1.1\r\n\r\n", b"GET https://x.example/ HTTP/1.1\r\n\r\n",
                     b"CONNECT x.example HTTP/1.1\r\n\r\n", b"CONNECT bad_host!:443 HTTP/1.1\r\n\r\n",
+                    b"CONNECT [evil.test]:443 HTTP/1.1\r\n\r\n",
                     b"GET http://x.example/ HTTP/1.1\r\nX-A: " + b"a" * 40_000 + b"\r\n\r\n",
                     b"GET http://x.example/ HTTP/1.1\r\n folded\r\n\r\n", b"NONSENSE\r\n\r\n"):
         assert raw(run_dir, request)[0] == 400, request[:40]
@@ -445,15 +447,23 @@ def download(url: str, proxies: dict[str, str] | None) -> float:
     return BIG / (time.perf_counter() - started) / 1e6
 
 
-def test_throughput_at_least_half_of_direct(env: Env, servers: dict[str, Server]) -> None:
-    a = servers["allowed"]
-    proxies = env.forwarder(env.run("seatable", f"127.0.0.1:{a.port}"))
-    url = f"http://127.0.0.1:{a.port}/big"
-    direct = proxied = 0.0
-    for _ in range(5):  # interleaved, best of each: a busy machine slows both alike
-        direct = max(direct, download(url, None))
-        proxied = max(proxied, download(url, proxies))
-    print(f"\n50 MB direct {direct:.0f} MB/s, through forwarder+proxy {proxied:.0f} MB/s, "
-          f"ratio {proxied / direct:.2f}")
-    assert proxied >= 0.5 * direct
-    assert env.proxy.close("run-1").bytes_down >= 3 * BIG
+@pytest.fixture
+def big_server() -> Iterator[int]:
+    """The 50 MB origin in its own process, as a real server is: the direct download then does not share
+    this interpreter's GIL with the client, and neither does the proxied one."""
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from tests.sandbox.test_egress import Server; "
+            "print(Server('big').port, flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield int(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_large_download_arrives_whole_and_is_counted(env: Env, big_server: int) -> None:
+    """50 MB through forwarder and proxy, byte-complete (speed: `./dev bench egress_throughput`)."""
+    proxies = env.forwarder(env.run("seatable", f"127.0.0.1:{big_server}"))
+    download(f"http://127.0.0.1:{big_server}/big", proxies)
+    assert env.proxy.close("run-1").bytes_down >= BIG

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socketserver
+import ssl
 import threading
 from types import TracebackType
 from typing import Any
@@ -31,10 +32,25 @@ class LoggingHandler(WSGIRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-def make_stub_server(app: StubApp, host: str = "127.0.0.1", port: int = 0) -> ThreadingWSGIServer:
-    """A bound (not yet serving) server for `app`; port 0 picks a free one."""
-    server = make_server(host, port, app, server_class=ThreadingWSGIServer, handler_class=LoggingHandler)
+class TLSHandler(LoggingHandler):
+    """Tells the app its requests came over HTTPS, so the URLs it hands out say https://."""
+
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        environ["HTTPS"] = "on"
+        return environ
+
+
+def make_stub_server(app: StubApp, host: str = "127.0.0.1", port: int = 0,
+                     tls: tuple[str, str] | None = None) -> ThreadingWSGIServer:
+    """A bound (not yet serving) server for `app`; port 0 picks a free one; tls = (certfile, keyfile)."""
+    handler = TLSHandler if tls else LoggingHandler
+    server = make_server(host, port, app, server_class=ThreadingWSGIServer, handler_class=handler)
     assert isinstance(server, ThreadingWSGIServer)
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     return server
 
 
@@ -55,6 +71,7 @@ class StubServer:
         poll_interval: float = 2.0,
         config: StubConfig | None = None,
         clock: Clock | None = None,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self.config = config or StubConfig(secret=secret, scheduler_url=scheduler_url,
                                            scheduler_token=scheduler_token, poll_interval=poll_interval)
@@ -62,6 +79,7 @@ class StubServer:
         self.app = create_app(self.config, self.seatable)
         self._host = host
         self._port = port
+        self._tls = tls
         self._server: ThreadingWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -83,11 +101,11 @@ class StubServer:
         host = self._host if self._host not in ("0.0.0.0", "", "::") else "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{self.port}"
 
     def start(self) -> StubServer:
         """Bind and serve in a daemon thread."""
-        self._server = make_stub_server(self.app, self._host, self._port)
+        self._server = make_stub_server(self.app, self._host, self._port, self._tls)
         # A short poll interval keeps stop() quick; tests start and stop a stub per test.
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="seatable-stub", daemon=True)

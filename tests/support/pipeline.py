@@ -100,8 +100,8 @@ class Pipeline:
         self.say(f"starting the scheduler API under gunicorn on {self.scheduler_url}")
         self._spawn("scheduler", "serve")
         self._wait_http(self.scheduler_url + "/ping/", "scheduler")
-        self.say("starting the dispatcher (seatable-scheduler dispatch)")
-        self._spawn("dispatcher", "dispatch")
+        self.say("starting the dispatcher (seatable-scheduler dispatch --maintain)")
+        self._spawn("dispatcher", "dispatch", "--maintain")
         return self
 
     def _run_scheduler_cli(self, *args: str) -> None:

@@ -1,0 +1,215 @@
+"""The sandbox as a systemd USER service of the unprivileged sandbox user, next to its podman.socket.
+
+Rendered here (not shipped as files) so `seatable-sandbox install-systemd` works from the installed package;
+`systemd/user/` in the repository holds the rendering with the defaults, kept identical by a test.
+
+Why only some hardening: a user manager cannot set up mount namespaces by itself. ProtectSystem=,
+ProtectHome=, PrivateTmp=, PrivateDevices= and ReadWritePaths= in a user unit make systemd add an implicit
+PrivateUsers= user namespace, which fails where unprivileged user namespaces are restricted for systemd
+(Ubuntu's AppArmor policy, kernel.unprivileged_userns_clone=0) and would hide paths the sandbox hands to the
+Podman service, which runs OUTSIDE that namespace (the seccomp profile; the runners' egress sockets). What
+needs no namespace works in a user unit and is used: no_new_privs and seccomp (NoNewPrivileges,
+SystemCallFilter, RestrictAddressFamilies, RestrictNamespaces, MemoryDenyWriteExecute, ...). The runners
+themselves are confined by Podman (user namespace, seccomp profile, read-only root, no capabilities).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from sandbox.config import VARIABLES
+
+DEFAULT_USER = "seatable-sandbox"
+DEFAULT_VENV = Path("/opt/seatable-pipeline/venv")
+DEFAULT_ENV_FILE = Path("/etc/seatable-pipeline/sandbox.env")
+UNIT = "seatable-sandbox.service"
+USER_UNIT_DIR = Path(".config/systemd/user")  # below the user's home
+DELEGATE_DROPIN = "50-seatable-sandbox-delegate.conf"
+DOCS = "https://github.com/seatable/python-pipeline"
+
+# Hardening that works in a per-user service manager (see the module docstring).
+USER_HARDENING = """\
+NoNewPrivileges=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallErrorNumber=EPERM
+UMask=0077
+"""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Who runs the sandbox and where its code and secrets are."""
+
+    user: str = DEFAULT_USER
+    venv: Path = DEFAULT_VENV
+    env_file: Path = DEFAULT_ENV_FILE
+
+
+def user_unit(settings: Settings = Settings()) -> str:
+    """~/.config/systemd/user/seatable-sandbox.service of the sandbox user."""
+    return (
+        "# Written by seatable-sandbox install-systemd: a USER unit of the sandbox user\n"
+        "# (systemctl --user -M seatable-sandbox@ ...). Needs `loginctl enable-linger` for that user.\n"
+        "[Unit]\n"
+        "Description=SeaTable Python sandbox (rootless runners through the user's Podman API)\n"
+        f"Documentation={DOCS}\n"
+        # The user's socket-activated Podman API: started with us, and before us.
+        "Requires=podman.socket\n"
+        "After=podman.socket\n"
+        "\n[Service]\n"
+        "Type=exec\n"
+        f"EnvironmentFile={settings.env_file}\n"
+        "Environment=PYTHON_SANDBOX_PODMAN_URL=unix://%t/podman/podman.sock\n"
+        f"ExecStart={settings.venv}/bin/seatable-sandbox serve\n"
+        "Restart=on-failure\n"
+        "RestartSec=2s\n"
+        # SIGTERM lets runs in flight finish (up to PYTHON_PROCESS_TIMEOUT) and the outbox flush.
+        "KillMode=mixed\n"
+        "TimeoutStopSec=16min\n"
+        f"{USER_HARDENING}"
+        "\n[Install]\n"
+        "WantedBy=default.target\n"
+    )
+
+
+def delegate_dropin() -> str:
+    """Drop-in for user@<uid>.service: cgroup v2 controllers rootless Podman may then use for runners."""
+    return (
+        "# Written by seatable-sandbox install-systemd. On cgroup v2 hosts systemd delegates only memory and\n"
+        "# pids to user managers; with cpu as well, rootless Podman can enforce PYTHON_RUNNER_CONTAINER_CPUS.\n"
+        "# Check: cat /sys/fs/cgroup/user.slice/user-<uid>.slice/user@<uid>.service/cgroup.controllers\n"
+        "# (no effect on cgroup v1 hosts: there the sandbox falls back to rlimits and says so in /health).\n"
+        "[Service]\n"
+        "Delegate=memory pids cpu\n"
+    )
+
+
+def env_template(variables: Iterable[tuple[str, str, str]] = VARIABLES) -> str:
+    """Every sandbox variable with its meaning and default, commented out unless it must be set."""
+    lines = [
+        "# SeaTable Python pipeline: sandbox environment (generated from sandbox.config.VARIABLES).",
+        "# Holds secrets: root-owned, group of the sandbox user, mode 0640.",
+        "",
+    ]
+    for name, default, meaning in variables:
+        required = default == "(required)"
+        literal = "" if default.startswith(("(", "<", "~")) else default
+        shown = "" if required else f" Default: {default or '(empty)'}"
+        lines.append(f"# {meaning[0].upper() + meaning[1:]}.{shown}")
+        lines.append(f"{name}=" if required else f"#{name}={literal}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def install(settings: Settings, root: Path, enable: bool = False, out: TextIO = sys.stdout) -> list[Path]:
+    """Write the user unit, the delegation drop-in and (when absent) the environment file under `root`."""
+    entry = pwd.getpwnam(settings.user)
+    home = root / Path(entry.pw_dir).relative_to("/")
+    unit_dir = home / USER_UNIT_DIR
+    owned = os.geteuid() == 0 and root == Path("/")
+    _mkdirs(home, unit_dir, entry if owned else None)
+    written = [_write(unit_dir / UNIT, user_unit(settings), 0o644, entry if owned else None)]
+    dropin_dir = root / "etc/systemd/system" / f"user@{entry.pw_uid}.service.d"
+    dropin_dir.mkdir(parents=True, exist_ok=True)
+    written.append(_write(dropin_dir / DELEGATE_DROPIN, delegate_dropin(), 0o644))
+    env_file = root / settings.env_file.relative_to("/")
+    if not env_file.exists():  # never overwrite an operator's secrets
+        env_file.parent.mkdir(parents=True, exist_ok=True)
+        written.append(_write(env_file, env_template(), 0o640))
+        if owned:
+            os.chown(env_file, 0, entry.pw_gid)  # readable by the user manager, which reads EnvironmentFile=
+    for path in written:
+        print(f"wrote {path}", file=out)
+    if enable:
+        _enable(settings, root, entry, out)
+    return written
+
+
+def _mkdirs(home: Path, unit_dir: Path, entry: pwd.struct_passwd | None) -> None:
+    missing = [d for d in [unit_dir, *unit_dir.parents] if d != home and home in d.parents and not d.exists()]
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    if entry is not None:
+        for directory in missing:
+            os.chown(directory, entry.pw_uid, entry.pw_gid)
+
+
+def _write(path: Path, text: str, mode: int, owner: pwd.struct_passwd | None = None) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(mode)
+    if owner is not None:
+        os.chown(tmp, owner.pw_uid, owner.pw_gid)
+    tmp.replace(path)
+    return path
+
+
+def systemd_is_pid1() -> bool:
+    try:
+        return Path("/run/systemd/system").is_dir() and Path("/proc/1/comm").read_text().strip() == "systemd"
+    except OSError:
+        return False
+
+
+def _enable(settings: Settings, root: Path, entry: pwd.struct_passwd, out: TextIO) -> None:
+    if root != Path("/"):
+        raise SystemExit("install-systemd: --enable only with --root /")
+    if not systemd_is_pid1():
+        raise SystemExit("install-systemd: systemd is not PID 1 here; files written, nothing enabled")
+    manager = f"{settings.user}@"
+    for argv in (["systemctl", "daemon-reload"],  # picks up the user@.service drop-in
+                 ["loginctl", "enable-linger", settings.user],
+                 ["systemctl", "--user", "-M", manager, "daemon-reload"],
+                 ["systemctl", "--user", "-M", manager, "enable", "--now", "podman.socket", UNIT]):
+        print("+ " + " ".join(argv), file=out)
+        subprocess.run(argv, check=True)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+               commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
+    """Register `install-systemd` on seatable-sandbox's subcommand table."""
+    p = sub.add_parser("install-systemd", help="write the sandbox's systemd user unit and delegation drop-in")
+    p.add_argument("--user", default=DEFAULT_USER, help="the unprivileged sandbox user (never root)")
+    p.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="virtualenv holding seatable-sandbox")
+    p.add_argument("--env-file", type=Path, default=DEFAULT_ENV_FILE, help="EnvironmentFile= of the unit")
+    p.add_argument("--root", type=Path, default=Path("/"), help="write below this directory (staging)")
+    p.add_argument("--enable", action="store_true", help="then enable-linger and enable --now the user units")
+    p.add_argument("--print-env", action="store_true", help="print the environment file template and exit")
+    commands["install-systemd"] = command
+
+
+def command(args: argparse.Namespace) -> int:
+    """`seatable-sandbox install-systemd`."""
+    if args.print_env:
+        print(env_template(), end="")
+        return 0
+    if args.user in ("root", "0"):
+        print("install-systemd: the sandbox must run as an unprivileged user, not root", file=sys.stderr)
+        return 2
+    for path in (args.venv, args.env_file):
+        if not path.is_absolute():
+            print(f"install-systemd: {path} must be an absolute path", file=sys.stderr)
+            return 2
+    try:
+        pwd.getpwnam(args.user)
+    except KeyError:
+        print(f"install-systemd: user {args.user!r} does not exist; run 'seatable-sandbox host-setup'",
+              file=sys.stderr)
+        return 2
+    install(Settings(args.user, args.venv, args.env_file), args.root.resolve(), args.enable)
+    return 0

@@ -1,0 +1,275 @@
+"""`seatable-scheduler dispatch`: claim pending runs by fair share and hand them to sandbox nodes.
+
+One loop per process; several processes may run against one database. A batch goes through:
+claim (one transaction) -> rate limit -> task/file from SeaTable, in parallel -> pick nodes ->
+mark "handing off" (one transaction, committed before any POST) -> POST, in parallel -> release what
+provably never arrived, end what was refused. SIGTERM stops claiming; the batch in hand is finished
+(hand-offs complete, unprepared claims released) and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from scheduler import fairshare, queue, runs, texts
+from scheduler.config import Config
+from scheduler.db import Store
+from scheduler.fairshare import Team
+from scheduler.nodes import Nodes, Sent
+from scheduler.queue import ClaimedRun
+from scheduler.seatable import FetchFailed, ScriptNotFound, SeaTable
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL = 0.2  # seconds between looks at an empty queue (the lone-run latency budget is 1 s)
+FETCH_ATTEMPTS = 3  # a run whose task/file fetch fails this often ends with the failure (no endless retry)
+FETCH_RETRY_SECS = 2.0  # times the attempt: 2 s, then 4 s
+RETRY = "retry"
+
+
+@dataclass
+class BatchReport:
+    claimed: int = 0
+    handed_off: int = 0
+    released: int = 0
+    ended: int = 0
+    uncertain: int = 0
+
+
+def _context(raw: str | None) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+class Dispatcher:
+    """The claim loop of one process; `stop()` (SIGTERM) ends it after the batch in hand."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        seatable: SeaTable,
+        nodes: Nodes,
+        me: str | None = None,
+        pause: Callable[[str, list[int]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.seatable = seatable
+        self.nodes = nodes
+        self.me = me or queue.dispatcher_id()
+        self.claims = queue.Claim(
+            store,
+            self.me,
+            config.lease_secs,
+            config.window_secs,
+            config.total_thread_count,
+            config.rate_limit_percent,
+        )
+        self.pause = pause or (lambda point, ids: None)
+        self.stopping = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=config.dispatch_threads, thread_name_prefix="handoff")
+        self.totals = BatchReport()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        log.info("dispatcher %s started, nodes: %s", self.me, ", ".join(self.nodes.nodes))
+        while not self.stopping.is_set():
+            try:
+                worked = self.step()
+            except Exception:  # the database or a node misbehaving must not end the loop
+                log.exception("dispatch step failed")
+                worked = False
+            if not worked:
+                self.stopping.wait(IDLE_POLL * random.uniform(0.75, 1.25))
+        self.pool.shutdown(wait=True)
+        log.info(
+            "dispatcher %s stopped: %d claimed, %d handed off, %d released, %d ended",
+            self.me,
+            self.totals.claimed,
+            self.totals.handed_off,
+            self.totals.released,
+            self.totals.ended,
+        )
+
+    def step(self) -> bool:
+        """One batch; False when there was nothing to do (the caller waits a little)."""
+        self.nodes.refresh()
+        capacity = min(self.nodes.capacity(), self.config.dispatch_batch)
+        if capacity <= 0:
+            self.stopping.wait(min(max(self.nodes.next_ready_in(), 0.05), IDLE_POLL))
+            return True
+        claimed = self.claims.claim(capacity)
+        if not claimed:
+            return False
+        self.pause("after-claim", [c.id for c in claimed])
+        report = self.dispatch(claimed)
+        for name in ("claimed", "handed_off", "released", "ended", "uncertain"):
+            setattr(self.totals, name, getattr(self.totals, name) + getattr(report, name))
+        return True
+
+    def dispatch(self, claimed: list[ClaimedRun]) -> BatchReport:
+        report = BatchReport(claimed=len(claimed))
+        limited = [c for c in claimed if c.rate_limited]
+        if limited:
+            self._end_rate_limited(limited)
+            report.ended += len(limited)
+        todo = [c for c in claimed if not c.rate_limited]
+        prepared: dict[int, dict[str, Any]] = {}
+        retry: dict[int, list[int]] = {}
+        for run, body in zip(todo, self.pool.map(self._prepare, todo), strict=True):
+            if body is None:
+                report.ended += 1
+            elif body == RETRY:
+                retry.setdefault(run.attempt, []).append(run.id)
+            else:
+                assert isinstance(body, dict)
+                prepared[run.id] = body
+        for attempt, ids in retry.items():
+            report.released += queue.release_claims(self.store, self.me, ids, delay=FETCH_RETRY_SECS * attempt)
+        if self.stopping.is_set():
+            report.released += queue.release_claims(self.store, self.me, list(prepared))
+            return report
+        assignments: dict[int, str] = {}
+        for run_id in prepared:
+            node = self.nodes.take()
+            if node is None:
+                break
+            assignments[run_id] = node
+        unassigned = [run_id for run_id in prepared if run_id not in assignments]
+        report.released += queue.release_claims(self.store, self.me, unassigned)
+        if not assignments:
+            return report
+        deadline = self.store.clock.now() + timedelta(seconds=self.config.process_timeout + self.config.lost_grace_secs)
+        ours = queue.mark_handing_off(self.store, self.me, assignments, deadline)
+        lost = set(assignments) - ours
+        if lost:
+            log.warning("lease lost before hand-off for runs %s", sorted(lost))
+        sends = [(run_id, assignments[run_id]) for run_id in assignments if run_id in ours]
+        outcomes = list(self.pool.map(lambda s: self.nodes.post(s[1], prepared[s[0]]), sends))
+        self._settle(sends, outcomes, {c.id: c for c in todo}, report)
+        self.pause("after-handoff", [run_id for run_id, _ in sends])
+        return report
+
+    def _settle(
+        self, sends: list[tuple[int, str]], outcomes: list[Any], by_id: dict[int, ClaimedRun], report: BatchReport
+    ) -> None:
+        accepted_drafts: list[int] = []
+        unsent: dict[str, list[int]] = {}
+        for (run_id, node), outcome in zip(sends, outcomes, strict=True):
+            if outcome.sent is Sent.ACCEPTED:
+                report.handed_off += 1
+                if by_id[run_id].is_draft:
+                    accepted_drafts.append(run_id)
+            elif outcome.sent is Sent.NOT_SENT:
+                unsent.setdefault(node, []).append(run_id)
+            elif outcome.sent is Sent.REJECTED:
+                runs.fail_run(self.store, run_id, texts.SANDBOX_REJECTED.format(reason=outcome.reason))
+                report.ended += 1
+            else:
+                report.uncertain += 1  # the sweeper asks the node once no POST can still be on its way
+        queue.erase_drafts(self.store, accepted_drafts)
+        for node, ids in unsent.items():
+            report.released += queue.release_unsent(self.store, ids, node)
+
+    def _prepare(self, run: ClaimedRun) -> dict[str, Any] | str | None:
+        """The POST body, with a fresh temp_api_token; None when the run was ended, RETRY to try later.
+
+        SeaTable being briefly unreachable costs a run a few seconds, not its life; a 404 or the last
+        attempt ends it with upstream's "Fail to get script".
+        """
+        body: dict[str, Any] = {
+            "script_id": run.id,
+            "dtable_uuid": run.dtable_uuid,
+            "context_data": _context(run.context_data),
+        }
+        try:
+            if run.is_draft:
+                draft = queue.draft_payload(self.store, run.id)
+                if draft is None:
+                    raise FetchFailed("the draft's code is no longer stored")
+                body["script_content"], token = draft
+            else:
+                task = self.seatable.task_file(run.dtable_uuid, run.script_name)
+                body["script_url"], token = task.script_url, task.temp_api_token
+        except ScriptNotFound:
+            runs.fail_run(self.store, run.id, texts.SCRIPT_NOT_FOUND.format(script_name=run.script_name))
+            return None
+        except FetchFailed as exc:
+            if not run.is_draft and run.attempt < FETCH_ATTEMPTS:
+                log.info("run %s: task/file failed (%s), attempt %d: retrying later", run.id, exc, run.attempt)
+                return RETRY
+            runs.fail_run(self.store, run.id, texts.SCRIPT_FETCH_FAILED.format(reason=exc))
+            return None
+        body["env"] = {"dtable_web_url": self.config.seatable_server_url, "api_token": token}
+        return body
+
+    def _end_rate_limited(self, limited: list[ClaimedRun]) -> None:
+        """Upstream's answer to a team over its share: end the run, tell SeaTable once per window."""
+        teams: dict[Team, None] = {}
+        for run in limited:
+            runs.fail_run(self.store, run.id, texts.RATE_LIMITED, return_code=-1)
+            teams[run.team] = None
+        for team in teams:
+            if not team.is_group and self._first_notice(team):
+                if not self.seatable.send_exceeded_notification(team.org_id, team.owner):
+                    self._forget_notice(team)
+
+    def _window(self) -> int:
+        return fairshare.window_index(time.time(), self.config.window_secs)
+
+    def _first_notice(self, team: Team) -> bool:
+        """Record the notification; only the dispatcher whose insert lands sends it."""
+        ignore = "INSERT IGNORE" if self.store.mysql else "INSERT OR IGNORE"
+
+        def tx() -> bool:
+            cursor = self.store.db.execute(
+                f"{ignore} INTO exceeded_notification (team, window_start, created_at) VALUES ($team, $w, $now)",
+                {"team": team.key, "w": self._window(), "now": self.store.clock.now()},
+            )
+            return bool(cursor.rowcount)
+
+        return self.store.write(tx)
+
+    def _forget_notice(self, team: Team) -> None:
+        self.store.write(
+            lambda: self.store.db.execute(
+                "DELETE FROM exceeded_notification WHERE team = $team AND window_start = $w",
+                {"team": team.key, "w": self._window()},
+            )
+        )
+
+
+def test_pause(spec: str) -> Callable[[str, list[int]], None] | None:
+    """PYTHON_DISPATCH_TEST_PAUSE="after-claim:SECONDS" or "after-handoff:SECONDS" (tests only).
+
+    Prints a marker with the run ids to stderr and sleeps, so a test can SIGKILL the process at exactly
+    that point. Unset in production.
+    """
+    if not spec:
+        return None
+    point, _, seconds = spec.partition(":")
+    delay = float(seconds or "60")
+
+    def pause(at: str, ids: list[int]) -> None:
+        if at == point and ids:
+            print(f"TEST-PAUSE {at} {' '.join(map(str, ids))}", file=sys.stderr, flush=True)
+            time.sleep(delay)
+
+    return pause

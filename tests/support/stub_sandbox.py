@@ -1,0 +1,256 @@
+"""A stand-in sandbox node: a real HTTP server that accepts runs at once and counts them per script_id.
+
+Speaks the sandbox API the dispatcher uses (POST /function/run-python, GET /function/runs/{id}, GET /health,
+same token rule) and, when given a scheduler URL, reports like the real sandbox: a running callback, then
+the result, retried until the scheduler answers 2xx. Knobs for the failure tests: `busy` (429 to every POST),
+`forget_all()` (the node loses its runs: 404 and no result, as after a wiped state directory), `report=False`
+(accept and hold forever). Run in-process (`with StubSandbox(...) as node:`) or as a process for benchmarks:
+`python -m tests.support.stub_sandbox --port P --token T [--scheduler-url U --scheduler-token S]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+import requests
+
+_RUNS = re.compile(r"^/function/runs/([0-9]+)$")
+
+
+@dataclass
+class StubSandbox:
+    token: str
+    scheduler_url: str | None = None
+    scheduler_token: str | None = None
+    run_seconds: float = 0.0
+    slots: int = 100_000
+    report: bool = True
+    running_callback: bool = True
+    port: int = 0
+    host: str = "127.0.0.1"
+    busy: bool = False
+    forget: bool = False
+    accepted: Counter[int] = field(default_factory=Counter)
+    order: list[int] = field(default_factory=list)
+    accepted_at: dict[int, float] = field(default_factory=dict)  # epoch of the first acceptance
+    bodies: dict[int, dict[str, Any]] = field(default_factory=dict)
+    held: set[int] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _jobs: queue.Queue[int | None] = field(default_factory=queue.Queue)
+    _server: ThreadingHTTPServer | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # --- the API ----------------------------------------------------------------------------------------
+
+    def submit(self, body: dict[str, Any]) -> int:
+        """202, 409 or 429, as the real RunService decides."""
+        script_id = int(body["script_id"])
+        with self._lock:
+            if self.busy or len(self.held) >= self.slots:
+                return 429
+            if script_id in self.held:
+                return 409
+            self.held.add(script_id)
+            self.accepted[script_id] += 1
+            self.accepted_at.setdefault(script_id, time.time())
+            self.order.append(script_id)
+            self.bodies[script_id] = body
+        if self.report and self.scheduler_url:
+            self._jobs.put(script_id)
+        return 202
+
+    def status(self, script_id: int) -> bool:
+        with self._lock:
+            return script_id in self.held
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            busy = len(self.held)
+        free = 0 if self.busy else max(0, self.slots - busy)
+        return {"slots": {"total": self.slots, "busy": busy, "free": free}}
+
+    def forget_all(self) -> None:
+        """Lose every run held, as a node whose state directory was wiped: 404, and no result is ever sent."""
+        with self._lock:
+            self.forget = True
+            self.held.clear()
+
+    def duplicates(self) -> dict[int, int]:
+        with self._lock:
+            return {sid: n for sid, n in self.accepted.items() if n > 1}
+
+    # --- reporting like the real sandbox --------------------------------------------------------------
+
+    def _deliver(self, path: str, body: dict[str, Any]) -> bool:
+        headers = {"Authorization": f"Token {self.scheduler_token or ''}"}
+        while self._server is not None:
+            if self.forget:
+                return False
+            try:
+                response = requests.post(f"{self.scheduler_url}{path}", json=body, headers=headers, timeout=10)
+                if response.ok:
+                    return True
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        return False
+
+    def _worker(self) -> None:
+        while True:
+            script_id = self._jobs.get()
+            if script_id is None:
+                return
+            started = time.time()
+            if self.running_callback:
+                self._deliver("/script-running-callback/", {"script_id": script_id, "started_at": started})
+            if self.run_seconds:
+                time.sleep(self.run_seconds)
+            result = {
+                "script_id": script_id,
+                "success": True,
+                "return_code": 0,
+                "output": f"stub ran {script_id}\n",
+                "started_at": started,
+                "spend_time": time.time() - started,
+            }
+            if self._deliver("/script-result/", result):
+                with self._lock:
+                    self.held.discard(script_id)
+
+    # --- serving ----------------------------------------------------------------------------------------
+
+    def start(self, workers: int = 8) -> StubSandbox:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn serves the real one
+
+            def _answer(self, code: int, payload: Any) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if code == 429:
+                    self.send_header("Retry-After", "1")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _authorized(self) -> bool:
+                if self.headers.get("Authorization") != f"Token {stub.token}":
+                    self._answer(403, {"error": "invalid or missing token"})
+                    return False
+                return True
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                raw = self.rfile.read(length)
+                if not self._authorized():
+                    return
+                if self.path != "/function/run-python":
+                    self._answer(404, {"error": "Not Found"})
+                    return
+                try:
+                    body = json.loads(raw)
+                    int(body["script_id"])
+                    if not isinstance(body.get("env"), dict):
+                        raise ValueError("env")
+                    if "script_url" not in body and "script_content" not in body:
+                        raise ValueError("script")
+                except (ValueError, KeyError, TypeError):
+                    self._answer(400, {"error": "bad body"})
+                    return
+                code = stub.submit(body)
+                self._answer(code, {"accepted": True} if code == 202 else {"error": str(code)})
+
+            def do_GET(self) -> None:
+                if self.path == "/health":
+                    self._answer(200, stub.health())
+                    return
+                if self.path == "/_stub/counts":
+                    with stub._lock:
+                        counts = {"accepted": dict(stub.accepted), "accepted_at": dict(stub.accepted_at)}
+                        self._answer(200, counts)
+                    return
+                if not self._authorized():
+                    return
+                match = _RUNS.match(self.path)
+                if match is None:
+                    self._answer(404, {"error": "Not Found"})
+                    return
+                script_id = int(match.group(1))
+                if stub.status(script_id):
+                    self._answer(200, {"script_id": script_id, "state": "running"})
+                else:
+                    self._answer(404, {"error": f"script_id {script_id} is not here"})
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        ThreadingHTTPServer.daemon_threads = True
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.request_queue_size = 1024
+        self.port = int(self._server.server_address[1])
+        serve = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        serve.start()
+        self._threads = [serve]
+        for _ in range(workers):
+            worker = threading.Thread(target=self._worker, daemon=True)
+            worker.start()
+            self._threads.append(worker)
+        return self
+
+    def stop(self) -> None:
+        """Stop answering (the port is released: connections are refused, as from a dead node)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        for _ in self._threads[1:]:
+            self._jobs.put(None)
+
+    def __enter__(self) -> StubSandbox:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--scheduler-url")
+    parser.add_argument("--scheduler-token")
+    args = parser.parse_args()
+    stub = StubSandbox(args.token, args.scheduler_url, args.scheduler_token, host=args.host, port=args.port)
+    stub.start()
+    print(f"stub-sandbox listening on {stub.url}", flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopped.wait()
+    stub.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
