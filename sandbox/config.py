@@ -40,7 +40,8 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("TIME_ZONE", "UTC", "TZ inside the runner"),
     ("PYTHON_SANDBOX_SECCOMP_PROFILE", "(tightened Podman default)", "Podman seccomp profile for runners"),
     ("PYTHON_SANDBOX_WARM_POOL", "2", "pre-started runners waiting for a job; 0 turns the pool off"),
-    ("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas", "modules warm runners import before their job"),
+    ("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas", "modules warm runners import before their job; "
+     "a runner made to replace a taken one imports those of them the taken run's script imported"),
     ("PYTHON_SANDBOX_POOL_MIN_AVAILABLE", "1g", "below this much available memory the pool empties"),
 ]
 

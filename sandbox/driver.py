@@ -83,6 +83,7 @@ class Runner:
     stream: AttachStream
     created: float = field(default_factory=time.monotonic)
     egress_key: str = ""  # its socket directory in the EgressProxy, when it has one
+    preimport: frozenset[str] = frozenset()  # modules its interpreter has imported already
 
 
 @dataclass
@@ -165,7 +166,7 @@ class ContainerDriver:
             spec["seccomp_profile_path"] = self.seccomp_profile
         return spec
 
-    def prepare(self, label: str, preimport: str = "") -> Runner:
+    def prepare(self, label: str, preimport: str = "", modules: frozenset[str] = frozenset()) -> Runner:
         """Create, attach and start a runner; its entrypoint then waits for one job."""
         key = secrets.token_hex(6)
         if self.egress is not None:
@@ -191,7 +192,7 @@ class ContainerDriver:
         except BaseException:
             self.cleanup(created.id)
             raise
-        return Runner(created.id, stream, egress_key=key if self.egress is not None else "")
+        return Runner(created.id, stream, egress_key=key if self.egress is not None else "", preimport=modules)
 
     def run(self, job: Job, timeout: int, on_container: Callable[[str], None],
             on_started: Callable[[float], None], runner: Runner | None = None) -> RunResult:

@@ -5,11 +5,17 @@ rlimits and seccomp filter, and the optional pre-imports; it waits for exactly o
 stdin. Nothing secret is in it until the job arrives. Each serves one run and is then
 removed, so no state passes from one run to the next. Refill never runs on the request
 path, and the pool gives way when the host runs short of memory.
+
+Pre-imports follow the scripts: a run takes the runner whose pre-imports best match the
+modules its script imports, and the runner made to replace it pre-imports what that script
+needed. A stream of scripts that never touch pandas thus stops paying for importing it in
+every runner, while pandas scripts keep finding it loaded.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import select
 import threading
 import time
@@ -22,6 +28,35 @@ from sandbox.driver import ContainerDriver, Runner
 log = logging.getLogger(__name__)
 REFILL_THREADS = 2
 RETRY_AFTER_FAILURE = 2.0
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+([\w.]+)[ \t]+import\b|import[ \t]+([\w., \t]+))", re.MULTILINE)
+
+
+def imported_modules(script: str) -> frozenset[str]:
+    """Top-level modules a script imports, by a look at its import lines (a hint for picking a runner)."""
+    found: set[str] = set()
+    for source, names in _IMPORT.findall(script):
+        for name in [source] if source else names.split(","):
+            top = name.strip().split(" ")[0].split(".")[0]
+            if top:
+                found.add(top)
+    return frozenset(found)
+
+
+def parse_modules(text: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+
+
+def pick(flavours: list[frozenset[str]], needs: frozenset[str]) -> int | None:
+    """Index of the best idle runner for a script needing `needs`: an exact match, else the smallest
+    one that has everything, else the one with the most of it (even none: still faster than cold)."""
+    if not flavours:
+        return None
+
+    def score(flavour: frozenset[str]) -> tuple[bool, bool, int]:
+        superset = needs <= flavour
+        return flavour == needs, superset, -len(flavour) if superset else len(flavour & needs)
+
+    return max(range(len(flavours)), key=lambda index: score(flavours[index]))
 
 
 def mem_available() -> int:
@@ -37,8 +72,10 @@ class WarmPool:
         self.driver = driver
         self.size = size
         self.preimport = preimport
+        self.modules = frozenset(parse_modules(preimport))
         self.min_available = min_available
         self._idle: deque[Runner] = deque()
+        self._wanted: deque[frozenset[str]] = deque(maxlen=max(1, size))  # flavours of runners just taken
         self._starting = 0
         self._cond = threading.Condition()
         self._stopping = False
@@ -59,11 +96,20 @@ class WarmPool:
         """How many idle runners to keep: none while the host is short of memory."""
         return self.size if mem_available() >= self.min_available else 0
 
-    def take(self) -> Runner | None:
-        """A live warm runner, or None (the caller takes the cold path)."""
+    def needs(self, script: str) -> frozenset[str]:
+        """The pre-importable modules this script imports."""
+        return self.modules & imported_modules(script)
+
+    def take(self, needs: frozenset[str] | None = None) -> Runner | None:
+        """A live warm runner, best matched to `needs` (default: all pre-imports), or None (cold path)."""
+        needs = self.modules if needs is None else needs
         with self._cond:
+            self._wanted.append(needs)
             while self._idle:
-                runner = self._idle.popleft()
+                index = pick([runner.preimport for runner in self._idle], needs)
+                assert index is not None
+                runner = self._idle[index]
+                del self._idle[index]
                 self._cond.notify_all()
                 if _alive(runner):
                     self.served += 1
@@ -84,8 +130,9 @@ class WarmPool:
                 if self._stopping:
                     return
                 self._starting += 1
+                flavour = self._wanted.popleft() if self._wanted else self.modules
             try:
-                runner = self.driver.prepare("pool", self.preimport)
+                runner = self.driver.prepare("pool", ",".join(sorted(flavour)), flavour)
             except Exception as exc:
                 with self._cond:
                     self._starting -= 1
@@ -138,6 +185,7 @@ class WarmPool:
             "idle": len(idle),
             "starting": starting,
             "preimport": self.preimport,
+            "idle_runner_preimports": [",".join(sorted(r.preimport)) for r in idle],
             "idle_runner_rss_bytes": rss,
             "memory_available_bytes": mem_available(),
             "served": self.served,

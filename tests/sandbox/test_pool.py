@@ -8,22 +8,35 @@ from typing import Any
 from tests.support.podman import CallbackReceiver, SandboxProcess
 
 
+def wait_idle(sandbox: SandboxProcess, count: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while (health := sandbox.health()["warm_pool"])["idle"] < count:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
+    return health
+
+
 def test_pool_serves_runs_and_refills(sandbox: SandboxProcess, receiver: CallbackReceiver) -> None:
     health = sandbox.health()["warm_pool"]
     assert health["size"] == 2 and health["idle"] == 2
     assert health["preimport"] == "seatable_api,pandas"
+    assert health["idle_runner_preimports"] == ["pandas,seatable_api"] * 2
     assert all(isinstance(rss, int) and rss > 10 << 20 for rss in health["idle_runner_rss_bytes"])
     script = ("import sys\nfrom seatable_api import context\n"
               "print(context.current_table, 'pandas' in sys.modules)\n")
-    for script_id in (301, 302, 303):
+    # The first run finds only runners with everything; the runner made in its place pre-imports what
+    # it needed (seatable_api, not pandas), and the next runs of the same kind take that one.
+    for script_id, pandas_loaded in ((301, True), (302, False), (303, False)):
         assert sandbox.run(script_id, script, context={"table": f"T{script_id}"}).status_code == 202
-        assert receiver.result(script_id)["output"] == f"T{script_id} True\n"
-        deadline = time.monotonic() + 30
-        while sandbox.health()["warm_pool"]["idle"] < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    health = sandbox.health()["warm_pool"]
-    assert health["served"] == 3 and health["misses"] == 0
+        assert receiver.result(script_id)["output"] == f"T{script_id} {pandas_loaded}\n"
+        health = wait_idle(sandbox, 2)
+    assert sorted(health["idle_runner_preimports"]) == ["pandas,seatable_api", "seatable_api"]
+    # A pandas script takes the runner that has it loaded.
+    assert sandbox.run(304, "import pandas, sys\nprint(sys.modules['pandas'].__name__)\n").status_code == 202
+    assert receiver.result(304)["output"] == "pandas\n"
+    health = wait_idle(sandbox, 2)
+    assert health["served"] == 4 and health["misses"] == 0
+    assert sorted(health["idle_runner_preimports"]) == ["pandas", "seatable_api"]
 
 
 def test_pool_empties_when_memory_is_short(sandbox_factory: Any, receiver: CallbackReceiver) -> None:

@@ -104,3 +104,22 @@ def test_alternative_file_server_root_replaces_scheme_and_host() -> None:
     service.alternative_file_server_root = "http://seatable.internal:8082/seafhttp-alt"
     rewritten = service._rewrite("https://cloud.example/seafhttp/files/abc/index.py?dl=1")
     assert rewritten == "http://seatable.internal:8082/seafhttp-alt/seafhttp/files/abc/index.py?dl=1"
+
+
+def test_imported_modules_reads_import_lines() -> None:
+    from sandbox.pool import imported_modules
+
+    script = ("import os, sys as system\nfrom seatable_api import Base, context\nimport pandas.io.json\n"
+              "def f():\n    import barcode\n# import not_a_module\nx = 'import strings'\n")
+    assert imported_modules(script) == {"os", "sys", "seatable_api", "pandas", "barcode"}
+
+
+def test_pick_prefers_exact_then_smallest_superset_then_most_overlap() -> None:
+    from sandbox.pool import pick
+
+    full, api, none = frozenset({"seatable_api", "pandas"}), frozenset({"seatable_api"}), frozenset()
+    assert pick([], api) is None
+    assert pick([full, api, none], api) == 1
+    assert pick([full, none], api) == 0  # has everything: fastest for this script
+    assert pick([none, full], frozenset()) == 0
+    assert pick([none, api], full) == 1  # nothing has everything: most of it
