@@ -64,14 +64,11 @@ def start_sandbox(receiver: CallbackReceiver, state: Path, pool: int,
     return proc
 
 
-def wait_pool(proc: SandboxProcess, idle: int, timeout: float = 60, settle: float = 0.0) -> None:
+def wait_pool(proc: SandboxProcess, ready: int, timeout: float = 60) -> None:
+    """Until `ready` pooled runners have finished their pre-imports: no refill competes with a measurement."""
     deadline = time.monotonic() + timeout
-    refilled = False
-    while proc.health()["warm_pool"]["idle"] < idle and time.monotonic() < deadline:
-        refilled = True
+    while proc.health()["warm_pool"]["ready"] < ready and time.monotonic() < deadline:
         time.sleep(0.01)
-    if refilled:
-        time.sleep(settle)  # a started runner may still be importing its pre-imports
 
 
 def time_sandbox(proc: SandboxProcess, receiver: CallbackReceiver, script: str, expected: str) -> float:
@@ -185,7 +182,7 @@ def main() -> int:
             for i in range(args.runs + 2):
                 for way, measure in ways.items():
                     # A lone click finds the pool full, and no refill competes with the next way's run.
-                    wait_pool(warm, 2, settle=0.4)
+                    wait_pool(warm, 2)
                     value = measure()
                     if i >= 2:  # the first two of each warm caches
                         samples[way].append(value)

@@ -39,6 +39,9 @@ EXIT_BAD_JOB = 125
 # its own exit status, which it controls anyway; kills leave no trailer and the host asks
 # Podman instead.
 TRAILER = b"\x00seatable-runner-exit "
+# First frame on the control stream: limits, filter and pre-imports are done; waiting for the job.
+# The warm pool counts a runner as ready from here on.
+READY = b"\x00seatable-runner-ready\n"
 
 # Denied with EPERM, not a kill, so user code sees an ordinary OSError.
 DENIED_SYSCALLS = (
@@ -270,6 +273,10 @@ def main(argv: list[str]) -> None:
     if not args.no_seccomp:
         install_seccomp()
     preimport(args.preimport)
+    try:
+        os.write(2, READY)
+    except OSError:
+        pass
     # Output is one ordered stream: stderr goes where stdout goes, unbuffered.
     control = os.dup(2)
     os.dup2(1, 2)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 LABEL = "io.seatable.sandbox"
 LABEL_SCRIPT = "io.seatable.script-id"
 TRAILER = b"\x00seatable-runner-exit "
+READY = b"\x00seatable-runner-ready"  # the entrypoint waits for its job (warm runners: pre-imports done)
 EXIT_OUT_OF_MEMORY = 137
 KILLED = 137  # what a container we stopped with SIGKILL exits with
 TIMEOUT_RETURN_CODE = -1  # upstream's return code for a run stopped by the time limit
@@ -83,7 +84,18 @@ class Runner:
     stream: AttachStream
     created: float = field(default_factory=time.monotonic)
     egress_key: str = ""  # its socket directory in the EgressProxy, when it has one
-    preimport: frozenset[str] = frozenset()  # modules its interpreter has imported already
+    preimport: frozenset[str] = frozenset()  # modules its interpreter imports before the job
+    ready: bool = False  # its entrypoint said it waits for the job (pre-imports done)
+
+    def check_ready(self) -> bool:
+        """Without waiting: has the ready line arrived? What came before it is only logged."""
+        if not self.ready:
+            for _kind, payload in self.stream.drain():
+                if READY in payload:
+                    self.ready = True
+                elif payload.strip():
+                    log.warning("warm runner %s: %s", self.container[:12], payload.decode(errors="replace")[:200])
+        return self.ready
 
 
 @dataclass
@@ -103,6 +115,8 @@ class _Stream:
                         self.trailer_status = int(line[len(TRAILER):])
                     except ValueError:
                         pass
+                elif line == READY:
+                    continue
                 elif self.cap.feed(line + b"\n"):
                     return True
             return False

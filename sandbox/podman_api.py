@@ -66,6 +66,22 @@ class AttachStream:
                 return
             self.buffer += chunk
 
+    def drain(self) -> list[tuple[int, bytes]]:
+        """The whole frames that have arrived so far, without waiting (for a runner not yet given a job)."""
+        while select.select([self.sock], [], [], 0)[0]:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break  # EOF: the container is gone; the pool's liveness check sees it
+            self.buffer += chunk
+        frames: list[tuple[int, bytes]] = []
+        while len(self.buffer) >= 8:
+            kind, size = struct.unpack(">BxxxI", self.buffer[:8])
+            if len(self.buffer) < 8 + size:
+                break
+            frames.append((kind, self.buffer[8:8 + size]))
+            self.buffer = self.buffer[8 + size:]
+        return frames
+
     def close(self) -> None:
         self.sock.close()
 

@@ -8,16 +8,17 @@ from typing import Any
 from tests.support.podman import CallbackReceiver, SandboxProcess
 
 
-def wait_idle(sandbox: SandboxProcess, count: int) -> dict[str, Any]:
+def wait_ready(sandbox: SandboxProcess, count: int) -> dict[str, Any]:
+    """Until `count` pooled runners have said they wait for a job (pre-imports done)."""
     deadline = time.monotonic() + 30
-    while (health := sandbox.health()["warm_pool"])["idle"] < count:
+    while (health := sandbox.health()["warm_pool"])["ready"] < count:
         assert time.monotonic() < deadline, health
         time.sleep(0.05)
     return health
 
 
 def test_pool_serves_runs_and_refills(sandbox: SandboxProcess, receiver: CallbackReceiver) -> None:
-    health = sandbox.health()["warm_pool"]
+    health = wait_ready(sandbox, 2)
     assert health["size"] == 2 and health["idle"] == 2
     assert health["preimport"] == "seatable_api,pandas"
     assert health["idle_runner_preimports"] == ["pandas,seatable_api"] * 2
@@ -29,12 +30,12 @@ def test_pool_serves_runs_and_refills(sandbox: SandboxProcess, receiver: Callbac
     for script_id, pandas_loaded in ((301, True), (302, False), (303, False)):
         assert sandbox.run(script_id, script, context={"table": f"T{script_id}"}).status_code == 202
         assert receiver.result(script_id)["output"] == f"T{script_id} {pandas_loaded}\n"
-        health = wait_idle(sandbox, 2)
+        health = wait_ready(sandbox, 2)
     assert sorted(health["idle_runner_preimports"]) == ["pandas,seatable_api", "seatable_api"]
     # A pandas script takes the runner that has it loaded.
     assert sandbox.run(304, "import pandas, sys\nprint(sys.modules['pandas'].__name__)\n").status_code == 202
     assert receiver.result(304)["output"] == "pandas\n"
-    health = wait_idle(sandbox, 2)
+    health = wait_ready(sandbox, 2)
     assert health["served"] == 4 and health["misses"] == 0
     assert sorted(health["idle_runner_preimports"]) == ["pandas", "seatable_api"]
 
