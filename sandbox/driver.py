@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox import texts
-from sandbox.egress import EgressPolicy, EgressProxy
+from sandbox.egress import EgressPolicy, EgressProxy, RunEgressReport
 from sandbox.limits import Enforcement, RunnerLimits, human_size
 from sandbox.output import OutputCap
 from sandbox.podman_api import STDERR, AttachStream, PodmanAPI, PodmanError
@@ -83,7 +83,6 @@ class Runner:
     container: str
     stream: AttachStream
     created: float = field(default_factory=time.monotonic)
-    egress_key: str = ""  # its socket directory in the EgressProxy, when it has one
     preimport: frozenset[str] = frozenset()  # modules its interpreter imports before the job
     ready: bool = False  # its entrypoint said it waits for the job (pre-imports done)
 
@@ -206,7 +205,7 @@ class ContainerDriver:
         except BaseException:
             self.cleanup(created.id)
             raise
-        return Runner(created.id, stream, egress_key=key if self.egress is not None else "", preimport=modules)
+        return Runner(created.id, stream, preimport=modules)
 
     def run(self, job: Job, timeout: int, on_container: Callable[[str], None],
             on_started: Callable[[float], None], runner: Runner | None = None) -> RunResult:
@@ -222,9 +221,10 @@ class ContainerDriver:
     def execute(self, runner: Runner, job: Job, timeout: int, on_started: Callable[[float], None]) -> RunResult:
         cap = OutputCap(self.output_limit)
         try:
-            if runner.egress_key and job.egress is not None:
-                assert self.egress is not None
-                self.egress.arm(runner.egress_key, job.egress)  # unarmed, every connection is refused
+            with self._keys_lock:
+                key = self._egress_keys.get(runner.container)
+            if self.egress is not None and key and job.egress is not None:
+                self.egress.arm(key, job.egress)  # unarmed, every connection is refused
             started_at = time.time()
             clock = time.monotonic()
             on_started(started_at)
@@ -245,15 +245,18 @@ class ContainerDriver:
 
     def _egress_lines(self, container: str) -> str:
         """The run's refused and failed connections, one short line each, after its output."""
-        with self._keys_lock:
-            key = self._egress_keys.pop(container, "")
-        report = self._close_egress(key)
+        report = self._release_egress(container)
         if report is None:
             return ""
-        lines = report.refused + report.failed
-        return "".join(f"[{line}]\n" for line in lines)
+        return "".join(f"[{line}]\n" for line in report.refused + report.failed)
 
-    def _close_egress(self, key: str) -> Any:
+    def _release_egress(self, container: str) -> RunEgressReport | None:
+        """Close the container's egress socket (once) and return its report."""
+        with self._keys_lock:
+            key = self._egress_keys.pop(container, "")
+        return self._close_egress(key)
+
+    def _close_egress(self, key: str) -> RunEgressReport | None:
         if self.egress is None or not key:
             return None
         try:
@@ -298,9 +301,7 @@ class ContainerDriver:
             self.api.remove(container)
         except PodmanError as exc:
             log.warning("could not remove container %s: %s", container[:12], exc)
-        with self._keys_lock:
-            key = self._egress_keys.pop(container, "")
-        self._close_egress(key)
+        self._release_egress(container)
 
     def orphans(self) -> list[str]:
         """Containers of this node that no run owns (left by a crash)."""

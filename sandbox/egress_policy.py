@@ -177,7 +177,7 @@ class EgressPolicy:
     def for_run(cls, mode: str, admin_allow: str, dtable_web_url: str | None,
                 extra_urls: Iterable[str] = ()) -> EgressPolicy:
         """The admin's list (PYTHON_RUNNER_EGRESS_ALLOW) plus the run's own SeaTable server and file server."""
-        entries = [e for e in re.split(r"[\s,]+", admin_allow) if e]
+        entries = allow_entries(admin_allow)
         for url in [dtable_web_url or "", *extra_urls]:
             try:
                 _parse_entry(url)
@@ -207,6 +207,11 @@ class EgressPolicy:
                 continue  # listed names may live on the private network; special ranges only as listed literals
             raise Refused(kind, "" if literal is not None else str(ip))
         return addresses
+
+
+def allow_entries(text: str) -> list[str]:
+    """PYTHON_RUNNER_EGRESS_ALLOW's entries: separated by commas or white space."""
+    return [entry for entry in re.split(r"[\s,]+", text) if entry]
 
 
 def _resolve(resolver: Resolver, name: str, port: int) -> list[Address]:

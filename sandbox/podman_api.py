@@ -47,13 +47,8 @@ class AttachStream:
     def frames(self, deadline: float) -> Iterator[tuple[int, bytes] | None]:
         """Yield (stream, payload) frames until EOF; yield None when the deadline has passed."""
         while True:
-            while len(self.buffer) >= 8:
-                kind, size = struct.unpack(">BxxxI", self.buffer[:8])
-                if len(self.buffer) < 8 + size:
-                    break
-                payload = self.buffer[8:8 + size]
-                self.buffer = self.buffer[8 + size:]
-                yield kind, payload
+            while (frame := self._pop_frame()) is not None:
+                yield frame
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 yield None
@@ -74,13 +69,20 @@ class AttachStream:
                 break  # EOF: the container is gone; the pool's liveness check sees it
             self.buffer += chunk
         frames: list[tuple[int, bytes]] = []
-        while len(self.buffer) >= 8:
-            kind, size = struct.unpack(">BxxxI", self.buffer[:8])
-            if len(self.buffer) < 8 + size:
-                break
-            frames.append((kind, self.buffer[8:8 + size]))
-            self.buffer = self.buffer[8 + size:]
+        while (frame := self._pop_frame()) is not None:
+            frames.append(frame)
         return frames
+
+    def _pop_frame(self) -> tuple[int, bytes] | None:
+        """The next whole (stream, payload) frame from the buffer, or None until more arrives."""
+        if len(self.buffer) < 8:
+            return None
+        kind, size = struct.unpack(">BxxxI", self.buffer[:8])
+        if len(self.buffer) < 8 + size:
+            return None
+        payload = self.buffer[8:8 + size]
+        self.buffer = self.buffer[8 + size:]
+        return kind, payload
 
     def close(self) -> None:
         self.sock.close()

@@ -42,10 +42,6 @@ def imported_modules(script: str) -> frozenset[str]:
     return frozenset(found)
 
 
-def parse_modules(text: str) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-
-
 def pick(flavours: list[frozenset[str]], needs: frozenset[str]) -> int | None:
     """Index of the best idle runner for a script needing `needs`: an exact match, else the smallest
     one that has everything, else the one with the most of it (even none: still faster than cold)."""
@@ -72,7 +68,7 @@ class WarmPool:
         self.driver = driver
         self.size = size
         self.preimport = preimport
-        self.modules = frozenset(parse_modules(preimport))
+        self.modules = frozenset(m.strip() for m in preimport.split(",") if m.strip())
         self.min_available = min_available
         self._idle: deque[Runner] = deque()
         self._wanted: deque[frozenset[str]] = deque(maxlen=max(1, size))  # flavours of runners just taken
@@ -96,13 +92,9 @@ class WarmPool:
         """How many idle runners to keep: none while the host is short of memory."""
         return self.size if mem_available() >= self.min_available else 0
 
-    def needs(self, script: str) -> frozenset[str]:
-        """The pre-importable modules this script imports."""
-        return self.modules & imported_modules(script)
-
-    def take(self, needs: frozenset[str] | None = None) -> Runner | None:
-        """A live warm runner, best matched to `needs` (default: all pre-imports), or None (cold path)."""
-        needs = self.modules if needs is None else needs
+    def take(self, script: str) -> Runner | None:
+        """A live warm runner, best matched to what `script` imports, or None (the cold path)."""
+        needs = self.modules & imported_modules(script)
         with self._cond:
             self._wanted.append(needs)
             while self._idle:

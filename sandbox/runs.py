@@ -126,7 +126,7 @@ class RunService:
             return script
         job = Job(request.script_id, script, _input_text(request.context_data), self._env(request.env),
                   egress=self._egress(request.env), ca_bundle=self.ca_bundle)
-        runner = self.pool.take(self.pool.needs(script)) if self.pool is not None else None
+        runner = self.pool.take(script) if self.pool is not None else None
         return self.driver.run(job, self.timeout, remember,
                                lambda started: self.outbox.running(request.script_id, started), runner=runner)
 

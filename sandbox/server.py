@@ -19,6 +19,7 @@ from sandbox.app import create_app
 from sandbox.config import SandboxConfig
 from sandbox.driver import ContainerDriver
 from sandbox.egress import EgressProxy
+from sandbox.egress_policy import allow_entries
 from sandbox.image import default_image
 from sandbox.limits import RunnerLimits, detect
 from sandbox.outbox import Outbox
@@ -55,7 +56,7 @@ class Sandbox:
             "runs_finished": self.service.finished,
             "warm_pool": self.pool.health(),
             "egress": {"mode": self.config.network,
-                       "allow": [e for e in self.config.egress_allow.replace(",", " ").split() if e],
+                       "allow": allow_entries(self.config.egress_allow),
                        **(self.egress.stats() if self.egress is not None else {})},
         }
 
