@@ -22,6 +22,8 @@ from typing import Any
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
+from scheduler.sessions import ThreadSessions
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 3.0
@@ -81,15 +83,12 @@ class Nodes:
         self.nodes = {url: Node(url) for url in urls}
         self.headers = {"Authorization": f"Token {token}"}
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._sessions = ThreadSessions()
         self._rotation = 0
 
     @property
     def session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
+        return self._sessions.get()
 
     def refresh(self) -> None:
         """Re-read /health of nodes whose estimate is older than a second (and whose backoff is over)."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import requests
+
+from scheduler.sessions import ThreadSessions
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,11 @@ class SeaTable:
     def __init__(self, server_url: str, auth_token: str) -> None:
         self.server_url = server_url.rstrip("/")
         self.headers = {"Authorization": f"Token {auth_token}"}
-        self._local = threading.local()
+        self._sessions = ThreadSessions()
 
     @property
     def session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
+        return self._sessions.get()
 
     def scripts_running_limit(self, owner: str | None, org_id: int | None) -> int | None:
         """The monthly run limit of a team or user (-1 unlimited); None when SeaTable cannot say."""
