@@ -17,6 +17,7 @@ PER_PAGE_INVALID = "per_page invalid."
 USERNAME_OR_ORG_INVALID = "username or org_id invalid."
 ORG_ID_INVALID = "org_id invalid."
 SCRIPT_LOG_NOT_FOUND = "Script log not found"
+SCRIPT_NOT_FOUND_ERROR = "Script not found"  # the callbacks' 404, as {"error_msg": ...}
 
 # /admin/ endpoints answer with {"error": ...}
 START_INVALID = "Invalid value for start parameter"
