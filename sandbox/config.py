@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.egress_policy import EgressPolicy
+from sandbox.timezone import host_time_zone, is_zone_name
 
 # name, default, meaning: the README's configuration table is checked against this list.
 VARIABLES: list[tuple[str, str, str]] = [
@@ -20,7 +21,7 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("PYTHON_SCHEDULER_AUTH_TOKEN", "(required)", "token sent with the callbacks"),
     ("PYTHON_RUNNER_IMAGE", "localhost/seatable-python-runner:<recipe hash>", "runner image"),
     ("PYTHON_STARTER_THREAD_COUNT", "10", "runs at once (slots); more get 429"),
-    ("PYTHON_PROCESS_TIMEOUT", "60", "wall-time limit per run, seconds"),
+    ("PYTHON_PROCESS_TIMEOUT", "60", "wall-time limit per run, seconds; the scheduler's default is the same"),
     ("PYTHON_RUNNER_CONTAINER_MEMORY", "1g", "memory limit (cgroup, or RLIMIT_AS as the fallback)"),
     ("PYTHON_RUNNER_CONTAINER_PIDS", "256", "process/thread limit (cgroup pids, or RLIMIT_NPROC)"),
     ("PYTHON_RUNNER_CONTAINER_CPUS", "", "CPU limit in cores where cgroups are delegated; empty = none"),
@@ -37,7 +38,8 @@ VARIABLES: list[tuple[str, str, str]] = [
      "runs in a container"),
     ("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "", "replaces scheme and host of script URLs (when used)"),
     ("PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT", "", "true: use it (upstream needs both set)"),
-    ("TIME_ZONE", "UTC", "TZ inside the runner"),
+    ("TIME_ZONE", "", "TZ inside the runner; empty: the host's zone (the name /etc/localtime links to, or "
+     "/etc/timezone, read at start; UTC if neither names one), as upstream"),
     ("PYTHON_SANDBOX_SECCOMP_PROFILE", "(tightened Podman default)", "Podman seccomp profile for runners"),
     ("PYTHON_SANDBOX_WARM_POOL", "2", "pre-started runners waiting for a job; 0 turns the pool off"),
     ("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas", "modules warm runners import before their job; "
@@ -136,7 +138,7 @@ class SandboxConfig:
             alternative_file_server_root=(
                 env.get("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "").rstrip("/")
                 if _true(env.get("PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT", "")) else ""),
-            time_zone=env.get("TIME_ZONE") or "UTC",
+            time_zone=_time_zone(env.get("TIME_ZONE", "")),
             seccomp_profile=env.get("PYTHON_SANDBOX_SECCOMP_PROFILE", ""),
             warm_pool=_whole(env, "PYTHON_SANDBOX_WARM_POOL", 2),
             preimport=env.get("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas"),
@@ -153,6 +155,15 @@ def _read_ca_bundle(path: str) -> str:
     if "-----BEGIN CERTIFICATE-----" not in text or len(text) > MAX_CA_BUNDLE:
         raise ValueError(f"PYTHON_RUNNER_CA_BUNDLE={path}: not a PEM certificate bundle (at most 1 MiB)")
     return text
+
+
+def _time_zone(raw: str) -> str:
+    name = raw.strip()
+    if not name:
+        return host_time_zone()
+    if not is_zone_name(name):
+        raise ValueError(f"TIME_ZONE={raw!r} is not a time zone name (like Europe/Berlin)")
+    return name
 
 
 def _true(raw: str) -> bool:

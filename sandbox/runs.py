@@ -172,8 +172,9 @@ class RunService:
         for entry in self.outbox.in_flight():
             if entry.container:
                 self.driver.cleanup(entry.container)
-            self.outbox.result(entry.script_id, RunResult(
-                None, texts.SANDBOX_LOST, entry.accepted_at, 0.0, "lost").body(entry.script_id))
+            body = RunResult(None, texts.SANDBOX_LOST, entry.accepted_at, 0.0, "lost").body(entry.script_id)
+            body["lost"] = True  # no result of its own: the scheduler does not count it (upstream's starter sent none)
+            self.outbox.result(entry.script_id, body)
             lost += 1
         for container in self.driver.orphans():
             self.driver.cleanup(container)

@@ -10,13 +10,11 @@ NOT_FOUND = "Not found"
 INTERNAL_ERROR = "Internal server error"
 BODY_TOO_LARGE = "Request body too large"
 ORDER_BY_INVALID = "order_by invalid."
-DIRECTION_INVALID = "direction invalid."
 MONTH_INVALID = "month invalid."
-PAGE_INVALID = "page invalid."
-PER_PAGE_INVALID = "per_page invalid."
 USERNAME_OR_ORG_INVALID = "username or org_id invalid."
 ORG_ID_INVALID = "org_id invalid."
 SCRIPT_LOG_NOT_FOUND = "Script log not found"
+SCRIPT_NOT_FOUND_ERROR = "Script not found"  # the callbacks' 404, as {"error_msg": ...}
 
 # /admin/ endpoints answer with {"error": ...}
 START_INVALID = "Invalid value for start parameter"

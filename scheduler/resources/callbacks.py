@@ -34,7 +34,7 @@ class _Callback:
     @staticmethod
     def answer(resp: falcon.Response, outcome: runs.Outcome) -> None:
         if outcome is runs.Outcome.NOT_FOUND:
-            raise ApiError(404, texts.NOT_FOUND)
+            raise ApiError(404, {"error_msg": texts.SCRIPT_NOT_FOUND_ERROR})
         resp.media = {"success": True}
 
 
@@ -71,6 +71,7 @@ class ResultCallback(_Callback):
             "output": {"type": ["string", "null"]},
             "started_at": _EPOCH,
             "spend_time": {"type": ["number", "null"], "minimum": 0, "maximum": 1e9},
+            "lost": {"type": ["boolean", "null"]},  # the sandbox lost the run (its restart): not counted
         },
     }
     validator = jsonschema.Draft202012Validator(SCHEMA)
@@ -84,5 +85,6 @@ class ResultCallback(_Callback):
             output=data.get("output"),
             started_at=self.store.clock.from_epoch(started) if started is not None else None,
             spend_time=data.get("spend_time"),
+            counted=not data.get("lost"),
         )
         self.answer(resp, runs.record_result(self.store, data["script_id"], result))

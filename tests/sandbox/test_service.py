@@ -259,6 +259,7 @@ def test_sigkill_mid_run_reports_sandbox_lost(sandbox_factory: Any, receiver: Ca
     result = receiver.result(140, timeout=30)
     assert result["output"] == texts.SANDBOX_LOST
     assert result["success"] is False and result["return_code"] is None
+    assert result["lost"] is True  # the scheduler does not count a run without a result of its own
     assert ours(podman, sandbox) == []
 
 

@@ -64,10 +64,11 @@ def test_duplicate_and_late_results_are_acknowledged_not_counted(client: testing
     assert base_stats(store) == (1, 3.0)
 
 
-def test_unknown_run_is_404(client: testing.TestClient) -> None:
+def test_unknown_run_is_404_with_upstreams_json(client: testing.TestClient) -> None:
     for path in ("/script-running-callback/", "/script-result/"):
         result = client.simulate_post(path, json={"script_id": 424242}, headers=AUTH)
-        assert (result.status_code, result.text) == (404, texts.NOT_FOUND)
+        assert (result.status_code, result.json) == (404, {"error_msg": "Script not found"})
+        assert result.headers["content-type"].startswith("application/json")
 
 
 def test_result_without_running_callback_or_times(client: testing.TestClient, store: Store) -> None:
@@ -105,4 +106,4 @@ def test_fail_run_is_callable_without_http(client: testing.TestClient, store: St
     assert runs.fail_run(store, 999999, "x") is runs.Outcome.NOT_FOUND
     script = runs.get_run(store, run_id)
     assert script is not None and (script["output"], script["success"]) == ("sandbox lost", False)
-    assert base_stats(store)[0] == 1
+    assert base_stats(store)[0] == 0  # ended by the scheduler, not by a result of its own: not counted

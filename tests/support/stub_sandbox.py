@@ -3,8 +3,9 @@
 Speaks the sandbox API the dispatcher uses (POST /function/run-python, GET /function/runs/{id}, GET /health,
 same token rule) and, when given a scheduler URL, reports like the real sandbox: a running callback, then
 the result, retried until the scheduler answers 2xx. Knobs for the failure tests: `busy` (429 to every POST),
-`forget_all()` (the node loses its runs: 404 and no result, as after a wiped state directory), `report=False`
-(accept and hold forever). Run in-process (`with StubSandbox(...) as node:`) or as a process for benchmarks:
+`refuse` (400 to every POST, as the real sandbox refuses a body it cannot run), `forget_all()` (the node loses
+its runs: 404 and no result, as after a wiped state directory), `report=False` (accept and hold forever).
+Run in-process (`with StubSandbox(...) as node:`) or as a process for benchmarks:
 `python -m tests.support.stub_sandbox --port P --token T [--scheduler-url U --scheduler-token S]`.
 """
 
@@ -40,6 +41,7 @@ class StubSandbox:
     port: int = 0
     host: str = "127.0.0.1"
     busy: bool = False
+    refuse: bool = False
     forget: bool = False
     accepted: Counter[int] = field(default_factory=Counter)
     order: list[int] = field(default_factory=list)
@@ -173,6 +175,9 @@ class StubSandbox:
                         raise ValueError("script")
                 except (ValueError, KeyError, TypeError):
                     self._answer(400, {"error": "bad body"})
+                    return
+                if stub.refuse:
+                    self._answer(400, {"error": "refused by the stub"})
                     return
                 code = stub.submit(body)
                 self._answer(code, {"accepted": True} if code == 202 else {"error": str(code)})
