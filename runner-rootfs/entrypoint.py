@@ -290,7 +290,9 @@ def run_script(source: bytes) -> int:
     except SystemExit:
         raise
     except BaseException as exc:
-        frames = exc.__traceback__.tb_next if exc.__traceback__ else None  # hide this frame
+        frames = exc.__traceback__
+        while frames is not None and frames.tb_frame.f_globals is globals():  # hide the entrypoint's frames
+            frames = frames.tb_next
         sys.stdout.flush()
         traceback.print_exception(type(exc), exc, frames)
         sys.stderr.flush()

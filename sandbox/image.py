@@ -158,8 +158,11 @@ class RunnerImageBuilder:
         progress = Progress(total=7, quiet=self.quiet)
         self._check_tools()
         self._check_cache_dir()
+        progress(f"recipe {self.recipe.digest()}")
+        if not force and self.image_exists():  # no need to queue behind other builds on this cache
+            progress(f"image {self.recipe.tag} is present; nothing to build")
+            return self.recipe.tag
         with self._lock():
-            progress(f"recipe {self.recipe.digest()}")
             if self.image_exists() and not force:
                 progress(f"image {self.recipe.tag} is present; nothing to build")
                 return self.recipe.tag

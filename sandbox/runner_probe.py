@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.driver import ContainerDriver
+from sandbox.driver import EGRESS_MOUNT, ContainerDriver
 from sandbox.podman_api import STDOUT, PodmanError
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class RunnerFacts:
 def probe(driver: ContainerDriver, timeout: float = PROBE_TIMEOUT) -> RunnerFacts:
     spec = driver.spec("probe")
     spec["command"] = [*spec["command"], "--probe"]
+    # No way out for the probe: it reads no job and starts no relay (and has no egress socket of its own).
+    spec["mounts"] = [mount for mount in spec["mounts"] if mount["destination"] != EGRESS_MOUNT]
     try:
         created = driver.api.create(spec)
     except PodmanError as exc:

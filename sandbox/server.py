@@ -10,10 +10,11 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import falcon
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from sandbox.app import create_app
 from sandbox.config import SandboxConfig
@@ -78,8 +79,7 @@ def build(config: SandboxConfig) -> Sandbox:
     api = PodmanAPI(config.podman_url)
     image = config.image or default_image()
     if not api.image_exists(image):
-        raise SystemExit(f"seatable-sandbox serve: runner image {image} is missing; "
-                         "run 'seatable-sandbox build-runner'")
+        _fatal(f"runner image {image} is missing; run 'seatable-sandbox build-runner'")
     enforcement = detect(api.client.info())
     limits = RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                           timeout=config.timeout, tmpfs_size=config.tmpfs_size)
@@ -93,7 +93,7 @@ def build(config: SandboxConfig) -> Sandbox:
     try:
         runner = probe(driver)
     except ProbeError as exc:
-        raise SystemExit(f"seatable-sandbox serve: {exc}") from None
+        _fatal(str(exc))
     if not runner.second_filter:
         log.warning("runner image %s has no pyseccomp: runs are filtered by Podman's profile alone", image)
     outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token)
@@ -109,6 +109,12 @@ def build(config: SandboxConfig) -> Sandbox:
     outbox.start()
     pool.start()
     return Sandbox(config, api, driver, outbox, service, pool, egress, runner)
+
+
+def _fatal(message: str) -> NoReturn:
+    """One line, then gunicorn's boot-error exit status: the master stops instead of starting worker after worker."""
+    print(f"seatable-sandbox serve: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
 
 
 class SandboxServer(BaseApplication):

@@ -30,7 +30,7 @@ NAME = "localhost/seatable-test-custom-runner"
 PROBE_PACKAGE = "seatable_custom_probe"
 CONTAINERFILE = """\
 ARG BASE
-FROM ${BASE}
+FROM ${{BASE}}
 USER 0:0
 # Upstream's alpine runner has neither libseccomp nor pyseccomp, no Debian marker that refuses pip, its own
 # entrypoint script, and keeps its packages in the user's home.

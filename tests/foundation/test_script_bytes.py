@@ -78,9 +78,11 @@ def script_server() -> Iterator[str]:
     server.shutdown()
 
 
-def test_fetched_script_bytes_reach_the_runner_unchanged(sandbox: SandboxProcess, receiver: CallbackReceiver,
+def test_fetched_script_bytes_reach_the_runner_unchanged(sandbox_factory: Any, receiver: CallbackReceiver,
                                                           script_server: str) -> None:
-    """Through the service: the script URL's bytes, not a decoded copy with replacement characters."""
+    """Through the service: the script URL's bytes, not a decoded copy with replacement characters. (Cold runners:
+    a warm one may still be importing pandas when taken, which on a loaded host eats the 5 s limit.)"""
+    sandbox: SandboxProcess = sandbox_factory()
     for script_id, name in ((801, "bom"), (802, "latin1"), (803, "invalid")):
         response = sandbox.post({"script_id": script_id, "script_url": f"{script_server}/{name}.py", "env": {}})
         assert response.status_code == 202, response.text
