@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import json
 import os
 import shlex
 import shutil
@@ -263,7 +264,7 @@ class RunnerImageBuilder:
             "ENV LANG=C.UTF-8",
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             # The sandbox mounts the entrypoint at run time; without that mount this fails with a clear message.
-            "ENTRYPOINT " + _json_list(ENTRYPOINT_COMMAND),
+            "ENTRYPOINT " + json.dumps(list(ENTRYPOINT_COMMAND)),
             f"LABEL io.seatable.runner.recipe={self.recipe.digest()}",
             f"LABEL io.seatable.runner.python={runner_lock.RUNNER_PYTHON}",
         ]
@@ -289,10 +290,6 @@ class RunnerImageBuilder:
         for ref in listed.stdout.split():
             if ref not in (self.recipe.tag, f"{IMAGE_NAME}:latest"):
                 self.user.run(["podman", "rmi", "--force", ref])
-
-
-def _json_list(items: tuple[str, ...]) -> str:
-    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
 
 def _run(argv: list[str], what: str, **kwargs: object) -> None:
