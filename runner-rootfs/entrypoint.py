@@ -110,7 +110,7 @@ def install_seccomp() -> bool:
     """Stack a deny-list filter on top of Podman's profile, for every thread; False where the image lacks pyseccomp."""
     try:
         import pyseccomp as seccomp
-    except (ImportError, OSError):  # no binding, or no libseccomp behind it (upstream's alpine runner has neither)
+    except (ImportError, OSError, RuntimeError):  # no binding, or no libseccomp behind it (upstream's alpine image)
         return False
 
     filt = seccomp.SyscallFilter(seccomp.ALLOW)

@@ -39,12 +39,13 @@ print(json.dumps({'python': sys.version.split()[0], 'packages': packages, 'user'
 
 
 @pytest.fixture(scope="module")
-def podman() -> Podman:
+def cli() -> Podman:
     return Podman(lookup_user(DEFAULT_USER))
 
 
 @pytest.fixture(scope="module")
-def registry_image(podman: Podman) -> str:
+def registry_image(cli: Podman) -> str:
+    podman = cli
     recipe = Recipe.packaged()
     base = build_base(podman, suite=SUITE, packages=(*recipe.debian_packages, "python3-venv"),
                       name="localhost/seatable-deploy-runner-base")
@@ -64,14 +65,14 @@ def registry_image(podman: Podman) -> str:
 
 
 def facts(podman: Podman, image: str) -> dict[str, Any]:
-    out = podman.run("run", "--rm", "--network", "none", "--read-only", "--label", f"{LABEL}=probe",
+    out = podman.run("run", "--rm", "--network", "none", "--no-hosts", "--read-only", "--label", f"{LABEL}=probe",
                      "--entrypoint", "python3", image, "-I", "-c", FACTS).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 
 
-def test_registry_variant_has_what_build_runner_gives(podman: Podman, registry_image: str,
-                                                       runner_image: str) -> None:
+def test_registry_variant_has_what_build_runner_gives(cli: Podman, registry_image: str, runner_image: str) -> None:
+    podman = cli
     ours, theirs = facts(podman, runner_image), facts(podman, registry_image)
     assert ours["python"].startswith("3.13")
     assert len(ours["packages"]) > 40 and ("pyseccomp", "0.1.2") in [tuple(p) for p in ours["packages"]]
