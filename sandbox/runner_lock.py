@@ -121,7 +121,9 @@ def _pip_error(text: str) -> str:
 
 
 def _uv_error(text: str) -> str:
-    """uv draws its error as a tree; the line that names the cause is the last one with words in it."""
-    lines = [line.strip(" \u00d7\u2570\u2500\u25b6\u2502") for line in text.strip().splitlines()]
-    lines = [line.strip() for line in lines if line.strip()]
-    return lines[-1] if lines else "(no output)"
+    """uv's reason as one line: it may draw a tree and wrap the sentence; the sentence starting "Because" is it."""
+    words = " ".join(line.strip(" \u00d7\u2570\u2500\u25b6\u2502\u251c") for line in text.splitlines())
+    words = " ".join(words.split())
+    if "Because " in words:
+        words = words[words.index("Because "):]
+    return words[:400] or "(no output)"

@@ -127,3 +127,19 @@ def test_scripts_get_no_future_flags_from_the_entrypoint() -> None:
     namespace: dict[str, Any] = {}
     exec(_entrypoint().compile_script(b"def f(x: int): pass\n"), namespace)  # noqa: S102
     assert namespace["f"].__annotations__ == {"x": int}
+
+
+def test_uv_and_pip_failures_read_as_one_sentence() -> None:
+    wrapped = ("  \u00d7 No solution found when resolving dependencies:\n"
+               "  \u2570\u2500\u25b6 Because nothing-here was not found in the package registry and you\n"
+               "      require nothing-here==1.0, we can conclude that your requirements are unsatisfiable.\n")
+    assert runner_lock._uv_error(wrapped) == ("Because nothing-here was not found in the package registry and you "
+                                              "require nothing-here==1.0, we can conclude that your requirements "
+                                              "are unsatisfiable.")
+    mismatch = ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE. If you have updated ...\n"
+                "    idna==3.7 from https://files.example/idna-3.7-py3-none-any.whl (from -r bad.lock (line 1)):\n"
+                "        Expected sha256 0000\n             Got        82fe\n")
+    assert runner_lock._pip_error(mismatch) == ("idna==3.7 does not match the lock's hash (the file pip got is not "
+                                                "the one the lock names)")
+    assert runner_lock._pip_error("WARNING: Location x is ignored\nERROR: No matching distribution found for a==1\n") \
+        == "ERROR: No matching distribution found for a==1"
