@@ -10,21 +10,23 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import falcon
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from sandbox.app import create_app
 from sandbox.config import SandboxConfig
 from sandbox.driver import ContainerDriver
 from sandbox.egress import EgressProxy
 from sandbox.egress_policy import allow_entries
-from sandbox.image import default_image
+from sandbox.image import default_image, runner_files_dir
 from sandbox.limits import RunnerLimits, detect
 from sandbox.outbox import Outbox
 from sandbox.podman_api import PodmanAPI
 from sandbox.pool import WarmPool
+from sandbox.runner_probe import ProbeError, RunnerFacts, probe
 from sandbox.runs import RunService
 from sandbox.seccomp_profile import write_profile
 
@@ -40,6 +42,7 @@ class Sandbox:
     service: RunService
     pool: WarmPool
     egress: EgressProxy | None
+    runner: RunnerFacts | None = None
 
     def health(self) -> dict[str, object]:
         busy = self.service.busy
@@ -48,6 +51,7 @@ class Sandbox:
             "node": self.config.node_name,
             "slots": {"total": self.config.slots, "busy": busy, "free": self.config.slots - busy},
             "image": self.driver.image,
+            "runner": self.runner.as_dict() if self.runner is not None else None,
             "limits": {**self.driver.enforcement.as_dict(), "memory_bytes": self.config.memory,
                        "pids_limit": self.config.pids, "timeout_s": self.config.timeout,
                        "output_chars": self.config.output_limit, "network": self.config.network},
@@ -75,8 +79,7 @@ def build(config: SandboxConfig) -> Sandbox:
     api = PodmanAPI(config.podman_url)
     image = config.image or default_image()
     if not api.image_exists(image):
-        raise SystemExit(f"seatable-sandbox serve: runner image {image} is missing; "
-                         "run 'seatable-sandbox build-runner'")
+        _fatal(f"runner image {image} is missing; run 'seatable-sandbox build-runner'")
     enforcement = detect(api.client.info())
     limits = RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                           timeout=config.timeout, tmpfs_size=config.tmpfs_size)
@@ -85,7 +88,14 @@ def build(config: SandboxConfig) -> Sandbox:
     driver = ContainerDriver(api=api, image=image, limits=limits, enforcement=enforcement,
                              node=config.node_name, output_limit=config.output_limit,
                              seccomp_profile=profile, time_zone=config.time_zone,
-                             egress=egress, egress_host_dir=config.egress_host_dir)
+                             egress=egress, egress_host_dir=config.egress_host_dir,
+                             runner_files=config.runner_files or str(runner_files_dir()))
+    try:
+        runner = probe(driver)
+    except ProbeError as exc:
+        _fatal(str(exc))
+    if not runner.second_filter:
+        log.warning("runner image %s has no pyseccomp: runs are filtered by Podman's profile alone", image)
     outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token)
     pool = WarmPool(driver, config.warm_pool, config.preimport, config.pool_min_available)
     service = RunService(driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
@@ -98,7 +108,13 @@ def build(config: SandboxConfig) -> Sandbox:
         log.warning("%d run(s) were in flight when the sandbox stopped; reported as lost", lost)
     outbox.start()
     pool.start()
-    return Sandbox(config, api, driver, outbox, service, pool, egress)
+    return Sandbox(config, api, driver, outbox, service, pool, egress, runner)
+
+
+def _fatal(message: str) -> NoReturn:
+    """One line, then gunicorn's boot-error exit status: the master stops instead of starting worker after worker."""
+    print(f"seatable-sandbox serve: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
 
 
 class SandboxServer(BaseApplication):
