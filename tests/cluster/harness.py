@@ -161,7 +161,6 @@ class Cluster:
                 self.start_host(i)
             for i in range(t.apis):
                 self.start_api(i)
-            self.dispatchers = [None] * t.dispatchers
             for i in range(t.dispatchers):
                 self.start_dispatcher(i)
         except BaseException:
@@ -214,18 +213,21 @@ class Cluster:
         """The first API: where a client submits runs unless it picks one."""
         return self.api_url(0)
 
-    def scheduler_env(self, db_node: int, api: int | None = None) -> dict[str, str]:
+    def scheduler_env(self, db_node: int, api: int | None = None, hosts: int | None = None) -> dict[str, str]:
+        """Environment of a scheduler process writing through Galera node `db_node`; an API's when `api` is
+        given; handing runs to the first `hosts` sandbox hosts (all by default)."""
         assert self.galera is not None and self.stub is not None and self.lan is not None
         t = self.topology
         db = self.galera.settings(db_node)
+        urls = [h.url for h in self.hosts][:hosts] if self.hosts else self._host_urls()[:hosts]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "PYTHON_", "SEATABLE_"))}
         env.update({
             "PYTHONPATH": str(REPO),
             "PYTHON_SCHEDULER_AUTH_TOKEN": self.secret,
             "SEATABLE_SERVER_URL": self.stub.url,
-            "PYTHON_SANDBOX_URLS": ",".join(h.url for h in self.hosts) or self._host_urls(),
+            "PYTHON_SANDBOX_URLS": ",".join(urls),
             "PYTHON_SANDBOX_AUTH_TOKEN": self.sandbox_token,
-            "PYTHON_STARTER_TOTAL_THREAD_COUNT": str(t.slots * t.sandboxes),
+            "PYTHON_STARTER_TOTAL_THREAD_COUNT": str(t.slots * len(urls)),
             "PYTHON_PROCESS_TIMEOUT": str(t.process_timeout),
             "PYTHON_DISPATCH_HANDOFF_SECS": str(t.handoff_secs),
             "PYTHON_SANDBOX_LOST_GRACE_SECS": str(t.lost_grace_secs),
@@ -246,10 +248,9 @@ class Cluster:
             env["PYTHON_SCHEDULER_URL"] = self.api_url(api)
         return env
 
-    def _host_urls(self) -> str:
+    def _host_urls(self) -> list[str]:
         assert self.lan is not None
-        return ",".join(f"http://10.213.{self.lan.subnet}.{11 + i}:{SANDBOX_PORT}"
-                        for i in range(self.topology.sandboxes))
+        return [f"http://10.213.{self.lan.subnet}.{11 + i}:{SANDBOX_PORT}" for i in range(self.topology.sandboxes)]
 
     def _scheduler_cli(self, db_node: int, *args: str) -> None:
         result = subprocess.run([sys.executable, "-m", "scheduler.cli", *args], cwd=REPO,
@@ -277,11 +278,22 @@ class Cluster:
                    f"scheduler API a{index + 1} on {url}")
         self.say(f"cluster: scheduler API a{index + 1} on {url}, writes through galera node{db_node + 1}")
 
-    def start_dispatcher(self, index: int) -> None:
+    def start_dispatcher(self, index: int, hosts: int | None = None) -> Service:
+        """`dispatch --maintain` number `index`, handing runs to the first `hosts` sandbox hosts (default all)."""
         db_node = self.topology.db_node_of("dispatcher", index)
-        self.dispatchers[index] = self._spawn(f"dispatcher{index + 1}", self.scheduler_env(db_node),
-                                              "dispatch", "--maintain")
+        while len(self.dispatchers) <= index:
+            self.dispatchers.append(None)
+        service = self._spawn(f"dispatcher{index + 1}", self.scheduler_env(db_node, hosts=hosts),
+                              "dispatch", "--maintain")
+        self.dispatchers[index] = service
         self.say(f"cluster: dispatcher d{index + 1} (dispatch --maintain), writes through galera node{db_node + 1}")
+        return service
+
+    def stop_dispatcher(self, index: int) -> None:
+        """SIGTERM: the batch in hand is finished, then the process exits."""
+        service = self.dispatchers[index]
+        if service is not None:
+            service.stop()
 
     def kill_dispatcher(self, index: int) -> None:
         """SIGKILL: the process dies between any two statements, claims and hand-offs in hand."""

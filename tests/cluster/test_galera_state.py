@@ -226,3 +226,12 @@ def certification_conflicts(galera: GaleraCluster) -> int:
             values = node.status("wsrep_local_cert_failures", "wsrep_local_bf_aborts")
             total += sum(int(v) for v in values.values())
     return total
+
+
+def test_every_scheduler_session_reads_causally(stores: list[Store]) -> None:
+    """A run created through one node is found at once through another (an API instance behind a balancer)."""
+    for store in stores:
+        assert column(store, "SELECT @@session.wsrep_sync_wait") == [1]
+    for i in range(30):
+        run_id = create_runs(stores[i % 3], 1)[0]
+        assert runs.get_run(stores[(i + 1) % 3], run_id) is not None
