@@ -1,4 +1,4 @@
-"""Cluster fixtures: a Galera cluster shared by the module's tests, a LAN of namespaces per test.
+"""Cluster fixtures: a Galera cluster shared by this package's tests, a LAN of namespaces per test.
 
 Both are removed after the test or module, also when it failed; a harness run that was killed outright is
 cleaned up by the next one (`reap_stale` in tests/support/galera.py and netns.py).
@@ -14,7 +14,7 @@ from tests.support.galera import GaleraCluster
 from tests.support.netns import LAN
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def galera() -> Iterator[GaleraCluster]:
     cluster = GaleraCluster().start()
     try:
