@@ -13,6 +13,7 @@ from scheduler.config import Config
 from scheduler.db import Store, open_store
 from scheduler.resources.callbacks import ResultCallback, RunningCallback
 from scheduler.resources.common import ApiError, Context, render_error
+from scheduler.resources.health import Health
 from scheduler.resources.logs import TaskLog, TaskLogs
 from scheduler.resources.ping import Ping
 from scheduler.resources.runs import RunDraftScript, RunScript, RunStatus
@@ -47,6 +48,7 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
     app.add_error_handler(ApiError, _api_error)
 
     app.add_route("/ping/", Ping())
+    app.add_route("/health", Health(store))
     app.add_route("/run-script/", RunScript(ctx, store, seatable))
     app.add_route("/run-draft-script/", RunDraftScript(ctx, store, seatable))
     app.add_route("/run-script/{script_id}/", RunStatus(ctx, store))
