@@ -132,6 +132,8 @@ class Chaos:
             self.sandbox.stop()
         if self.proxy is not None:
             self.proxy.stop()
+        if self.podman_service is not None:
+            self.remove_containers()
         self.kill_podman_service()
         if self.user is not None:
             shutil.rmtree(self.podman_socket.parent, ignore_errors=True)
@@ -293,6 +295,15 @@ class Chaos:
         api = PodmanAPI(self.podman_url)
         try:
             return [str(c["Id"]) for c in api.labelled(f"{LABEL}={self.node_name}")]
+        finally:
+            api.close()
+
+    def remove_containers(self) -> None:
+        """Remove whatever this node left behind (counted before), so no other checkout finds it."""
+        api = PodmanAPI(self.podman_url)
+        try:
+            for container in self.containers():
+                api.remove(container)
         finally:
             api.close()
 

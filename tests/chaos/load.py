@@ -176,10 +176,19 @@ class Load:
                 continue
             if run.key in completed:
                 row.lost += 1
-                row.notes.append(f"run {run.script_id} ran to its end, result lost: {output[:160]!r}")
+                row.notes.append(f"run {run.script_id} ran to its end, result lost: {_gist(output)}")
             if script.get("success") is False and any(text in output.lower() for text in CLEAR_FAILURES):
                 row.clear_failure += 1
             else:
                 row.unclear += 1
-                row.notes.append(f"run {run.script_id} unclear outcome: {output[:160]!r}")
+                row.notes.append(f"run {run.script_id} unclear outcome (rc {script.get('return_code')}): "
+                                 f"{_gist(output)}")
         return row
+
+
+def _gist(output: str) -> str:
+    """First and last line of an output: a traceback's last line says what happened."""
+    lines = output.strip().splitlines() or [""]
+    if len(lines) == 1:
+        return repr(lines[0][:200])
+    return f"{lines[0][:100]!r} ... {lines[-1][:200]!r}"
