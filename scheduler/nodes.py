@@ -251,8 +251,8 @@ class Nodes:
                 if not may_have_arrived and code in (429, 503, 403, 404, 405, 400, 413, 422):
                     return self._refused(url, response, attempt)
                 may_have_arrived = True  # a 5xx, or a refusal after an attempt that may have been accepted
-            if time.monotonic() - started > RETRY_BUDGET:
-                break
+            if attempt > 1 and time.monotonic() - started > RETRY_BUDGET:
+                break  # at least one retry, however slow the first attempt was
         log.warning("hand-off of run %s to %s uncertain after %d attempts (%s): the sweeper asks the node",
                     run_id, url, attempt, reason)
         self.down(url, f"hand-off uncertain: {reason}")
