@@ -14,6 +14,7 @@ from scheduler.config import Config
 from scheduler.db import Store, open_store
 from scheduler.resources.callbacks import ResultCallback, RunningCallback
 from scheduler.resources.common import ApiError, Context, render_error
+from scheduler.resources.health import Health
 from scheduler.resources.logs import TaskLog, TaskLogs
 from scheduler.resources.ping import Ping
 from scheduler.resources.routing import SlashRedirect, add_route
@@ -52,6 +53,7 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
 
     routes: list[tuple[str, object]] = [
         ("/ping/", Ping()),
+        ("/health", Health(store)),
         ("/run-script/", RunScript(ctx, store, seatable)),
         ("/run-draft-script/", RunDraftScript(ctx, store, seatable)),
         ("/run-script/{script_id}/", RunStatus(ctx, store)),
