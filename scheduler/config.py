@@ -80,7 +80,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "PYTHON_SANDBOX_LOST_GRACE_SECS",
         "60",
-        'A run whose node does not answer for PYTHON_PROCESS_TIMEOUT plus this long ends as "sandbox lost".',
+        'How long a node\'s word about a run holds: each "running" or "reporting" answer extends the run\'s '
+        "deadline to PYTHON_PROCESS_TIMEOUT plus this.",
+    ),
+    Variable(
+        "PYTHON_SANDBOX_UNREACHABLE_SECS",
+        "1800",
+        "A node that does not answer at all may be cut off and still deliver: its runs end as \"sandbox lost\" "
+        "only after it stayed silent this much longer (keep it below the nodes' PYTHON_SANDBOX_TOMBSTONE_SECS).",
     ),
     Variable(
         "PYTHON_SCHEDULER_QUEUE_TIMEOUT",
@@ -176,6 +183,7 @@ class Config:
     lease_secs: int = 30
     handoff_secs: int = 60
     lost_grace_secs: int = 60
+    unreachable_secs: int = 1800
     queue_timeout: int = 3600
     sweep_interval: int = 5
     retention_interval: int = 3600
@@ -236,6 +244,7 @@ class Config:
             lease_secs=_int(env, "PYTHON_DISPATCH_LEASE_SECS", 1),
             handoff_secs=_int(env, "PYTHON_DISPATCH_HANDOFF_SECS", 1),
             lost_grace_secs=_int(env, "PYTHON_SANDBOX_LOST_GRACE_SECS", 0),
+            unreachable_secs=_int(env, "PYTHON_SANDBOX_UNREACHABLE_SECS", 0),
             queue_timeout=_int(env, "PYTHON_SCHEDULER_QUEUE_TIMEOUT", 0),
             sweep_interval=_int(env, "PYTHON_SWEEP_INTERVAL_SECS", 1),
             retention_interval=_int(env, "PYTHON_RETENTION_INTERVAL_SECS", 1),
