@@ -19,6 +19,7 @@ from tests.cluster.harness import Cluster, wait_until
 from tests.cluster.load import ClusterLoad, ClusterRow
 
 Step = Callable[[Cluster, float], None]
+Inject = Callable[[Cluster, float], list[int]]  # returns the runs the fault met in flight
 GALERA_VICTIM = 1  # node2: dispatcher d2 and API a2 write through it
 CUT_HOST = 0
 KILLED_DISPATCHER = 0
@@ -28,19 +29,33 @@ def _nothing(cluster: Cluster, hold: float) -> None:
     pass
 
 
+def _none(cluster: Cluster, hold: float) -> list[int]:
+    return []
+
+
+def in_flight(cluster: Cluster, node: str | None = None) -> list[int]:
+    """Runs handed to a sandbox host (to `node` only, when given) and not finished."""
+    where = " AND sandbox_node = %s" if node else ""
+    rows = cluster.try_query("SELECT id FROM script_log WHERE dispatched_at IS NOT NULL AND state <> 'finished'"
+                             + where, (node,) if node else ())
+    return [int(r[0]) for r in rows or []]
+
+
 @dataclass(frozen=True)
 class Fault:
     name: str
     hold: float  # seconds between inject and heal, full form
     quick_hold: float
-    inject: Step = _nothing
+    inject: Inject = _none
     heal: Step = _nothing
     burst: bool = False  # the big burst (Plan.burst runs) instead of Plan.runs
 
 
-def _kill_galera_node(cluster: Cluster, hold: float) -> None:
+def _kill_galera_node(cluster: Cluster, hold: float) -> list[int]:
     assert cluster.galera is not None
+    met = in_flight(cluster)
     cluster.galera.kill(GALERA_VICTIM)
+    return met
 
 
 def _rejoin_galera_node(cluster: Cluster, hold: float) -> None:
@@ -49,13 +64,14 @@ def _rejoin_galera_node(cluster: Cluster, hold: float) -> None:
     cluster.galera.rejoin(GALERA_VICTIM)
 
 
-def _cut_host(cluster: Cluster, hold: float) -> None:
+def _cut_host(cluster: Cluster, hold: float) -> list[int]:
     """Once the host runs something, pull its cable."""
     url = cluster.hosts[CUT_HOST].url
     wait_until(lambda: bool((cluster.try_query("SELECT COUNT(*) FROM script_log WHERE sandbox_node = %s "
                                                "AND state = 'running'", (url,)) or [(0,)])[0][0]),
                120, f"a run on {url}")
     cluster.cut(CUT_HOST)
+    return in_flight(cluster, url)
 
 
 def _restore_host(cluster: Cluster, hold: float) -> None:
@@ -63,10 +79,12 @@ def _restore_host(cluster: Cluster, hold: float) -> None:
     cluster.restore(CUT_HOST)
 
 
-def _kill_dispatcher(cluster: Cluster, hold: float) -> None:
+def _kill_dispatcher(cluster: Cluster, hold: float) -> list[int]:
+    met = in_flight(cluster)
     cluster.kill_dispatcher(KILLED_DISPATCHER)
     time.sleep(hold)
     cluster.start_dispatcher(KILLED_DISPATCHER)
+    return met
 
 
 def cut_hold(cluster: Cluster) -> float:
@@ -102,11 +120,13 @@ def run_fault(cluster: Cluster, fault: Fault, plan: Plan, org_id: int) -> Cluste
     load.prepare()
     load.submit(plan.burst if fault.burst else plan.runs, sleep=0.0 if fault.burst else plan.script_sleep)
     load.wait_under_way(0.3, timeout=300)
-    fault.inject(cluster, hold)
+    met = fault.inject(cluster, hold)
     fault.heal(cluster, hold)
     load.wait_finished(plan.settle_secs)
     left = count_left(cluster) if plan.count_left_each else 0
-    return load.tally(left, time.monotonic() - started)
+    row = load.tally(left, time.monotonic() - started)
+    row.met = len(met)
+    return row
 
 
 def count_left(cluster: Cluster) -> int:

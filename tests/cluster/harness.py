@@ -77,6 +77,7 @@ class Topology:
     process_timeout: int = 60
     handoff_secs: int = 15
     lost_grace_secs: int = 20
+    unreachable_secs: int = 1800
     sweep_interval: int = 2
     api_workers: int = 1
 
@@ -231,6 +232,7 @@ class Cluster:
             "PYTHON_PROCESS_TIMEOUT": str(t.process_timeout),
             "PYTHON_DISPATCH_HANDOFF_SECS": str(t.handoff_secs),
             "PYTHON_SANDBOX_LOST_GRACE_SECS": str(t.lost_grace_secs),
+            "PYTHON_SANDBOX_UNREACHABLE_SECS": str(t.unreachable_secs),
             "PYTHON_SWEEP_INTERVAL_SECS": str(t.sweep_interval),
             "PYTHON_SCHEDULER_LOG_LEVEL": "INFO",
             "PYTHON_SCHEDULER_WORKERS": str(t.api_workers),

@@ -52,6 +52,7 @@ class ClusterRow(Row):
     for real (a host that comes back delivers, a killed process's runs are settled by the others)."""
 
     sandbox_lost: int = 0
+    met: int = 0  # runs handed to a sandbox and not finished when the fault struck
 
     @property
     def ok(self) -> bool:
@@ -59,10 +60,10 @@ class ClusterRow(Row):
 
     def cells(self) -> list[str]:
         cells = super().cells()
-        return [*cells[:-1], str(self.sandbox_lost), cells[-1]]
+        return [cells[0], cells[1], str(self.met), *cells[2:-1], str(self.sandbox_lost), cells[-1]]
 
 
-CLUSTER_HEADER = [*HEADER[:-1], "sandbox lost", HEADER[-1]]
+CLUSTER_HEADER = [HEADER[0], HEADER[1], "in flight at the fault", *HEADER[2:-1], "sandbox lost", HEADER[-1]]
 
 
 def markdown(rows: list[ClusterRow]) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.cluster.faults import FAULTS, Fault, Plan, count_left, run_fault
 from tests.cluster.harness import Cluster, Topology
+from tests.cluster.load import markdown
 
 pytestmark = [pytest.mark.podman, pytest.mark.mariadb]
 QUICK = Topology(slots=3, process_timeout=30, handoff_secs=10, lost_grace_secs=10, sweep_interval=2)
@@ -32,7 +33,10 @@ def cluster(runner_image: str) -> Iterator[Cluster]:
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.name.split(",")[0].split(" ")[0].lower())
 def test_every_run_ends_exactly_once(cluster: Cluster, fault: Fault) -> None:
     row = run_fault(cluster, fault, PLAN, org_id=7000 + FAULTS.index(fault))
+    print(markdown([row]))
     assert row.ok, f"{row.cells()}\n" + "\n".join(row.notes) + "\n" + cluster.logs()
+    if not fault.burst:
+        assert row.met > 0, "the fault met no run in flight"
 
 
 def test_no_runner_is_left_behind(cluster: Cluster) -> None:
