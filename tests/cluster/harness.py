@@ -341,6 +341,10 @@ class Cluster:
             "PYTHON_STARTER_THREAD_COUNT": str(t.slots),
             "PYTHON_PROCESS_TIMEOUT": str(t.process_timeout),
             "PYTHON_SANDBOX_WARM_POOL": str(t.warm_pool),
+            # Without cgroup delegation the process limit is RLIMIT_NPROC, counted per host uid; the runners of
+            # all three "hosts" (and of every other checkout on this machine) share one uid here, as separate
+            # hosts would not: the per-host default (256) would be shared by all of them.
+            "PYTHON_RUNNER_CONTAINER_PIDS": "4096",
         }
         with open(host.log, "ab") as log:
             host.process = subprocess.Popen(
