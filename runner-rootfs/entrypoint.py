@@ -57,6 +57,9 @@ DENIED_SYSCALLS = (
     "open_by_handle_at", "name_to_handle_at",
     "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog", "vhangup",
     "lookup_dcookie", "fanotify_init", "iopl", "ioperm",
+    # inotify instances and watches are charged to the owner of the user namespace, the sandbox
+    # user, whatever uid a runner has: one run could take every instance the service has.
+    "inotify_init", "inotify_init1",
 )
 # clone flags that would create namespaces (the clone-based way around unshare).
 CLONE_NAMESPACE_FLAGS = (
@@ -77,6 +80,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nofile", type=int, default=1024)
     parser.add_argument("--fsize", type=int, default=0)
     parser.add_argument("--cpu-seconds", type=int, default=0)
+    parser.add_argument("--sigpending", type=int, default=-1, help="RLIMIT_SIGPENDING, -1 = unchanged")
+    parser.add_argument("--msgqueue", type=int, default=-1, help="RLIMIT_MSGQUEUE bytes, -1 = unchanged")
+    parser.add_argument("--running-oom-score", type=int, default=0,
+                        help="oom_score_adj from the job on (0 = unchanged): running runs before idle ones")
     parser.add_argument("--preimport", default="", help="comma-separated modules to import before the job")
     parser.add_argument("--no-seccomp", action="store_true", help="for diagnosis only")
     return parser.parse_args(argv)
@@ -92,6 +99,10 @@ def set_rlimits(args: argparse.Namespace) -> None:
         limits.append((resource.RLIMIT_FSIZE, args.fsize))
     if args.cpu_seconds:
         limits.append((resource.RLIMIT_CPU, args.cpu_seconds))
+    if args.sigpending >= 0:
+        limits.append((resource.RLIMIT_SIGPENDING, args.sigpending))
+    if args.msgqueue >= 0:
+        limits.append((resource.RLIMIT_MSGQUEUE, args.msgqueue))
     for which, value in limits:
         _soft, hard = resource.getrlimit(which)
         if hard != resource.RLIM_INFINITY:
@@ -119,6 +130,13 @@ def install_seccomp() -> None:
 
 def _flag_bits(mask: int) -> list[int]:
     return [1 << bit for bit in range(mask.bit_length()) if mask & (1 << bit)]
+
+
+def mark_running(oom_score_adj: int) -> None:
+    """From here on this runner holds a job: under host memory pressure it goes before idle runners."""
+    if oom_score_adj:
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as handle:
+            handle.write(str(oom_score_adj))
 
 
 def preimport(modules: str) -> None:
@@ -288,6 +306,7 @@ def main(argv: list[str]) -> None:
         print(f"runner: bad job: {exc}", file=sys.stderr)
         finish(control, EXIT_BAD_JOB)
         return
+    mark_running(args.running_oom_score)
     env = job.get("env", {})
     assert isinstance(env, dict)
     stdin_from(str(job.get("input", "")))

@@ -1,7 +1,8 @@
 """Compose the sandbox from its config and serve it under gunicorn.
 
-One worker process on purpose: slots, the run threads and the outbox live in it. gthread
-gives each request a thread, so a slow client never blocks a run's hand-off.
+One worker process on purpose: slots, the run threads and the outbox live in it. Each request
+gets a thread once its head has arrived; heads are read by the worker's event loop with a
+deadline (httpworker), so slow or hostile clients never hold the threads that hand off runs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from sandbox.driver import ContainerDriver
 from sandbox.egress import EgressProxy
 from sandbox.egress_policy import allow_entries
 from sandbox.image import default_image
-from sandbox.limits import RunnerLimits, detect
+from sandbox.isolation import Isolation, probe
+from sandbox.limits import RunnerLimits
 from sandbox.outbox import Outbox
 from sandbox.podman_api import PodmanAPI
 from sandbox.pool import WarmPool
@@ -40,6 +42,7 @@ class Sandbox:
     service: RunService
     pool: WarmPool
     egress: EgressProxy | None
+    isolation: Isolation
 
     def health(self) -> dict[str, object]:
         busy = self.service.busy
@@ -51,6 +54,7 @@ class Sandbox:
             "limits": {**self.driver.enforcement.as_dict(), "memory_bytes": self.config.memory,
                        "pids_limit": self.config.pids, "timeout_s": self.config.timeout,
                        "output_chars": self.config.output_limit, "network": self.config.network},
+            "isolation": self.isolation.health(),
             "podman_warnings": list(self.driver.extra_warnings),
             "outbox": {"pending": self.outbox.pending(), "in_flight": self.service.busy},
             "runs_finished": self.service.finished,
@@ -67,6 +71,8 @@ class Sandbox:
         self.outbox.stop()
         if self.egress is not None:
             self.egress.shutdown()
+        if self.isolation.cgroups is not None:
+            self.isolation.cgroups.stop()
         self.api.close()
 
 
@@ -77,15 +83,16 @@ def build(config: SandboxConfig) -> Sandbox:
     if not api.image_exists(image):
         raise SystemExit(f"seatable-sandbox serve: runner image {image} is missing; "
                          "run 'seatable-sandbox build-runner'")
-    enforcement = detect(api.client.info())
+    isolation = probe(api.client.info(), owner=config.node_name)
     limits = RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                           timeout=config.timeout, tmpfs_size=config.tmpfs_size)
     profile = config.seccomp_profile or str(write_profile(config.state_dir))
     egress = None if config.network == "none" else EgressProxy(config.egress_dir, clear=True)
-    driver = ContainerDriver(api=api, image=image, limits=limits, enforcement=enforcement,
+    driver = ContainerDriver(api=api, image=image, limits=limits, enforcement=isolation.enforcement,
                              node=config.node_name, output_limit=config.output_limit,
                              seccomp_profile=profile, time_zone=config.time_zone,
-                             egress=egress, egress_host_dir=config.egress_host_dir)
+                             egress=egress, egress_host_dir=config.egress_host_dir,
+                             identities=isolation.identities, cgroups=isolation.cgroups)
     outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token)
     pool = WarmPool(driver, config.warm_pool, config.preimport, config.pool_min_available)
     service = RunService(driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
@@ -96,9 +103,12 @@ def build(config: SandboxConfig) -> Sandbox:
     lost = service.recover()
     if lost:
         log.warning("%d run(s) were in flight when the sandbox stopped; reported as lost", lost)
+    driver.reclaim()
+    log.info("runners: %s limits, a host uid of their own each (%d available)",
+             isolation.enforcement.mechanism, isolation.identities.capacity)
     outbox.start()
     pool.start()
-    return Sandbox(config, api, driver, outbox, service, pool, egress)
+    return Sandbox(config, api, driver, outbox, service, pool, egress, isolation)
 
 
 class SandboxServer(BaseApplication):
@@ -117,7 +127,7 @@ class SandboxServer(BaseApplication):
         settings = {
             "bind": self.config.bind,
             "workers": 1,
-            "worker_class": "gthread",
+            "worker_class": "httpworker.HeadFirstWorker",
             "threads": self.config.slots + 8,
             "timeout": 0,
             "graceful_timeout": self.config.timeout + 10,
