@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import json
+import socket
 import time
 from collections import deque
 from functools import partial
@@ -94,7 +95,8 @@ class HeadFirstWorker(ThreadWorker):
             conn.close()
             return
         conn.head += chunk
-        if any(mark in conn.head for mark in _END_OF_HEAD):
+        ends = [end for mark in _END_OF_HEAD if (end := conn.head.find(mark)) >= 0]
+        if ends and min(ends) <= MAX_HEAD:  # what follows the head (a body) may be any size
             self._unregister(conn)
             conn.data_ready = True  # gthread must not wait for data again: it is here
             self.enqueue_req(conn)
@@ -108,6 +110,12 @@ class HeadFirstWorker(ThreadWorker):
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
         try:
             conn.sock.send(response)  # non-blocking, best effort: the client may be gone or not reading
+            while conn.sock.recv(READ_SIZE):  # what it sent meanwhile: unread data would reset the answer
+                pass
+        except OSError:
+            pass
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
         self._forget(conn)

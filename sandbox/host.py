@@ -373,6 +373,12 @@ def setup_host(name: str = DEFAULT_USER, cgroups_only: bool = False) -> HostRepo
     """Prepare the user, its Podman and (cgroup v1) its delegated runner cgroups; idempotent.
 
     `cgroups_only`: just the per-boot part (cgroupfs forgets the subtree at reboot)."""
+    if cgroups_only:
+        user = lookup_user(name)
+        if os.geteuid() != 0:
+            raise SetupError("--cgroups-only needs root (it makes cgroups and gives them to the user)")
+        cgroups.delegate_subtree(user.uid, user.gid)
+        return None
     for tool in ("podman", "newuidmap", "newgidmap"):
         if not shutil.which(tool):
             package = "uidmap" if tool.startswith("new") else tool
@@ -382,8 +388,6 @@ def setup_host(name: str = DEFAULT_USER, cgroups_only: bool = False) -> HostRepo
         start_api_service(user)
         return report(user)
     delegated = cgroups.delegate_subtree(user.uid, user.gid)
-    if cgroups_only:
-        return None
     runtime = choose_runtime()
     wrapper = None
     if runtime == "runc" and set(cgroups.REQUIRED) <= set(delegated):

@@ -85,7 +85,7 @@ class RunnerLimits:
     def resource_limits(self, enforcement: Enforcement) -> dict[str, Any]:
         """libpod's resource_limits: what Podman itself enforces (cgroup v2 only)."""
         limits: dict[str, Any] = {}
-        if enforcement.mechanism != CGROUP_V2:
+        if enforcement.cgroup_version != "v2":
             return limits  # v1: Podman would drop them; delegated v1 cgroups are the sandbox's own
         if enforcement.memory == "cgroup":
             limits["memory"] = {"limit": self.memory, "swap": self.memory}
@@ -109,7 +109,8 @@ class RunnerLimits:
 
     def unified(self, enforcement: Enforcement) -> dict[str, str]:
         """libpod's `unified` (cgroup v2 files): an OOM kill ends every process of the run."""
-        return {"memory.oom.group": "1"} if enforcement.mechanism == CGROUP_V2 else {}
+        by_podman = enforcement.cgroup_version == "v2" and enforcement.memory == "cgroup"
+        return {"memory.oom.group": "1"} if by_podman else {}
 
     def r_limits(self) -> list[dict[str, Any]]:
         # Explicit and below the host's hard limits, or runc fails to start rootful containers.

@@ -23,7 +23,7 @@ from sandbox.egress import EgressProxy
 from sandbox.egress_policy import allow_entries
 from sandbox.image import default_image
 from sandbox.isolation import Isolation, probe
-from sandbox.limits import RunnerLimits
+from sandbox.limits import Enforcement, RunnerLimits
 from sandbox.outbox import Outbox
 from sandbox.podman_api import PodmanAPI
 from sandbox.pool import WarmPool
@@ -51,9 +51,7 @@ class Sandbox:
             "node": self.config.node_name,
             "slots": {"total": self.config.slots, "busy": busy, "free": self.config.slots - busy},
             "image": self.driver.image,
-            "limits": {**self.driver.enforcement.as_dict(), "memory_bytes": self.config.memory,
-                       "pids_limit": self.config.pids, "timeout_s": self.config.timeout,
-                       "output_chars": self.config.output_limit, "network": self.config.network},
+            "limits": limits_report(self.driver.enforcement, self.config),
             "isolation": self.isolation.health(),
             "podman_warnings": list(self.driver.extra_warnings),
             "outbox": {"pending": self.outbox.pending(), "in_flight": self.service.busy},
@@ -74,6 +72,12 @@ class Sandbox:
         if self.isolation.cgroups is not None:
             self.isolation.cgroups.stop()
         self.api.close()
+
+
+def limits_report(enforcement: Enforcement, config: SandboxConfig) -> dict[str, object]:
+    """/health's "limits": what is enforced and how (mechanism: cgroup-v2, cgroup-v1-delegated or rlimit)."""
+    return {**enforcement.as_dict(), "memory_bytes": config.memory, "pids_limit": config.pids,
+            "timeout_s": config.timeout, "output_chars": config.output_limit, "network": config.network}
 
 
 def build(config: SandboxConfig) -> Sandbox:

@@ -166,7 +166,7 @@ def start_scheduler(env: dict[str, str], log_path: Path, timeout: float = 30.0) 
         try:
             if requests.get(f"{server.url}/ping/", timeout=1).status_code == 200:
                 return server
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or no worker booted yet
             pass
         if time.monotonic() > deadline:
             process.kill()
