@@ -37,6 +37,10 @@ WRAPPER_DIR = Path("/usr/local/libexec/seatable-sandbox")
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
+class CgroupError(Exception):
+    """The run's cgroups could not be made; the message says what to do."""
+
+
 def subtree_name(uid: int) -> str:
     return f"seatable-runners-{uid}"
 
@@ -124,7 +128,11 @@ class RunCgroups:
         try:
             for controller in self.controllers():
                 path = self.base(controller) / container
-                path.mkdir()
+                try:
+                    path.mkdir()
+                except OSError as exc:
+                    raise CgroupError(f"cannot make the run's cgroup in {path.parent}: {exc.strerror} (after a "
+                                      "reboot: 'seatable-sandbox host-setup --cgroups-only' as root)") from None
                 made.append(path)
                 if os.geteuid() != self.owner_uid:  # root (tests, run-local): the runtime joins as the user
                     for entry in (path, *path.iterdir()):
@@ -266,7 +274,11 @@ class RunCgroups:
 
 
 def _rmdir(path: Path) -> int:
+    """Remove a cgroup and the ones below it (runc nests its own in the run's), deepest first."""
     try:
+        for child in path.iterdir():
+            if child.is_dir():
+                _rmdir(child)
         path.rmdir()
         return 1
     except FileNotFoundError:

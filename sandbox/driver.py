@@ -356,6 +356,19 @@ class ContainerDriver:
                 self.identities.release(uid)
         self._release_egress(container)
 
+    def prepare_id_mapping(self) -> float:
+        """Create and remove one runner (never started) so that the image's id-shifted copy for the fixed
+        mapping exists before any run needs it (build-runner makes it too; a compose image may not have
+        it). Seconds it took: tens the first time, milliseconds after."""
+        if self.identities is None:
+            return 0.0
+        started = time.monotonic()
+        spec = self.spec("idmap")
+        spec["mounts"] = [m for m in spec["mounts"] if m["type"] != "bind"]  # no egress socket for it
+        created = self.api.create(spec)
+        self.api.remove(created.id)
+        return time.monotonic() - started
+
     def reclaim(self) -> None:
         """At start, after this node's orphans are removed: drop uid claims and cgroups they left."""
         if self.identities is not None:

@@ -69,9 +69,12 @@ class IdMapping:
         return self.host_first + container_uid
 
 
-def claim_dir(owner_uid: int) -> Path:
-    """Shared by every process that starts runners through this user's Podman."""
-    return Path(f"/run/user/{owner_uid}") / CLAIM_DIR_NAME
+def claim_dir(owner_uid: int, fallback: Path) -> Path:
+    """Shared by every process that starts runners through this user's Podman: its runtime directory.
+
+    A sandbox in a container does not see that directory; it is the only one there and uses `fallback`."""
+    runtime = Path(f"/run/user/{owner_uid}")
+    return runtime / CLAIM_DIR_NAME if runtime.is_dir() else fallback / "runner-uids"
 
 
 class RunnerIdentities:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pwd
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sandbox.cgroups import RunCgroups, wrapper_path
@@ -46,8 +47,9 @@ def enforcement_of(info: dict[str, Any]) -> tuple[Enforcement, IdMapping, RunCgr
     return detect(info, cgroups.controllers(), wrapper_active, cgroups.unusable()), mapping, cgroups
 
 
-def probe(info: dict[str, Any], owner: str) -> Isolation:
-    """From the sandbox user's `podman info`; `owner` names this process's runner uid claims (the node)."""
+def probe(info: dict[str, Any], owner: str, state_dir: Path) -> Isolation:
+    """From the sandbox user's `podman info`; `owner` names this process's runner uid claims (the node),
+    kept in the user's runtime directory (or below `state_dir` where that is not visible)."""
     enforcement, mapping, cgroups = enforcement_of(info)
-    identities = RunnerIdentities(mapping, claim_dir(mapping.owner_uid), owner)
+    identities = RunnerIdentities(mapping, claim_dir(mapping.owner_uid, state_dir), owner)
     return Isolation(enforcement, identities, cgroups if enforcement.mechanism == CGROUP_V1_DELEGATED else None)

@@ -57,7 +57,7 @@ def run_local(request: LocalRun) -> RunResult:
             egress = EgressProxy(Path(state) / "egress")
             os.chmod(egress.base_dir, 0o755)  # noqa: S103 - the sandbox user's Podman bind-mounts from it
         node = f"run-local-{os.getpid()}"
-        isolation = probe(api.client.info(), owner=node)
+        isolation = probe(api.client.info(), owner=node, state_dir=Path(state))
         driver = ContainerDriver(
             api=api, image=image, node=node, output_limit=config.output_limit,
             limits=RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,

@@ -87,7 +87,7 @@ def build(config: SandboxConfig) -> Sandbox:
     if not api.image_exists(image):
         raise SystemExit(f"seatable-sandbox serve: runner image {image} is missing; "
                          "run 'seatable-sandbox build-runner'")
-    isolation = probe(api.client.info(), owner=config.node_name)
+    isolation = probe(api.client.info(), owner=config.node_name, state_dir=config.state_dir)
     limits = RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                           timeout=config.timeout, tmpfs_size=config.tmpfs_size)
     profile = config.seccomp_profile or str(write_profile(config.state_dir))
@@ -108,6 +108,9 @@ def build(config: SandboxConfig) -> Sandbox:
     if lost:
         log.warning("%d run(s) were in flight when the sandbox stopped; reported as lost", lost)
     driver.reclaim()
+    took = driver.prepare_id_mapping()
+    if took > 2:
+        log.info("made the runner image's copy for the runners' id mapping in %.0f s (once per image)", took)
     log.info("runners: %s limits, a host uid of their own each (%d available)",
              isolation.enforcement.mechanism, isolation.identities.capacity)
     outbox.start()

@@ -22,7 +22,7 @@ def driver(podman: PodmanAPI, runner_image: str) -> ContainerDriver:
     # Podman (the sandbox user) reads the profile: pytest's own temp dirs are root-only.
     state = Path(tempfile.mkdtemp(prefix="seccomp-"))
     state.chmod(0o755)
-    isolation = probe(podman.client.info(), owner="foundation-tests")
+    isolation = probe(podman.client.info(), owner="foundation-tests", state_dir=state)
     return ContainerDriver(
         api=podman, image=runner_image,
         limits=RunnerLimits(memory=512 << 20, pids=256, cpus=0, timeout=30, tmpfs_size=100 << 20),
