@@ -371,10 +371,12 @@ class ContainerDriver:
 
     def reclaim(self) -> None:
         """At start, after this node's orphans are removed: drop uid claims and cgroups they left."""
+        runners = self.api.labelled(LABEL)  # of every node of this Podman user
         if self.identities is not None:
-            self.identities.reclaim()
+            self.identities.reclaim({int(c["Labels"][LABEL_UID]) for c in runners
+                                     if (c.get("Labels") or {}).get(LABEL_UID, "").isdigit()})
         if self.cgroups is not None:
-            self.cgroups.reclaim({c["Id"] for c in self.api.labelled(LABEL)})
+            self.cgroups.reclaim({c["Id"] for c in runners})
 
     def orphans(self) -> list[str]:
         """Containers of this node that no run owns (left by a crash)."""

@@ -19,6 +19,7 @@ import errno
 import os
 import random
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 # Below this: the image's system accounts and its `seatable` user (1000).
 RUN_UID_FIRST = 10000
 CLAIM_DIR_NAME = "seatable-sandbox/runner-uids"
+CLAIM_GRACE = 300  # seconds: a claim is taken well before its container exists, never this long
 
 
 class NoIdentity(Exception):
@@ -121,17 +123,20 @@ class RunnerIdentities:
             self._held.discard(uid)
             (self.claim_dir / str(uid)).unlink(missing_ok=True)
 
-    def reclaim(self) -> int:
-        """Drop this owner's claims that no runner of this process holds (left by a crash).
-
-        Call after this node's orphan containers are removed, before new runners start."""
+    def reclaim(self, live: set[int]) -> int:
+        """Drop claims left by a crash: this owner's that this process does not hold, and anyone's that no
+        container (`live`: the uids of the user's runner containers) has used for CLAIM_GRACE seconds (an
+        owner that never came back). Call after this node's orphan containers are removed."""
         dropped = 0
+        now = time.time()
         with self._lock:
             for path in self.claim_dir.iterdir():
                 if not path.name.isdigit() or int(path.name) in self._held:
                     continue
                 try:
-                    if path.read_text() == self.owner:
+                    mine = path.read_text() == self.owner
+                    abandoned = int(path.name) not in live and now - path.stat().st_mtime > CLAIM_GRACE
+                    if mine or abandoned:
                         path.unlink()
                         dropped += 1
                 except OSError:

@@ -7,14 +7,16 @@ every inotify instance (a quota the kernel charges to the sandbox user whatever 
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sandbox.host import SandboxUser
-from sandbox.identity import RUN_UID_FIRST, IdMapping, NoIdentity, RunnerIdentities
+from sandbox.identity import CLAIM_GRACE, RUN_UID_FIRST, IdMapping, NoIdentity, RunnerIdentities
 from sandbox.podman_api import PodmanAPI
 from tests.isolation.runners import MARK_HOLDING, wait_for_runners, wait_until_holding
 from tests.support.podman import CallbackReceiver
@@ -169,7 +171,19 @@ def test_a_crashed_nodes_claims_are_reclaimed_only_by_that_node(tmp_path: Path) 
     held_by_a = [a.claim() for _ in range(3)]
     held_by_b = b.claim()
     restarted = pools(tmp_path, 10)[0]  # node-a again, after a crash: it holds nothing
-    assert restarted.reclaim() == 3
+    assert restarted.reclaim(live={held_by_b}) == 3
     assert sorted(int(p.name) for p in (tmp_path / "claims").iterdir()) == [held_by_b]
     assert held_by_b not in {restarted.claim() for _ in range(9)}
     assert len(held_by_a) == 3
+
+
+def test_claims_of_a_node_that_never_returns_go_once_no_container_uses_them(tmp_path: Path) -> None:
+    gone, other = pools(tmp_path, 10)
+    stale = gone.claim()
+    fresh = gone.claim()
+    old = time.time() - CLAIM_GRACE - 1
+    os.utime(tmp_path / "claims" / str(stale), (old, old))
+    assert other.reclaim(live=set()) == 1  # only the old one: a fresh claim may be about to get its container
+    assert sorted(int(p.name) for p in (tmp_path / "claims").iterdir()) == [fresh]
+    os.utime(tmp_path / "claims" / str(fresh), (old, old))
+    assert other.reclaim(live={fresh}) == 0  # a container still runs with it
