@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.report import machine, median, percentile, update_section
 from sandbox.driver import Job
-from sandbox.host import DEFAULT_USER, lookup_user
+from sandbox.host import configured_user, lookup_user
 from sandbox.image import DEFAULT_CACHE, ENTRYPOINT_COMMAND, RUNNER_FILES, Recipe, default_image, runner_files_dir
 from sandbox.limits import RunnerLimits, detect
 from sandbox.podman_api import PodmanAPI
@@ -45,7 +45,7 @@ _ids = itertools.count(1)
 
 def start_sandbox(receiver: CallbackReceiver, state: Path, pool: int,
                   preimport: str = "seatable_api,pandas") -> SandboxProcess:
-    user = lookup_user(DEFAULT_USER)
+    user = lookup_user(configured_user())
     state.mkdir(parents=True, exist_ok=True)
     os.chown(state, user.uid, user.gid)
     port = free_port()
@@ -84,7 +84,7 @@ def time_sandbox(proc: SandboxProcess, receiver: CallbackReceiver, script: str, 
 
 
 def cli_argv(image: str, profile: str) -> list[str]:
-    user = lookup_user(DEFAULT_USER)
+    user = lookup_user(configured_user())
     api = PodmanAPI(user.socket_url)
     enforcement = detect(api.client.info())
     api.close()
@@ -100,7 +100,7 @@ def cli_argv(image: str, profile: str) -> list[str]:
 
 
 def time_cli(argv: list[str], script: str, expected: str) -> float:
-    user = lookup_user(DEFAULT_USER)
+    user = lookup_user(configured_user())
     job = Job(0, script, "", {}).line().decode()
     started = time.perf_counter()
     result = subprocess.run(argv, input=job, capture_output=True, text=True, env=user.env(), cwd="/", check=False)

@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from sandbox.host import DEFAULT_USER, lookup_user
+from sandbox.host import configured_user, lookup_user
 from tests.seatable_stub import StubServer
 from tests.seatable_stub.button import RunScriptButton
 from tests.support.podman import SandboxProcess, free_port
@@ -121,7 +121,7 @@ class Pipeline:
         return service
 
     def _start_sandbox(self) -> SandboxProcess:
-        user = lookup_user(DEFAULT_USER)
+        user = lookup_user(configured_user())
         state = self.workdir / "sandbox"
         state.mkdir()
         os.chown(state, user.uid, user.gid)
