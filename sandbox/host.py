@@ -223,6 +223,10 @@ def reset_storage_if_needed(user: SandboxUser, changed: bool) -> None:
 
 def podman_info(user: SandboxUser) -> dict[str, object]:
     result = user.run(["podman", "info", "--format", "json"])
+    if result.returncode != 0 and "system migrate" in result.stderr:
+        # A reboot (or a killed user session) leaves a stale pause-process record; Podman's own remedy.
+        user.run(["podman", "system", "migrate"])
+        result = user.run(["podman", "info", "--format", "json"])
     if result.returncode != 0:
         raise SetupError(f"podman info failed as {user.name}: {_last_line(result.stderr)}")
     info: dict[str, object] = json.loads(result.stdout)

@@ -285,14 +285,10 @@ class RunnerImageBuilder:
 
         Rootless overlay cannot shift ids when mounting, so the first container with a mapping
         copies and chowns the image (tens of seconds); done here, no run waits for it."""
-        import json
-
+        from sandbox.host import podman_info
         from sandbox.identity import IdMapping
 
-        info = self.user.run(["podman", "info", "--format", "json"])
-        if info.returncode != 0:
-            raise SetupError(f"podman info failed: {_last_line(info.stderr)}")
-        size = IdMapping.from_podman_info(json.loads(info.stdout)).size
+        size = IdMapping.from_podman_info(podman_info(self.user)).size
         progress(f"preparing the image for the runners' id mapping (0:1:{size}; once per image)")
         name = f"seatable-idmap-{self.recipe.digest()}-{os.getpid()}"
         mapping = f"0:1:{size}"

@@ -14,30 +14,37 @@ from tests.support.podman import SandboxProcess
 @dataclass(frozen=True)
 class LiveRunner:
     container: str
-    pid: int  # the runner's first process (the entrypoint), as the host sees it
+    pid: int  # the runner's first process (the entrypoint, pid 1 inside), as the host sees it
     container_uid: int
 
+    @property
+    def job_pid(self) -> int:
+        """The process that reads the job and runs the script: pid 1's child (pid 1 only reaps and reports)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return int(children[0]) if children else self.pid
+
     def status(self, field: str) -> str:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+        pid = self.job_pid
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return line.split(":", 1)[1].strip()
-        raise AssertionError(f"no {field} in /proc/{self.pid}/status")
+        raise AssertionError(f"no {field} in /proc/{pid}/status")
 
     @property
     def host_uid(self) -> int:
         return int(self.status("Uid").split()[0])
 
     def comm(self) -> str:
-        return Path(f"/proc/{self.pid}/comm").read_text().strip()
+        return Path(f"/proc/{self.job_pid}/comm").read_text().strip()
 
     def oom_score(self) -> int:
-        return int(Path(f"/proc/{self.pid}/oom_score").read_text())
+        return int(Path(f"/proc/{self.job_pid}/oom_score").read_text())
 
     def oom_score_adj(self) -> int:
-        return int(Path(f"/proc/{self.pid}/oom_score_adj").read_text())
+        return int(Path(f"/proc/{self.job_pid}/oom_score_adj").read_text())
 
     def cgroup(self, controller: str) -> str:
-        for line in Path(f"/proc/{self.pid}/cgroup").read_text().splitlines():
+        for line in Path(f"/proc/{self.job_pid}/cgroup").read_text().splitlines():
             if line.split(":")[1] == controller:
                 return line.split(":", 2)[2]
         raise AssertionError(f"no {controller} cgroup for {self.pid}")
@@ -73,7 +80,6 @@ MARK_HOLDING = (
 
 def wait_until_holding(runner: LiveRunner, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    comm = Path(f"/proc/{runner.pid}/comm")
-    while comm.read_text().strip() != HOLDING:
+    while runner.comm() != HOLDING:
         assert time.monotonic() < deadline, f"runner {runner.container[:12]} never got to hold anything"
         time.sleep(0.05)

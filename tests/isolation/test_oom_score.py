@@ -51,8 +51,8 @@ def test_the_run_holding_memory_has_the_highest_badness(sandbox_factory: Any, re
     assert int(culprit.status("VmRSS").split()[0]) > 400 << 10  # KiB: it holds the 400 MiB
     services = {"sandbox": sandbox.worker_pid(), "conmon": parent(culprit.pid),
                 **{f"podman service {pid}": pid for pid in service_pids(sandbox_user)}}
-    scores = {"culprit": oom_score(culprit.pid), "innocent run": oom_score(innocent.pid),
-              **{f"idle runner {r.pid}": oom_score(r.pid) for r in idle},
+    scores = {"culprit": oom_score(culprit.job_pid), "innocent run": oom_score(innocent.job_pid),
+              **{f"idle runner {r.pid}": oom_score(r.job_pid) for r in idle},
               **{name: oom_score(pid) for name, pid in services.items()}}
     print(scores)
     assert scores["culprit"] > scores["innocent run"], scores
