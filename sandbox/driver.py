@@ -19,6 +19,7 @@ from typing import Any
 from sandbox import texts
 from sandbox.egress import EgressPolicy, EgressProxy, RunEgressReport
 from sandbox.limits import Enforcement, RunnerLimits, human_size
+from sandbox.network import CLOSED, OpenNetwork
 from sandbox.output import OutputCap
 from sandbox.podman_api import STDERR, AttachStream, PodmanAPI, PodmanError
 
@@ -137,6 +138,8 @@ class ContainerDriver:
     egress: EgressProxy | None = None
     # The egress proxy's directory as the Podman host sees it, when the sandbox runs in a container.
     egress_host_dir: str = ""
+    # The open network (an interface, rules outside the runner); None: loopback only.
+    network: OpenNetwork | None = None
     _egress_keys: dict[str, str] = field(default_factory=dict)
     _keys_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -160,11 +163,7 @@ class ContainerDriver:
             "mounts": mounts,
             "cap_drop": ["ALL"],
             "no_new_privileges": True,
-            # Loopback only, in every mode: the one way out is the egress socket, checked host-side.
-            "netns": {"nsmode": "none"},
-            # The image's empty resolv.conf and loopback-only hosts, read-only like the rest of the root.
-            "use_image_resolve_conf": True,
-            "use_image_hosts": True,
+            **(self.network.spec() if self.network is not None else CLOSED),
             "labels": {LABEL: self.node, LABEL_SCRIPT: label},
             "stdin": True,
             "terminal": False,
@@ -199,6 +198,9 @@ class ContainerDriver:
             stream = self.api.attach(created.id)
             try:
                 self.api.start(created.id)
+                if self.network is not None:  # its rules before its job: the entrypoint waits for the job
+                    state = self.api.inspect(created.id)["State"]
+                    self.network.attach(created.id, int(state["Pid"]), int(state["ConmonPid"]))
             except BaseException:
                 stream.close()
                 raise
@@ -225,6 +227,8 @@ class ContainerDriver:
                 key = self._egress_keys.get(runner.container)
             if self.egress is not None and key and job.egress is not None:
                 self.egress.arm(key, job.egress)  # unarmed, every connection is refused
+            if self.network is not None:
+                self.network.arm(runner.container, job.egress)
             started_at = time.time()
             clock = time.monotonic()
             on_started(started_at)
@@ -246,9 +250,10 @@ class ContainerDriver:
     def _egress_lines(self, container: str) -> str:
         """The run's refused and failed connections, one short line each, after its output."""
         report = self._release_egress(container)
-        if report is None:
-            return ""
-        return "".join(f"[{line}]\n" for line in report.refused + report.failed)
+        lines = report.refused + report.failed if report is not None else []
+        if self.network is not None:
+            lines += self.network.report(container)
+        return "".join(f"[{line}]\n" for line in lines)
 
     def _release_egress(self, container: str) -> RunEgressReport | None:
         """Close the container's egress socket (once) and return its report."""
@@ -302,6 +307,8 @@ class ContainerDriver:
         except PodmanError as exc:
             log.warning("could not remove container %s: %s", container[:12], exc)
         self._release_egress(container)
+        if self.network is not None:
+            self.network.release(container)
 
     def orphans(self) -> list[str]:
         """Containers of this node that no run owns (left by a crash)."""

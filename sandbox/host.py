@@ -262,6 +262,9 @@ def report(user: SandboxUser) -> HostReport:
     for limit, controller in (("memory", "memory"), ("pids", "pids"), ("cpu", "cpu")):
         limits[limit] = "cgroup" if version == "v2" and controller in controllers else "rlimit"
     notes = []
+    if not open_network_ready():
+        notes.append("PYTHON_RUNNER_NETWORK=open needs nftables and python3-nftables: apt-get install nftables "
+                     "python3-nftables")
     if version != "v2":
         notes.append("cgroup v1: rootless Podman cannot apply memory/pids/cpu limits; rlimits are enforced instead")
     elif set(limits.values()) != {"cgroup"}:
@@ -280,6 +283,13 @@ def report(user: SandboxUser) -> HostReport:
         socket=user.socket_url,
         notes=notes,
     )
+
+
+def open_network_ready() -> bool:
+    """The open network's rules helper runs on the system interpreter with Debian's libnftables binding."""
+    result = subprocess.run(["/usr/bin/python3", "-I", "-c", "import nftables; nftables.Nftables()"],
+                            check=False, capture_output=True)
+    return result.returncode == 0 and shutil.which("slirp4netns") is not None
 
 
 def setup_host(name: str = DEFAULT_USER) -> HostReport:

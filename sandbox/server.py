@@ -6,6 +6,7 @@ gives each request a thread, so a slow client never blocks a run's hand-off.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import sys
@@ -22,6 +23,9 @@ from sandbox.egress import EgressProxy
 from sandbox.egress_policy import allow_entries
 from sandbox.image import default_image
 from sandbox.limits import RunnerLimits, detect
+from sandbox.netguard import NetGuardError
+from sandbox.network import CachedResolver, OpenNetwork, protected_endpoints
+from sandbox.network_rules import SLIRP_DNS
 from sandbox.outbox import Outbox
 from sandbox.podman_api import PodmanAPI
 from sandbox.pool import WarmPool
@@ -40,6 +44,7 @@ class Sandbox:
     service: RunService
     pool: WarmPool
     egress: EgressProxy | None
+    network: OpenNetwork | None = None
 
     def health(self) -> dict[str, object]:
         busy = self.service.busy
@@ -57,7 +62,8 @@ class Sandbox:
             "warm_pool": self.pool.health(),
             "egress": {"mode": self.config.network,
                        "allow": allow_entries(self.config.egress_allow),
-                       **(self.egress.stats() if self.egress is not None else {})},
+                       **(self.egress.stats() if self.egress is not None else {}),
+                       **(self.network.stats() if self.network is not None else {})},
         }
 
     def stop(self) -> None:
@@ -67,6 +73,8 @@ class Sandbox:
         self.outbox.stop()
         if self.egress is not None:
             self.egress.shutdown()
+        if self.network is not None:
+            self.network.stop()
         self.api.close()
 
 
@@ -81,11 +89,12 @@ def build(config: SandboxConfig) -> Sandbox:
     limits = RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                           timeout=config.timeout, tmpfs_size=config.tmpfs_size)
     profile = config.seccomp_profile or str(write_profile(config.state_dir))
-    egress = None if config.network == "none" else EgressProxy(config.egress_dir, clear=True)
+    egress = EgressProxy(config.egress_dir, clear=True) if config.network == "seatable" else None
+    network = open_network(config) if config.network == "open" else None
     driver = ContainerDriver(api=api, image=image, limits=limits, enforcement=enforcement,
                              node=config.node_name, output_limit=config.output_limit,
                              seccomp_profile=profile, time_zone=config.time_zone,
-                             egress=egress, egress_host_dir=config.egress_host_dir)
+                             egress=egress, egress_host_dir=config.egress_host_dir, network=network)
     outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token)
     pool = WarmPool(driver, config.warm_pool, config.preimport, config.pool_min_available)
     service = RunService(driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
@@ -98,7 +107,22 @@ def build(config: SandboxConfig) -> Sandbox:
         log.warning("%d run(s) were in flight when the sandbox stopped; reported as lost", lost)
     outbox.start()
     pool.start()
-    return Sandbox(config, api, driver, outbox, service, pool, egress)
+    return Sandbox(config, api, driver, outbox, service, pool, egress, network)
+
+
+def open_network(config: SandboxConfig) -> OpenNetwork:
+    """The open mode's rules helper, started now: a host that cannot run it stops the service with one line."""
+    resolve = CachedResolver()
+    protected, ports = protected_endpoints(config.scheduler_url, config.bind, resolve)
+    resolvers = tuple(ipaddress.ip_address(ip) for ip in config.runner_dns) or (SLIRP_DNS,)
+    network = OpenNetwork(admin_allow=config.egress_allow, resolvers=resolvers, protected=protected,
+                          protected_ports=ports, resolve=resolve)
+    try:
+        network.guard.start()
+    except (NetGuardError, OSError) as exc:
+        raise SystemExit(f"seatable-sandbox serve: PYTHON_RUNNER_NETWORK=open: {exc}; install nftables and "
+                         "python3-nftables (seatable-sandbox host-setup checks), or choose seatable or none") from None
+    return network
 
 
 class SandboxServer(BaseApplication):
