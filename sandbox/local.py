@@ -22,6 +22,8 @@ from sandbox.errors import SetupError
 from sandbox.host import DEFAULT_USER, lookup_user
 from sandbox.image import default_image
 from sandbox.limits import RunnerLimits, detect
+from sandbox.netguard import NetGuardError
+from sandbox.network import start_open_network
 from sandbox.podman_api import PodmanAPI
 from sandbox.seccomp_profile import write_profile
 
@@ -52,21 +54,25 @@ def run_local(request: LocalRun) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="run-local-") as state:
         os.chmod(state, 0o755)  # noqa: S103 - the Podman service (the sandbox user) reads the profile
         egress = None
-        if config.network != "none":
+        if config.network == "seatable":
             egress = EgressProxy(Path(state) / "egress")
             os.chmod(egress.base_dir, 0o755)  # noqa: S103 - the sandbox user's Podman bind-mounts from it
+        try:
+            network = start_open_network(config) if config.network == "open" else None
+        except NetGuardError as exc:
+            raise SetupError(str(exc)) from None
         driver = ContainerDriver(
             api=api, image=image, node=f"run-local-{os.getpid()}", output_limit=config.output_limit,
             limits=RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                                 timeout=config.timeout, tmpfs_size=config.tmpfs_size),
             enforcement=detect(api.client.info()), seccomp_profile=str(write_profile(Path(state))),
-            egress=egress,
+            egress=egress, network=network,
         )
         env = {"is_cloud": "1", "TZ": config.time_zone, **dict(request.env)}
         context = "" if request.context is None else json.dumps(request.context)
         containers: list[str] = []
         try:
-            policy = None if egress is None else EgressPolicy.for_run(
+            policy = None if config.network == "none" else EgressPolicy.for_run(
                 config.network, config.egress_allow, env.get("dtable_web_url"))
             job = Job(0, script, context, env, egress=policy, ca_bundle=config.ca_bundle)
             return driver.run(job, config.timeout, containers.append, lambda _t: None)
@@ -76,6 +82,8 @@ def run_local(request: LocalRun) -> RunResult:
             api.close()
             if egress is not None:
                 egress.shutdown()
+            if network is not None:
+                network.stop()
 
 
 def print_result(result: RunResult) -> int:

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import psutil
-
+from sandbox.config import SandboxConfig
 from sandbox.egress_policy import Address, EgressPolicy, allow_entries, normalise_ip, parse_host, split_authority
 from sandbox.netguard import NetGuard, NetGuardError
 from sandbox.network_rules import SLIRP_DNS, Destination, Plan, allow_elements, open_by_default, report_lines, ruleset
@@ -50,6 +49,8 @@ def open_spec(resolvers: Iterable[Address]) -> dict[str, Any]:
 
 def host_addresses() -> tuple[Address, ...]:
     """Every address of this host's interfaces: slirp4netns connects from here, so each would reach the host."""
+    import psutil  # here: the scheduler's CLI imports this module's neighbours without needing it
+
     found: list[Address] = []
     for addresses in psutil.net_if_addrs().values():
         for entry in addresses:
@@ -95,7 +96,9 @@ def destinations(entry: str, resolve: Resolver) -> list[Destination]:
     if "://" in entry:
         url = urlsplit(entry)
         port = url.port or {"http": 80, "https": 443}.get(url.scheme.lower(), 0)
-        host, protocol = url.hostname or "", "tcp"
+        if not port or not url.hostname:
+            return []  # not an http(s) URL: allows nothing
+        host, protocol = url.hostname, "tcp"
     else:
         text = f"[{entry}]" if entry.count(":") > 1 and not entry.startswith("[") else entry
         host, port = split_authority(text, default_port=0)
@@ -194,7 +197,7 @@ class OpenNetwork:
             self._totals["refused"] += int(answer.get("total", 0))
             self._totals["destinations_refused"] += len(refused)
             self._totals["runs"] += 1
-        return report_lines(sorted(refused, key=lambda r: -r[3]), runner.plan)
+        return report_lines(sorted(refused, key=lambda r: (-r[3], r[0], r[2], r[1])), runner.plan)
 
     def release(self, container: str) -> None:
         with self._lock:
@@ -230,3 +233,18 @@ def protected_endpoints(scheduler_url: str, sandbox_bind: str,
     _host, _, bind_port = sandbox_bind.rpartition(":")
     ports = (scheduler_port, *([int(bind_port)] if bind_port.isdigit() else []))
     return tuple((ip, port) for ip in addresses for port in ports), tuple(dict.fromkeys(ports))
+
+
+def start_open_network(config: SandboxConfig) -> OpenNetwork:
+    """The open mode for a sandbox config, its rules helper started (NetGuardError when the host cannot run it)."""
+    resolve = CachedResolver()
+    protected, ports = protected_endpoints(config.scheduler_url, config.bind, resolve)
+    resolvers = tuple(ipaddress.ip_address(ip) for ip in config.runner_dns) or (SLIRP_DNS,)
+    network = OpenNetwork(admin_allow=config.egress_allow, resolvers=resolvers, protected=protected,
+                          protected_ports=ports, resolve=resolve)
+    try:
+        network.guard.start()
+    except (NetGuardError, OSError) as exc:
+        raise NetGuardError(f"PYTHON_RUNNER_NETWORK=open: {exc}; install nftables and python3-nftables "
+                            "(seatable-sandbox host-setup checks), or choose seatable or none") from None
+    return network

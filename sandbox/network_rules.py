@@ -161,13 +161,17 @@ def reason(ip: Address, port: int, plan: Plan) -> str:
     return RESERVED
 
 
-def report_lines(refused: Iterable[tuple[str, str, int, int]], plan: Plan) -> list[str]:
-    """One line per refused destination, repeats counted: `egress refused: 10.1.2.3:25 (private address)`."""
+def report_lines(refused: Iterable[tuple[str, str, int, int]], plan: Plan, limit: int = 20) -> list[str]:
+    """One line per refused destination, repeats counted: `egress refused: 10.1.2.3:25 (private address)`;
+    past `limit` destinations one line says how many more there were."""
+    refused = list(refused)
     lines = []
-    for address, proto, port, count in refused:
+    for address, proto, port, count in refused[:limit]:
         ip = ipaddress.ip_address(address)
         host = f"[{ip}]" if ip.version == 6 else str(ip)
         target = f"{host}:{port}" + ("/udp" if proto == "udp" else "")
         line = REFUSED_LINE.format(target=target, reason=reason(ip, port, plan))
         lines.append(line if count <= 1 else f"{line} ({count} times)")
+    if len(refused) > limit:
+        lines.append(f"egress: {len(refused) - limit} more refused destinations not shown")
     return lines

@@ -6,7 +6,6 @@ gives each request a thread, so a slow client never blocks a run's hand-off.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import sys
@@ -24,8 +23,7 @@ from sandbox.egress_policy import allow_entries
 from sandbox.image import default_image
 from sandbox.limits import RunnerLimits, detect
 from sandbox.netguard import NetGuardError
-from sandbox.network import CachedResolver, OpenNetwork, protected_endpoints
-from sandbox.network_rules import SLIRP_DNS
+from sandbox.network import OpenNetwork, start_open_network
 from sandbox.outbox import Outbox
 from sandbox.podman_api import PodmanAPI
 from sandbox.pool import WarmPool
@@ -112,17 +110,10 @@ def build(config: SandboxConfig) -> Sandbox:
 
 def open_network(config: SandboxConfig) -> OpenNetwork:
     """The open mode's rules helper, started now: a host that cannot run it stops the service with one line."""
-    resolve = CachedResolver()
-    protected, ports = protected_endpoints(config.scheduler_url, config.bind, resolve)
-    resolvers = tuple(ipaddress.ip_address(ip) for ip in config.runner_dns) or (SLIRP_DNS,)
-    network = OpenNetwork(admin_allow=config.egress_allow, resolvers=resolvers, protected=protected,
-                          protected_ports=ports, resolve=resolve)
     try:
-        network.guard.start()
-    except (NetGuardError, OSError) as exc:
-        raise SystemExit(f"seatable-sandbox serve: PYTHON_RUNNER_NETWORK=open: {exc}; install nftables and "
-                         "python3-nftables (seatable-sandbox host-setup checks), or choose seatable or none") from None
-    return network
+        return start_open_network(config)
+    except NetGuardError as exc:
+        raise SystemExit(f"seatable-sandbox serve: {exc}") from None
 
 
 class SandboxServer(BaseApplication):

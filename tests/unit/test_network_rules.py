@@ -69,6 +69,9 @@ def test_reasons_and_report_lines() -> None:
         "egress refused: 127.0.0.1:9 (loopback address)",
     ]
     assert reason(ip("10.1.2.3"), 25, PLAN) == "private address"
+    many = [(f"10.0.0.{n}", "tcp", 80, 1) for n in range(1, 25)]
+    lines = report_lines(many, PLAN)
+    assert len(lines) == 21 and lines[-1] == "egress: 4 more refused destinations not shown"
 
 
 def test_allow_entries_become_table_entries() -> None:
@@ -81,6 +84,7 @@ def test_allow_entries_become_table_entries() -> None:
     assert destinations("[fd00::5]:389", resolve) == [Destination(ip("fd00::5"), None, 389)]
     assert destinations("fd00::5", resolve) == [Destination(ip("fd00::5"), None, None)]
     assert destinations("unknown.internal:25", resolve) == []  # resolves to nothing: nothing allowed
+    assert destinations("ftp://mail.internal", resolve) == []
     assert allow_elements(destinations("mail.internal:587", resolve)) == (
         "add element inet runner allow4 { 10.0.0.25 . tcp . 587 }\n"
         "add element inet runner allow4 { 10.0.0.25 . udp . 587 }\n")
