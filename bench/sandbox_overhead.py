@@ -178,6 +178,7 @@ def main() -> int:
     argv = cli_argv(image, str(write_profile(work)))
     tables: list[str] = []
     sustained: dict[str, float] = {}
+    network_work: dict[str, float] = {}
     try:
         for name, (script, expected) in SCRIPTS.items():
             ways: dict[str, Callable[[], float]] = {}
@@ -196,6 +197,9 @@ def main() -> int:
                     if i >= 2:  # the first two of each warm caches
                         samples[way].append(value)
             tables.append(render(name, samples))
+        network_work = {path: procs["open"].health()["egress"]["per_run_ms"]
+                        for path, procs in (("warm", warm), ("cold", cold))}
+        network_work["setup"] = cold["open"].health()["egress"]["setup_ms"]
         if args.sustain:
             sustained = sustain(warm["open"], receiver, args.sustain, clients=10)
     finally:
@@ -208,6 +212,12 @@ def main() -> int:
             f"Command: `./dev bench sandbox_overhead --runs {args.runs} --sustain {args.sustain:g}`. "
             f"{args.runs} runs of each way, interleaved; milliseconds from request to result.\n\n"
             + "\n\n".join(tables))
+    if network_work:
+        body += ("\n\nThe open network's own work on a run's path (the run's rules update, as its SeaTable server "
+                 "is on a private address, and the read-back of refused destinations), from the sandboxes' "
+                 f"`/health` (`egress.per_run_ms`): warm {network_work['warm']:.1f} ms, "
+                 f"cold {network_work['cold']:.1f} ms per run (mean); writing a new runner's table "
+                 f"(`egress.setup_ms`, in the pool on the warm path): {network_work['setup']:.1f} ms.")
     if sustained:
         body += ("\n\nSustained, 10 clients back to back on the warm sandbox (open network) for "
                  f"{sustained['wall']:.0f} s: "

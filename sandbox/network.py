@@ -132,7 +132,8 @@ class OpenNetwork:
     _runners: dict[str, _Runner] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _totals: dict[str, int] = field(default_factory=lambda: {"refused": 0, "destinations_refused": 0,
-                                                               "runs": 0, "failures": 0, "adopted": 0})
+                                                               "runs": 0, "failures": 0, "adopted": 0,
+                                                               "work_us": 0, "setup_us": 0, "setups": 0})
 
     def __post_init__(self) -> None:
         self._admin_entries = allow_entries(self.admin_allow)
@@ -150,12 +151,15 @@ class OpenNetwork:
 
     def attach(self, container: str, pid: int, conmon_pid: int) -> None:
         """Install the runner's table (in the pool, before any job): until this returns, no job is sent."""
+        started = time.perf_counter()
         plan = self.plan()
         try:
             answer = self.guard.request("open", container, pid=pid, userns_pid=conmon_pid, nft=ruleset(plan))
         except NetGuardError:
             self._count("failures")
             raise
+        self._count("setup_us", int((time.perf_counter() - started) * 1e6))
+        self._count("setups")
         with self._lock:
             self._runners[container] = _Runner(plan, pid, conmon_pid, int(answer["ino"]), self.guard.generation)
 
@@ -168,6 +172,13 @@ class OpenNetwork:
         if runner.armed:
             raise NetGuardError("the runner's network is already armed")
         runner.armed = True
+        started = time.perf_counter()
+        try:
+            self._arm(container, runner, egress)
+        finally:
+            self._count("work_us", int((time.perf_counter() - started) * 1e6))
+
+    def _arm(self, container: str, runner: _Runner, egress: EgressPolicy | None) -> None:
         if runner.generation != self.guard.current():  # the helper was restarted: hold the runner again
             self.guard.request("open", container, pid=runner.pid, userns_pid=runner.conmon_pid,
                                expect_ino=runner.netns_ino, nft="")
@@ -187,11 +198,14 @@ class OpenNetwork:
             runner = self._runners.get(container)
         if runner is None:
             return []
+        started = time.perf_counter()
         try:
             answer = self.guard.request("refused", container)
         except NetGuardError as exc:
             log.warning("runner %s: refused connections unknown: %s", container[:12], exc)
             return []
+        finally:
+            self._count("work_us", int((time.perf_counter() - started) * 1e6))
         refused = [(str(a), str(p), int(port), int(n)) for a, p, port, n in answer.get("refused", [])]
         with self._lock:
             self._totals["refused"] += int(answer.get("total", 0))
@@ -209,13 +223,20 @@ class OpenNetwork:
         except NetGuardError as exc:
             log.warning("runner %s: netguard close failed: %s", container[:12], exc)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
+        """For /health. per_run_ms: the work on a run's own path (its rules update, the read-back); setup_ms:
+        writing a new runner's table (while it waits in the pool, or on the cold path)."""
         with self._lock:
-            return {**self._totals, "runners": len(self._runners)}
+            totals = dict(self._totals)
+            runners = len(self._runners)
+        work, setup, setups = totals.pop("work_us"), totals.pop("setup_us"), totals.pop("setups")
+        per_run = round(work / 1000 / totals["runs"], 2) if totals["runs"] else 0.0
+        per_setup = round(setup / 1000 / setups, 2) if setups else 0.0
+        return {**totals, "runners": runners, "per_run_ms": per_run, "setup_ms": per_setup}
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, amount: int = 1) -> None:
         with self._lock:
-            self._totals[name] += 1
+            self._totals[name] += amount
 
     def stop(self) -> None:
         self.guard.stop()
