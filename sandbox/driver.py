@@ -24,6 +24,7 @@ from sandbox.egress import EgressPolicy, EgressProxy, RunEgressReport
 from sandbox.identity import RunnerIdentities
 from sandbox.image import ENTRYPOINT_COMMAND, RUNNER_FILES, runner_files_dir
 from sandbox.limits import OOM_SCORE_IDLE, Enforcement, RunnerLimits, human_size
+from sandbox.network import CLOSED, OpenNetwork
 from sandbox.outcome import READY, ControlStream, Evidence, Outcome, decide
 from sandbox.output import OutputCap
 from sandbox.podman_api import STDERR, AttachStream, PodmanAPI, PodmanError
@@ -130,6 +131,8 @@ class ContainerDriver:
     identities: RunnerIdentities | None = None
     # Per-run memory/pids cgroups the sandbox makes itself (cgroup-v1-delegated); None: Podman's or none.
     cgroups: RunCgroups | None = None
+    # The open network (an interface, rules outside the runner); None: loopback only.
+    network: OpenNetwork | None = None
     _egress_keys: dict[str, str] = field(default_factory=dict)
     _uids: dict[str, int] = field(default_factory=dict)
     _keys_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -167,11 +170,7 @@ class ContainerDriver:
             "shm_size": self.limits.tmpfs_size,
             "cap_drop": ["ALL"],
             "no_new_privileges": True,
-            # Loopback only, in every mode: the one way out is the egress socket, checked host-side.
-            "netns": {"nsmode": "none"},
-            # The image's empty resolv.conf and loopback-only hosts, read-only like the rest of the root.
-            "use_image_resolve_conf": True,
-            "use_image_hosts": True,
+            **(self.network.spec() if self.network is not None else CLOSED),
             "labels": {LABEL: self.node, LABEL_SCRIPT: label, LABEL_UID: str(uid)},
             "stdin": True,
             "terminal": False,
@@ -224,6 +223,9 @@ class ContainerDriver:
             stream = self.api.attach(created.id)
             try:
                 self.api.start(created.id)
+                if self.network is not None:  # its rules before its job: the entrypoint waits for the job
+                    state = self.api.inspect(created.id)["State"]
+                    self.network.attach(created.id, int(state["Pid"]), int(state["ConmonPid"]))
             except BaseException:
                 stream.close()
                 raise
@@ -251,6 +253,8 @@ class ContainerDriver:
                 key = self._egress_keys.get(runner.container)
             if self.egress is not None and key and job.egress is not None:
                 self.egress.arm(key, job.egress)  # unarmed, every connection is refused
+            if self.network is not None:
+                self.network.arm(runner.container, job.egress)
             started_at = time.time()
             clock = time.monotonic()
             on_started(started_at)
@@ -306,9 +310,10 @@ class ContainerDriver:
     def _egress_lines(self, container: str) -> str:
         """The run's refused and failed connections, one short line each, after its output."""
         report = self._release_egress(container)
-        if report is None:
-            return ""
-        return "".join(f"[{line}]\n" for line in report.refused + report.failed)
+        lines = report.refused + report.failed if report is not None else []
+        if self.network is not None:
+            lines += self.network.report(container)
+        return "".join(f"[{line}]\n" for line in lines)
 
     def _release_egress(self, container: str) -> RunEgressReport | None:
         """Close the container's egress socket (once) and return its report."""
@@ -364,6 +369,8 @@ class ContainerDriver:
             if uid is not None and self.identities is not None:
                 self.identities.release(uid)
         self._release_egress(container)
+        if self.network is not None:
+            self.network.release(container)
 
     def prepare_id_mapping(self) -> float:
         """Create and remove one runner (never started) so that the image's id-shifted copy for the fixed

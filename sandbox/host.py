@@ -342,6 +342,9 @@ def report(user: SandboxUser) -> HostReport:
     notes = [enforcement.note] if enforcement.note else []
     if enforcement.memory == "rlimit":
         notes.append("memory is bounded by RLIMIT_AS only (memfd, shared memory and tmpfs are not counted)")
+    if not open_network_ready():
+        notes.append("PYTHON_RUNNER_NETWORK=open needs nftables and python3-nftables: apt-get install nftables "
+                     "python3-nftables")
     security = host.get("security", {})
     runtime = host.get("ociRuntime", {})
     store = info.get("store", {})
@@ -371,6 +374,13 @@ def _oom_score_adj(pid: int) -> int:
         return int(Path(f"/proc/{pid}/oom_score_adj").read_text()) if pid else 0
     except OSError:
         return 0
+
+
+def open_network_ready() -> bool:
+    """The open network's rules helper runs on the system interpreter with Debian's libnftables binding."""
+    result = subprocess.run(["/usr/bin/python3", "-I", "-c", "import nftables; nftables.Nftables()"],
+                            check=False, capture_output=True)
+    return result.returncode == 0 and shutil.which("slirp4netns") is not None
 
 
 def setup_host(name: str = DEFAULT_USER, cgroups_only: bool = False) -> HostReport | None:

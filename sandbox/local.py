@@ -23,6 +23,8 @@ from sandbox.host import configured_user, lookup_user
 from sandbox.image import default_image
 from sandbox.isolation import probe
 from sandbox.limits import RunnerLimits
+from sandbox.netguard import NetGuardError
+from sandbox.network import start_open_network
 from sandbox.podman_api import PodmanAPI
 from sandbox.seccomp_profile import write_profile
 
@@ -53,23 +55,27 @@ def run_local(request: LocalRun) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="run-local-") as state:
         os.chmod(state, 0o755)  # noqa: S103 - the Podman service (the sandbox user) reads the profile
         egress = None
-        if config.network != "none":
+        if config.network == "seatable":
             egress = EgressProxy(Path(state) / "egress")
             os.chmod(egress.base_dir, 0o755)  # noqa: S103 - the sandbox user's Podman bind-mounts from it
         node = f"run-local-{os.getpid()}"
         isolation = probe(api.client.info(), owner=node, state_dir=Path(state))
+        try:
+            network = start_open_network(config) if config.network == "open" else None
+        except NetGuardError as exc:
+            raise SetupError(str(exc)) from None
         driver = ContainerDriver(
             api=api, image=image, node=node, output_limit=config.output_limit,
             limits=RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                                 timeout=config.timeout, tmpfs_size=config.tmpfs_size),
             enforcement=isolation.enforcement, seccomp_profile=str(write_profile(Path(state))),
-            egress=egress, identities=isolation.identities, cgroups=isolation.cgroups,
+            egress=egress, identities=isolation.identities, cgroups=isolation.cgroups, network=network,
         )
         env = {"is_cloud": "1", "TZ": config.time_zone, **dict(request.env)}
         context = "" if request.context is None else json.dumps(request.context)
         containers: list[str] = []
         try:
-            policy = None if egress is None else EgressPolicy.for_run(
+            policy = None if config.network == "none" else EgressPolicy.for_run(
                 config.network, config.egress_allow, env.get("dtable_web_url"))
             job = Job(0, script, context, env, egress=policy, ca_bundle=config.ca_bundle)
             return driver.run(job, config.timeout, containers.append, lambda _t: None)
@@ -81,6 +87,8 @@ def run_local(request: LocalRun) -> RunResult:
             api.close()
             if egress is not None:
                 egress.shutdown()
+            if network is not None:
+                network.stop()
 
 
 def print_result(result: RunResult) -> int:

@@ -29,6 +29,8 @@ from sandbox.image import default_image, runner_files_dir
 from sandbox.isolation import Isolation
 from sandbox.isolation import probe as probe_isolation
 from sandbox.limits import Enforcement, RunnerLimits
+from sandbox.netguard import NetGuardError
+from sandbox.network import OpenNetwork, start_open_network
 from sandbox.outbox import Outbox
 from sandbox.podman_api import PodmanAPI
 from sandbox.pool import WarmPool
@@ -51,6 +53,7 @@ class Sandbox:
     node_health: NodeHealth
     isolation: Isolation
     runner: RunnerFacts | None = None
+    network: OpenNetwork | None = None
 
     def slots(self) -> dict[str, int]:
         busy = self.service.busy
@@ -84,7 +87,8 @@ class Sandbox:
                           "idle_runner_rss_bytes": list(self.node_health.idle_runner_rss)},
             "egress": {"mode": self.config.network,
                        "allow": allow_entries(self.config.egress_allow),
-                       **(self.egress.stats() if self.egress is not None else {})},
+                       **(self.egress.stats() if self.egress is not None else {}),
+                       **(self.network.stats() if self.network is not None else {})},
         }
 
     def stop(self) -> None:
@@ -97,6 +101,8 @@ class Sandbox:
             self.egress.shutdown()
         if self.isolation.cgroups is not None:
             self.isolation.cgroups.stop()
+        if self.network is not None:
+            self.network.stop()
         self.api.close()
 
 
@@ -120,13 +126,14 @@ def build(config: SandboxConfig) -> Sandbox:
     limits = RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                           timeout=config.timeout, tmpfs_size=config.tmpfs_size)
     profile = config.seccomp_profile or str(write_profile(config.state_dir))
-    egress = None if config.network == "none" else EgressProxy(config.egress_dir, clear=True)
+    egress = EgressProxy(config.egress_dir, clear=True) if config.network == "seatable" else None
+    network = open_network(config) if config.network == "open" else None
     driver = ContainerDriver(api=api, image=image, limits=limits, enforcement=isolation.enforcement,
                              node=config.node_name, output_limit=config.output_limit,
                              seccomp_profile=profile, time_zone=config.time_zone,
                              egress=egress, egress_host_dir=config.egress_host_dir,
                              runner_files=config.runner_files or str(runner_files_dir()),
-                             identities=isolation.identities, cgroups=isolation.cgroups)
+                             identities=isolation.identities, cgroups=isolation.cgroups, network=network)
     took = driver.prepare_id_mapping()
     if took > 2:
         log.info("made the runner image's copy for the runners' id mapping in %.0f s (once per image)", took)
@@ -159,13 +166,21 @@ def build(config: SandboxConfig) -> Sandbox:
     pool.start()
     node_health.check_now()  # the first answer of /ready is already a real one
     node_health.start()
-    return Sandbox(config, api, driver, outbox, service, pool, egress, node_health, isolation, runner)
+    return Sandbox(config, api, driver, outbox, service, pool, egress, node_health, isolation, runner, network)
 
 
 def _fatal(message: str) -> NoReturn:
     """One line, then gunicorn's boot-error exit status: the master stops instead of starting worker after worker."""
     print(f"seatable-sandbox serve: {message}", file=sys.stderr, flush=True)
     raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def open_network(config: SandboxConfig) -> OpenNetwork:
+    """The open mode's rules helper, started now: a host that cannot run it stops the service with one line."""
+    try:
+        return start_open_network(config)
+    except NetGuardError as exc:
+        _fatal(str(exc))
 
 
 class SandboxServer(BaseApplication):

@@ -11,6 +11,9 @@ Podman service, which runs OUTSIDE that namespace (the seccomp profile; the runn
 needs no namespace works in a user unit and is used: no_new_privs and seccomp (NoNewPrivileges,
 SystemCallFilter, RestrictAddressFamilies, RestrictNamespaces, MemoryDenyWriteExecute, ...). The runners
 themselves are confined by Podman (user namespace, seccomp profile, read-only root, no capabilities).
+Namespaces: the open network's rules helper (sandbox/netguard_helper.py) joins the user's own rootless user
+namespace and then each runner's network namespace (setns), and speaks nftables over netlink; creating
+namespaces, and joining any other kind, stays forbidden.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ DOCS = "https://github.com/seatable/python-pipeline"
 # Hardening that works in a per-user service manager (see the module docstring).
 USER_HARDENING = """\
 NoNewPrivileges=yes
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
-RestrictNamespaces=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+RestrictNamespaces=user net
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes

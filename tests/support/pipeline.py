@@ -133,6 +133,9 @@ class Pipeline:
             "PYTHON_SANDBOX_BIND": f"127.0.0.1:{port}",
             "PYTHON_SANDBOX_STATE_DIR": str(state),
             "PYTHON_SANDBOX_NODE_NAME": f"pipeline-{port}",
+            # The stand-in listens on loopback, which runners of the open network never reach (nor did
+            # upstream's); the egress proxy of the seatable mode runs on the host and does.
+            "PYTHON_RUNNER_NETWORK": "seatable",
             **self.sandbox_env,
         }
         proc = SandboxProcess(user, env, port, state, token=self.sandbox_token)
