@@ -169,7 +169,10 @@ def test_galera_servers_of_a_killed_run_are_reaped(tmp_path_factory: pytest.Temp
     gone.wait()
     (stale / galera_support.OWNER_FILE).write_text(str(gone.pid))
     # A "server" whose command line names the directory, as mariadbd's --datadir does.
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", str(stale)])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(300)",
+                                str(stale)], stdout=subprocess.PIPE, text=True)
+    # Until it has exec'd, the child's command line is still pytest's and the reaper rightly spares it.
+    assert sleeper.stdout is not None and sleeper.stdout.readline() == "up\n"
     (stale / "node1" / "run" / "mysqld.pid").write_text(str(sleeper.pid))
     live = base / f"{galera_support.PREFIX}live"
     live.mkdir()
@@ -181,3 +184,5 @@ def test_galera_servers_of_a_killed_run_are_reaped(tmp_path_factory: pytest.Temp
     finally:
         if sleeper.poll() is None:
             sleeper.kill()
+            sleeper.wait()
+        sleeper.stdout.close()
