@@ -7,9 +7,10 @@ start it from here.
       scheduler API a1..aN     G:<port>, gunicorn          -> Galera node (writes through the one given)
       dispatcher d1..dN        dispatch --maintain         -> Galera node
       Galera node1..node3      127.0.0.1:<ports>
-      Podman API services      one per sandbox host, Unix sockets of the sandbox user
     namespace per sandbox host (10.213.N.11, .12, .13)
       seatable-sandbox serve   <address>:8088, as the sandbox user; callbacks to its scheduler API
+      Podman API service       the host's own, on a Unix socket of the sandbox user; the slirp4netns of its
+                               runners (PYTHON_RUNNER_NETWORK=open) run here, so they share the host's link
 
 Which Galera node each scheduler process writes through is in `Topology.db_node_of`; by default the two
 dispatchers write through different nodes and the APIs through a third and a second, so claims, hand-offs
@@ -341,10 +342,6 @@ class Cluster:
             "PYTHON_STARTER_THREAD_COUNT": str(t.slots),
             "PYTHON_PROCESS_TIMEOUT": str(t.process_timeout),
             "PYTHON_SANDBOX_WARM_POOL": str(t.warm_pool),
-            # Without cgroup delegation the process limit is RLIMIT_NPROC, counted per host uid; the runners of
-            # all three "hosts" (and of every other checkout on this machine) share one uid here, as separate
-            # hosts would not: the per-host default (256) would be shared by all of them.
-            "PYTHON_RUNNER_CONTAINER_PIDS": "4096",
         }
         with open(host.log, "ab") as log:
             host.process = subprocess.Popen(
@@ -364,11 +361,16 @@ class Cluster:
         return answers(host.url + "/ping/")
 
     def stop_host(self, index: int, sig: int = signal.SIGTERM) -> None:
+        """As the systemd unit's KillMode=mixed: `sig` to the sandbox's main process (to all of its processes
+        when it is SIGKILL), SIGKILL to what is left after the timeout."""
         host = self.hosts[index]
         if not host.running:
             return
         assert host.process is not None
-        os.killpg(host.process.pid, sig)
+        if sig == signal.SIGKILL:
+            os.killpg(host.process.pid, sig)
+        else:
+            host.process.send_signal(sig)
         try:
             host.process.wait(timeout=90)
         except subprocess.TimeoutExpired:
@@ -384,7 +386,8 @@ class Cluster:
 
     def start_podman_service(self, host: SandboxHost) -> None:
         """`podman system service --time=0` as the sandbox user on a socket of this host's own, so killing it or
-        counting its containers touches no other checkout's runs."""
+        counting its containers touches no other checkout's runs. It runs in the host's namespace: the
+        slirp4netns of each runner on the open network is its child, so a host cut off has runners cut off too."""
         assert self.user is not None
         directory = host.podman_socket.parent
         directory.mkdir(parents=True, exist_ok=True)
@@ -392,7 +395,7 @@ class Cluster:
         host.podman_socket.unlink(missing_ok=True)
         with open(self.workdir / f"podman-{host.name}.log", "ab") as log:
             host.podman_service = subprocess.Popen(
-                self.user.command(["podman", "system", "service", "--time=0", host.podman_url]),
+                host.ns.command(["podman", "system", "service", "--time=0", host.podman_url], user=self.user.name),
                 env=self.user.env(), cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True,
             )

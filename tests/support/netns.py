@@ -4,7 +4,7 @@
         |-- veth spc<tag>h1 <-> eth0 in namespace spc-<tag>-<pid>-1, 10.213.N.11/24, default route via .1
         |-- veth spc<tag>h2 <-> eth0 in namespace spc-<tag>-<pid>-2, 10.213.N.12/24
         ...
-A process started with `Namespace.command()` (`ip netns exec NAME runuser -u USER -- ...`) sees only that
+A process started with `Namespace.command()` (`ip netns exec NAME setpriv ... -- ...`) sees only that
 namespace's loopback and eth0, as a process on another host would; Unix sockets (the rootless Podman API
 socket) stay reachable because they are files. `cut()` sets the host end of the veth down: the namespace
 loses its link (its peers see connect timeouts and silent drops), `restore()` brings it back with the same
@@ -68,8 +68,10 @@ class Namespace:
     address: str
 
     def command(self, argv: list[str], user: str | None = None) -> list[str]:
-        """argv run inside this namespace, as `user` when given (root otherwise)."""
-        inner = ["runuser", "-u", user, "--", *argv] if user else argv
+        """argv run inside this namespace, as `user` when given (root otherwise). `ip netns exec` and setpriv
+        both exec, so the process started is argv's own and a signal reaches it as systemd would send it;
+        runuser would stay in between and SIGKILL its child two seconds after passing on a SIGTERM."""
+        inner = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv] if user else argv
         return ["ip", "netns", "exec", self.name, *inner]
 
     def cut(self) -> None:
