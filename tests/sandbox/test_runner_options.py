@@ -41,7 +41,7 @@ def host_dirs() -> Iterator[tuple[Path, Path, Path]]:
     files, drop = base / "files", base / "drop"
     files.mkdir(mode=0o755)
     drop.mkdir()
-    drop.chmod(0o777)  # noqa: S103 - the runner's uid (a subordinate id) writes here, as the admin allowed
+    drop.chmod(0o777)  # the runner's uid (a subordinate id) writes here, as the admin allowed
     (files / "hello.txt").write_text("hello from the host\n")
     (files / "hello.txt").chmod(0o644)
     bundle = base / "runner-ca-bundle.crt"
