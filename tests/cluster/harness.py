@@ -37,14 +37,14 @@ import pymysql
 import requests
 
 from sandbox.driver import LABEL
-from sandbox.host import DEFAULT_USER, SandboxUser, lookup_user
+from sandbox.host import SandboxUser, configured_user, lookup_user
 from sandbox.podman_api import PodmanAPI
 from tests.seatable_stub import StubServer
 from tests.seatable_stub.server import ThreadingWSGIServer
 from tests.support.galera import GaleraCluster
 from tests.support.netns import LAN, Namespace
 from tests.support.pipeline import REPO, Service
-from tests.support.podman import VENV_BIN, free_port
+from tests.support.podman import START_SECS, VENV_BIN, free_port
 
 Say = Callable[[str], None]
 SANDBOX_PORT = 8088
@@ -148,7 +148,7 @@ class Cluster:
         t = self.topology
         try:
             self.workdir.chmod(0o755)
-            self.user = lookup_user(DEFAULT_USER)
+            self.user = lookup_user(configured_user())
             self.say(f"cluster: a {t.galera_nodes}-node Galera cluster (mariadb-server + galera-4)")
             self.galera = GaleraCluster(size=t.galera_nodes, say=self.say).start()
             self.lan = LAN().create()
@@ -349,7 +349,7 @@ class Cluster:
                 env={**self.user.env(), **host.env}, cwd="/", stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
-        wait_until(lambda: self._host_up(host), 90, f"sandbox host {host.name} on {host.url}")
+        wait_until(lambda: self._host_up(host), START_SECS, f"sandbox host {host.name} on {host.url}")
         self.say(f"cluster: sandbox host {host.name} in namespace {host.ns.name} on {host.url}, "
                  f"{t.slots} slots, callbacks to a{api + 1}")
         return host
