@@ -35,6 +35,7 @@ def faults(args: argparse.Namespace) -> int:
         print(f"cluster: no fault named {args.only}; known: {[f.name for f in FAULTS]}", file=sys.stderr)
         return 2
     rows: list[ClusterRow] = []
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped as by Ctrl-C: everything is removed
     load = os.getloadavg()
     cluster = Cluster(topology, say=say, extra_scheduler_env={"PYTHON_SCHEDULER_RATE_LIMIT_PERCENT": "1"})
     try:
