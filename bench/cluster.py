@@ -15,14 +15,15 @@ handing runs to that many hosts (dispatcher d1 writes through Galera node1, d2 t
   how long the small team's run waits, next to the big team's median wait.
 
 All hosts share this machine's cores, so more hosts do not mean more CPU: the table shows what a host and a
-dispatcher cost and how the queue behaves, not capacity. Prints the tables with machine and date; it does not
-write BENCHMARKS.md.
+dispatcher cost and how the queue behaves, not capacity. Prints the tables with machine and date (BENCHMARKS.md
+has a run).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -209,6 +210,7 @@ def main() -> int:
     configs = [tuple(int(n) for n in c.split("x")) for c in args.configs.split(",")]
     if any(not 1 <= h <= 3 or not 1 <= d <= 2 for h, d in configs):
         parser.error("--configs: hosts 1-3, dispatchers 1-2, e.g. 3x2")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped as by Ctrl-C: the cluster is removed
     load = os.getloadavg()
     topology = Topology(sandboxes=3, dispatchers=0, apis=2, slots=args.slots)
     cluster = Cluster(topology, say=print, extra_scheduler_env={"PYTHON_SCHEDULER_RATE_LIMIT_PERCENT": "1"})
