@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 import falcon
+from prometheus_client import CollectorRegistry
 
+from observability.metrics_http import Metrics, MetricsAuth
 from sandbox.resources.health import Health, Ping, UpstreamHealth
 from sandbox.resources.run import RunPython, RunStatus
 
@@ -16,7 +19,8 @@ MAX_BODY = 4 << 20
 class TokenAuth:
     """`Authorization: Token <PYTHON_SANDBOX_AUTH_TOKEN>` on every route but the health probes."""
 
-    OPEN = frozenset({"/ping/", "/_/health", "/health", "/"})
+    # /metrics checks its own token (Metrics); /openapi.json describes the API and holds nothing secret.
+    OPEN = frozenset({"/ping/", "/_/health", "/health", "/", "/metrics", "/openapi.json"})
 
     def __init__(self, token: str) -> None:
         self.expected = f"Token {token}".encode()
@@ -39,7 +43,13 @@ def json_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError
         resp.set_headers(exc.headers)
 
 
-def create_app(auth_token: str, service: Any, health: Any) -> falcon.App:
+def create_app(
+    auth_token: str,
+    service: Any,
+    health: Any,
+    metrics: tuple[Callable[[], CollectorRegistry], str] | None = None,
+) -> falcon.App:
+    """`metrics`: the registry to expose at /metrics and the token that guards it (None: no /metrics)."""
     app = falcon.App(middleware=[TokenAuth(auth_token)])
     app.add_error_handler(falcon.HTTPError, json_error)
     # JSON only: a form body would otherwise parse into something schema-shaped but wrong.
@@ -50,4 +60,7 @@ def create_app(auth_token: str, service: Any, health: Any) -> falcon.App:
     app.add_route("/", Ping())
     app.add_route("/_/health", UpstreamHealth())
     app.add_route("/health", Health(health))
+    if metrics is not None:
+        registry, token = metrics
+        app.add_route("/metrics", Metrics(registry, MetricsAuth(token)))
     return app

@@ -13,12 +13,13 @@ import logging
 import os
 import pathlib
 import random
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -54,6 +55,16 @@ class OutboxStats:
     delivered: int = 0
     retried: int = 0
     dropped: int = 0
+    causes: dict[str, int] = field(default_factory=dict)  # failed attempts by cause, for /metrics
+
+    def failed(self, reason: str) -> None:
+        """Count a failed attempt: "HTTP 503" as http_503, "ConnectionError" as connection_error."""
+        cause = reason.lower().replace(" ", "_") if reason.startswith("HTTP ") else _snake(reason)
+        self.causes[cause] = self.causes.get(cause, 0) + 1
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()[:40]
 
 
 @dataclass(frozen=True)
@@ -188,6 +199,11 @@ class Outbox:
         """Entries not yet acknowledged or dropped."""
         return int(self._query("SELECT COUNT(*) FROM outbox")[0][0])
 
+    def backlog(self) -> tuple[int, float | None]:
+        """Entries waiting and the time the oldest was queued (None when there is none)."""
+        count, oldest = self._query("SELECT COUNT(*), MIN(created_at) FROM outbox")[0]
+        return int(count), float(oldest) if oldest is not None else None
+
     def flush(self, timeout: float) -> bool:
         """Wait until the queue is empty (tests, graceful shutdown); True if it is."""
         deadline = time.monotonic() + timeout
@@ -273,7 +289,9 @@ class Outbox:
         if 200 <= status < 300:
             self._finish(entry.id, "delivered")
         elif 400 <= status < 500 and status not in (408, 429):
-            log.warning("outbox: dropped %s: HTTP %d (permanent)", what, status)
+            log.warning("outbox: dropped %s: HTTP %d (permanent)", what, status, extra={"run_id": entry.script_id})
+            with self._lock:
+                self.stats.failed(f"HTTP {status}")
             self._finish(entry.id, "dropped")
         else:
             hint = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 0.0
@@ -296,6 +314,7 @@ class Outbox:
             )
         with self._lock:
             self.stats.retried += 1
+            self.stats.failed(reason)
         level = logging.WARNING if entry.attempts == 0 else logging.DEBUG
         msg = "outbox: %s failed: %s (attempt %d), retry in %.1f s"
-        log.log(level, msg, what, reason, entry.attempts + 1, delay)
+        log.log(level, msg, what, reason, entry.attempts + 1, delay, extra={"run_id": entry.script_id})

@@ -152,6 +152,10 @@ class WarmPool:
                 self._cond.wait(remaining)
             return True
 
+    def idle_count(self) -> int:
+        with self._cond:
+            return len(self._idle)
+
     def _discard(self, runner: Runner) -> None:
         runner.stream.close()
         threading.Thread(target=self.driver.cleanup, args=(runner.container,), daemon=True).start()

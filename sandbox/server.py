@@ -14,14 +14,17 @@ from typing import Any
 
 import falcon
 from gunicorn.app.base import BaseApplication
+from prometheus_client import CollectorRegistry
 
+from observability import logs
 from sandbox.app import create_app
-from sandbox.config import SandboxConfig
+from sandbox.config import SandboxConfig, log_settings
 from sandbox.driver import ContainerDriver
 from sandbox.egress import EgressProxy
 from sandbox.egress_policy import allow_entries
 from sandbox.image import default_image
 from sandbox.limits import RunnerLimits, detect
+from sandbox.metrics import NodeCollector, RunMetrics
 from sandbox.outbox import Outbox
 from sandbox.podman_api import PodmanAPI
 from sandbox.pool import WarmPool
@@ -40,6 +43,7 @@ class Sandbox:
     service: RunService
     pool: WarmPool
     egress: EgressProxy | None
+    registry: CollectorRegistry
 
     def health(self) -> dict[str, object]:
         busy = self.service.busy
@@ -88,7 +92,9 @@ def build(config: SandboxConfig) -> Sandbox:
                              egress=egress, egress_host_dir=config.egress_host_dir)
     outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token)
     pool = WarmPool(driver, config.warm_pool, config.preimport, config.pool_min_available)
-    service = RunService(driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
+    registry = CollectorRegistry()
+    service = RunService(node=config.node_name, metrics=RunMetrics(registry),
+                         driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
                          time_zone=config.time_zone,
                          alternative_file_server_root=config.alternative_file_server_root,
                          pool=pool if config.warm_pool else None, network=config.network,
@@ -98,7 +104,9 @@ def build(config: SandboxConfig) -> Sandbox:
         log.warning("%d run(s) were in flight when the sandbox stopped; reported as lost", lost)
     outbox.start()
     pool.start()
-    return Sandbox(config, api, driver, outbox, service, pool, egress)
+    sandbox = Sandbox(config, api, driver, outbox, service, pool, egress, registry)
+    registry.register(NodeCollector(sandbox, lambda: len(driver.orphans())))
+    return sandbox
 
 
 class SandboxServer(BaseApplication):
@@ -123,7 +131,8 @@ class SandboxServer(BaseApplication):
             "graceful_timeout": self.config.timeout + 10,
             "accesslog": None,
             "errorlog": "-",
-            "loglevel": os.environ.get("PYTHON_SANDBOX_LOG_LEVEL", "info"),
+            "loglevel": self.config.log_level.lower(),
+            "logger_class": "observability.logs.GunicornLogger",
             "proc_name": "seatable-sandbox",
             "worker_exit": worker_exit,
         }
@@ -132,12 +141,15 @@ class SandboxServer(BaseApplication):
 
     def load(self) -> falcon.App:
         self.sandbox = build(self.config)
-        return create_app(self.config.auth_token, self.sandbox.service, self.sandbox.health)
+        sandbox = self.sandbox
+        return create_app(self.config.auth_token, sandbox.service, sandbox.health,
+                          metrics=(lambda: sandbox.registry, self.config.metrics_credential))
 
 
 def serve() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        settings = log_settings(dict(os.environ))
+        logs.configure(settings.level, settings.format, settings.to_stdout)
         config = SandboxConfig.from_env()
     except ValueError as exc:
         print(f"seatable-sandbox serve: {exc}", file=sys.stderr)

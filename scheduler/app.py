@@ -8,10 +8,12 @@ from typing import Any
 import falcon
 from falcon.routing import CompiledRouter
 
+from observability.metrics_http import Metrics, MetricsAuth
 from scheduler import texts
 from scheduler.auth import TokenAuth
 from scheduler.config import Config
 from scheduler.db import Store, open_store
+from scheduler.metrics import ApiMetrics, registry_factory
 from scheduler.resources.callbacks import ResultCallback, RunningCallback
 from scheduler.resources.common import ApiError, Context, render_error
 from scheduler.resources.logs import TaskLog, TaskLogs
@@ -45,6 +47,7 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
         max_body_bytes=config.max_body_bytes,
         accept_unauthenticated_callbacks=config.accept_unauthenticated_callbacks,
     )
+    metrics = ApiMetrics()
     router = CompiledRouter()
     app = falcon.App(router=router)
     app.add_error_handler(Exception, _unexpected)
@@ -62,8 +65,9 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
         ("/admin/runs/", AdminRuns(ctx, store)),
         ("/admin/statistics/by-base/", GroupedStatistics(ctx, store, "base")),
         ("/admin/statistics/by-day/", GroupedStatistics(ctx, store, "day")),
-        ("/script-running-callback/", RunningCallback(ctx, store)),
-        ("/script-result/", ResultCallback(ctx, store)),
+        ("/script-running-callback/", RunningCallback(ctx, store, metrics)),
+        ("/script-result/", ResultCallback(ctx, store, metrics)),
+        ("/metrics", Metrics(registry_factory(store, metrics), MetricsAuth(config.metrics_credential))),
     ]
     for template, resource in routes:
         add_route(app, template, resource)

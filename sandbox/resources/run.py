@@ -58,6 +58,7 @@ class RunPython:
             "script_url": {"type": "string", "minLength": 1, "maxLength": 8192, "pattern": "^https?://"},
             "script_content": {"type": "string", "maxLength": SCRIPT_MAX_BYTES},
             "dtable_uuid": {"type": "string", "maxLength": 64},
+            "script_name": {"type": "string", "maxLength": 255},  # for log lines only
             "env": {
                 "type": "object",
                 "maxProperties": 64,
@@ -85,6 +86,8 @@ class RunPython:
             context_data=body.get("context_data"),
             script_content=content,
             script_url=body.get("script_url") if content is None else None,
+            script_name=body.get("script_name"),
+            dtable_uuid=body.get("dtable_uuid"),
         )
         try:
             self.service.submit(request)

@@ -11,29 +11,44 @@ from typing import Any
 import falcon
 import jsonschema
 
-from scheduler import runs, texts
+from scheduler import outcomes, runs, texts
 from scheduler.db import Store
+from scheduler.metrics import ApiMetrics
 from scheduler.resources.common import MAX_ID, ApiError, Context, validate
 
 _SCRIPT_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 _EPOCH = {"type": ["number", "null"], "minimum": 0, "maximum": 1e11}
 
 
+_CAUSES = {403: "forbidden", 413: "too_large"}  # any other refusal of a body: "bad_request"
+
+
 class _Callback:
-    def __init__(self, ctx: Context, store: Store) -> None:
+    NAME = ""  # the metrics label
+
+    def __init__(self, ctx: Context, store: Store, metrics: ApiMetrics | None = None) -> None:
         self.ctx = ctx
         self.store = store
+        self.metrics = metrics
 
     def read(self, req: falcon.Request, validator: jsonschema.protocols.Validator) -> dict[str, Any]:
-        if not self.ctx.accept_unauthenticated_callbacks:
-            self.ctx.require_auth(req)
-        data = self.ctx.read_json_object(req)
-        validate(validator, data)
+        try:
+            if not self.ctx.accept_unauthenticated_callbacks:
+                self.ctx.require_auth(req)
+            data = self.ctx.read_json_object(req)
+            validate(validator, data)
+        except ApiError as error:
+            self.count_error(_CAUSES.get(error.status, "bad_request"))
+            raise
         return data
 
-    @staticmethod
-    def answer(resp: falcon.Response, outcome: runs.Outcome) -> None:
+    def count_error(self, cause: str) -> None:
+        if self.metrics is not None:
+            self.metrics.callback_error(self.NAME, cause)
+
+    def answer(self, resp: falcon.Response, outcome: runs.Outcome) -> None:
         if outcome is runs.Outcome.NOT_FOUND:
+            self.count_error("unknown_run")
             raise ApiError(404, {"error_msg": texts.SCRIPT_NOT_FOUND_ERROR})
         resp.media = {"success": True}
 
@@ -47,12 +62,14 @@ class RunningCallback(_Callback):
         "properties": {"script_id": _SCRIPT_ID, "started_at": _EPOCH},
     }
     validator = jsonschema.Draft202012Validator(SCHEMA)
+    NAME = "running"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         data = self.read(req, self.validator)
         started = data.get("started_at")
         started_at = self.store.clock.from_epoch(started) if started is not None else None
-        self.answer(resp, runs.mark_running(self.store, data["script_id"], started_at))
+        waited = self.metrics.waited if self.metrics is not None else None
+        self.answer(resp, runs.mark_running(self.store, data["script_id"], started_at, waited))
 
 
 class ResultCallback(_Callback):
@@ -72,19 +89,28 @@ class ResultCallback(_Callback):
             "started_at": _EPOCH,
             "spend_time": {"type": ["number", "null"], "minimum": 0, "maximum": 1e9},
             "lost": {"type": ["boolean", "null"]},  # the sandbox lost the run (its restart): not counted
+            # what ended the run, as the sandbox observed it (scheduler/outcomes.py); unknown words: success/failed
+            "outcome": {"type": ["string", "null"], "maxLength": 64},
         },
     }
     validator = jsonschema.Draft202012Validator(SCHEMA)
+    NAME = "result"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         data = self.read(req, self.validator)
         started = data.get("started_at")
+        success = bool(data.get("success"))
+        kind = outcomes.SANDBOX_LOST if data.get("lost") else outcomes.reported(data.get("outcome"), success)
         result = runs.RunResult(
-            success=bool(data.get("success")),
+            success=success,
             return_code=data.get("return_code"),
             output=data.get("output"),
             started_at=self.store.clock.from_epoch(started) if started is not None else None,
             spend_time=data.get("spend_time"),
             counted=not data.get("lost"),
+            outcome=kind,
         )
-        self.answer(resp, runs.record_result(self.store, data["script_id"], result))
+        recorded = runs.record_result(self.store, data["script_id"], result)
+        if recorded is runs.Outcome.APPLIED and self.metrics is not None:
+            self.metrics.finished(kind, result.spend_time)
+        self.answer(resp, recorded)
