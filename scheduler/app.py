@@ -21,7 +21,9 @@ from scheduler.resources.ping import Ping
 from scheduler.resources.routing import SlashRedirect, add_route
 from scheduler.resources.runs import RunDraftScript, RunScript, RunStatus
 from scheduler.resources.statistics import AdminRuns, GroupedStatistics, MonthlyStatistics, RunningCount
+from scheduler.resources.status import StatusAsset, StatusAuth, StatusData
 from scheduler.seatable import SeaTable
+from scheduler.status import StatusReport
 
 log = logging.getLogger(__name__)
 TARGETS = ("user", "org", "base")  # the monthly statistics' /by-{target}/ routes
@@ -48,6 +50,8 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
         accept_unauthenticated_callbacks=config.accept_unauthenticated_callbacks,
     )
     metrics = ApiMetrics()
+    status_auth = StatusAuth(config.status_token)
+    status_page = StatusAsset(status_auth)
     router = CompiledRouter()
     app = falcon.App(router=router)
     app.add_error_handler(Exception, _unexpected)
@@ -68,6 +72,9 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
         ("/script-running-callback/", RunningCallback(ctx, store, metrics)),
         ("/script-result/", ResultCallback(ctx, store, metrics)),
         ("/metrics", Metrics(registry_factory(store, metrics), MetricsAuth(config.metrics_credential))),
+        ("/status/", status_page),
+        ("/status/{name}", status_page),
+        ("/status/data", StatusData(status_auth, StatusReport(store, config.sandbox_urls))),
     ]
     for template, resource in routes:
         add_route(app, template, resource)

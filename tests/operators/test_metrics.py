@@ -30,22 +30,43 @@ def test_metrics_need_the_metrics_token(ops: Ops) -> None:
     assert token_form.status_code == 200
 
 
+def script_log(ops: Ops) -> list[tuple[str, str, str | None, str | None, int]]:
+    """(script_name, state, outcome, sandbox_node, attempt) of every run, from the scheduler's database."""
+    from pony.orm import db_session
+
+    from scheduler.config import Config
+    from scheduler.db import open_store
+
+    store = open_store(Config.from_env(ops.pipeline.scheduler_env()))
+    try:
+        with db_session:
+            return list(store.db.select("SELECT script_name, state, outcome, sandbox_node, attempt FROM script_log"))
+    finally:
+        store.disconnect()
+
+
 def test_scheduler_counts_every_run_once_across_workers_and_processes(ops: Ops) -> None:
     assert ops.runs["hello.py"]["success"] is True
     assert ops.runs["broken.py"]["return_code"] == 3
     assert ops.runs["missing.py"]["output"].startswith("Fail to get script")
-    # Several scrapes land on both workers; each must show the same totals (multiprocess mode sums them).
-    texts = [ops.scheduler_metrics().text for _ in range(6)]
-    for text in texts:
-        assert value(text, "seatable_scheduler_runs_created_total") == 3
-        assert value(text, "seatable_scheduler_runs_claimed_total") == 3
-        assert value(text, "seatable_scheduler_runs_handed_off_total") == 2  # missing.py ended in the dispatcher
-        assert value(text, "seatable_scheduler_runs_started_total") == 2
+    rows = script_log(ops)
+    assert all(row[1] == "finished" for row in rows)
+    by_outcome = {o: sum(1 for row in rows if row[2] == o) for o in outcomes.ALL}
+    assert by_outcome["success"] >= 1 and by_outcome["failed"] >= 1 and by_outcome["fetch_failed"] >= 1
+    ran = sum(1 for row in rows if row[3] is not None)  # handed to the sandbox
+    # Several scrapes land on both workers; each must show the same totals (multiprocess mode sums them), and
+    # the totals are exactly what the database holds, though the API, the dispatcher and the sandbox counted.
+    for text in [ops.scheduler_metrics().text for _ in range(6)]:
+        assert value(text, "seatable_scheduler_runs_created_total") == len(rows)
+        assert value(text, "seatable_scheduler_runs_claimed_total") == sum(row[4] for row in rows)  # retries too
+        assert value(text, "seatable_scheduler_runs_handed_off_total") == ran
+        assert value(text, "seatable_scheduler_runs_started_total") == ran
         finished = {o: value(text, "seatable_scheduler_runs_finished_total", outcome=o) for o in outcomes.ALL}
-        assert finished == {**dict.fromkeys(outcomes.ALL, 0.0), "success": 1, "failed": 1, "fetch_failed": 1}
-        assert value(text, "seatable_scheduler_run_duration_seconds_count", outcome="success") == 1
-        assert value(text, "seatable_scheduler_run_duration_seconds_count", outcome="failed") == 1
-        assert value(text, "seatable_scheduler_time_to_start_seconds_count") == 2
+        assert finished == by_outcome
+        durations = sum(value(text, "seatable_scheduler_run_duration_seconds_count", outcome=o)
+                        for o in ("success", "failed"))
+        assert durations == ran
+        assert value(text, "seatable_scheduler_time_to_start_seconds_count") == ran
         assert value(text, "seatable_scheduler_queued_runs") == 0
         assert value(text, "seatable_scheduler_database_up") == 1
         assert all(value(text, "seatable_scheduler_handoff_errors_total", cause=c) == 0
@@ -53,18 +74,9 @@ def test_scheduler_counts_every_run_once_across_workers_and_processes(ops: Ops) 
 
 
 def test_outcome_is_stored_with_the_run(ops: Ops) -> None:
-    from scheduler.config import Config
-    from scheduler.db import open_store
-
-    store = open_store(Config.from_env(ops.pipeline.scheduler_env()))
-    try:
-        from pony.orm import db_session
-
-        with db_session:
-            rows = dict(store.db.select("SELECT script_name, outcome FROM script_log"))
-    finally:
-        store.disconnect()
-    assert rows == {"hello.py": "success", "broken.py": "failed", "missing.py": "fetch_failed"}
+    outcome_of = {row[0]: row[2] for row in script_log(ops)}
+    assert (outcome_of["hello.py"], outcome_of["broken.py"], outcome_of["missing.py"]) == (
+        "success", "failed", "fetch_failed")
 
 
 def test_refused_callbacks_are_counted_by_cause(ops: Ops) -> None:
@@ -108,8 +120,8 @@ def test_sandbox_metrics(ops: Ops) -> None:
     assert answer.status_code == 200, answer.text
     text = answer.text
     assert value(text, "seatable_sandbox_runs_finished_total", outcome="success") >= 1
-    assert value(text, "seatable_sandbox_runs_finished_total", outcome="failed") == 1
-    assert value(text, "seatable_sandbox_run_duration_seconds_count", outcome="failed") == 1
+    assert value(text, "seatable_sandbox_runs_finished_total", outcome="failed") >= 1
+    assert value(text, "seatable_sandbox_run_duration_seconds_count", outcome="failed") >= 1
     assert value(text, "seatable_sandbox_runs_accepted_total") >= 2
     assert value(text, "seatable_sandbox_podman_up") == 1
     slots = value(text, "seatable_sandbox_slots", state="free") + value(text, "seatable_sandbox_slots", state="busy")
@@ -148,7 +160,7 @@ def test_each_start_of_the_api_gets_a_fresh_metrics_directory(tmp_path: Path) ->
             try:
                 if requests.get(f"http://127.0.0.1:{port}/ping/", timeout=1).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or the worker still importing
                 pass
             assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.1)
