@@ -10,7 +10,8 @@ import falcon
 from prometheus_client import CollectorRegistry
 
 from observability.metrics_http import Metrics, MetricsAuth
-from sandbox.resources.health import Health, Ping, UpstreamHealth
+from sandbox.openapi import document
+from sandbox.resources.health import Health, OpenApi, Ping, UpstreamHealth
 from sandbox.resources.run import RunPython, RunStatus
 
 MAX_BODY = 4 << 20
@@ -55,11 +56,13 @@ def create_app(
     # JSON only: a form body would otherwise parse into something schema-shaped but wrong.
     app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: falcon.media.JSONHandler()})
     app.add_route("/function/run-python", RunPython(service))
-    app.add_route("/function/runs/{script_id:int(min=1)}", RunStatus(service))
+    # Bounded as SQLite integers are: a larger id is no run of ours (404), not an overflow (500).
+    app.add_route("/function/runs/{script_id:int(min=1, max=9223372036854775807)}", RunStatus(service))
     app.add_route("/ping/", Ping())
     app.add_route("/", Ping())
     app.add_route("/_/health", UpstreamHealth())
     app.add_route("/health", Health(health))
+    app.add_route("/openapi.json", OpenApi(document()))
     if metrics is not None:
         registry, token = metrics
         app.add_route("/metrics", Metrics(registry, MetricsAuth(token)))

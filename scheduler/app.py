@@ -14,9 +14,11 @@ from scheduler.auth import TokenAuth
 from scheduler.config import Config
 from scheduler.db import Store, open_store
 from scheduler.metrics import ApiMetrics, registry_factory
+from scheduler.openapi import document
 from scheduler.resources.callbacks import ResultCallback, RunningCallback
 from scheduler.resources.common import ApiError, Context, render_error
 from scheduler.resources.logs import TaskLog, TaskLogs
+from scheduler.resources.openapi import OpenApi
 from scheduler.resources.ping import Ping
 from scheduler.resources.routing import SlashRedirect, add_route
 from scheduler.resources.runs import RunDraftScript, RunScript, RunStatus
@@ -75,6 +77,7 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
         ("/status/", status_page),
         ("/status/{name}", status_page),
         ("/status/data", StatusData(status_auth, StatusReport(store, config.sandbox_urls))),
+        ("/openapi.json", OpenApi(document)),
     ]
     for template, resource in routes:
         add_route(app, template, resource)

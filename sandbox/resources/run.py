@@ -76,7 +76,9 @@ class RunPython:
     @jsonschema.validate(req_schema=SCHEMA)
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = req.get_media()
-        _no_nul(body)
+        # NUL cannot be in an environment variable, a URL or a source file. The context reaches the script as JSON
+        # on stdin, where an escaped NUL is harmless (a SeaTable cell may hold one); other fields are only logged.
+        _no_nul({key: body[key] for key in ("script_url", "script_content", "env") if key in body})
         content = body.get("script_content")
         if content is not None and len(content.encode()) > SCRIPT_MAX_BYTES:
             raise falcon.HTTPBadRequest(description=f"script over {SCRIPT_MAX_BYTES} bytes")
