@@ -52,7 +52,9 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "403", "404"]
 """
 
 
-def schemathesis(url: str, auth: str, config: str, tmp_path: Path, max_examples: int) -> subprocess.CompletedProcess[str]:
+def schemathesis(
+    url: str, auth: str, config: str, tmp_path: Path, max_examples: int
+) -> subprocess.CompletedProcess[str]:
     config_file = tmp_path / "schemathesis.toml"
     config_file.write_text(f"seed = 17\nrequest-timeout = 30\n\n[generation]\nmax-examples = {max_examples}\n\n"
                            f"{auth}\n{config}")
