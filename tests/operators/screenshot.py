@@ -26,7 +26,7 @@ SCRIPTS = {
     "report.py": "import time\ntime.sleep(8)\n",  # past the 5 s limit
     "debug_dump.py": "print('x' * 5000)\n",  # past the output limit
 }
-MINUTES = 4
+MINUTES = 3
 
 
 def main(target: str) -> int:
@@ -66,7 +66,7 @@ def main(target: str) -> int:
             page = context.new_page()
             page.goto(pipeline.scheduler_url + "/status/")
             page.wait_for_selector("#chart-minutes rect[data-kind]")
-            page.screenshot(path=target, full_page=True)
+            page.screenshot(path=target, full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": 1750})
             browser.close()
     print(f"wrote {Path(target).resolve()}")
     return 0
