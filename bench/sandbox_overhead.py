@@ -28,8 +28,9 @@ from functools import partial
 from pathlib import Path
 
 from bench.report import machine, median, percentile, update_section
+from sandbox.driver import Job
 from sandbox.host import DEFAULT_USER, lookup_user
-from sandbox.image import DEFAULT_CACHE, Recipe, default_image
+from sandbox.image import DEFAULT_CACHE, ENTRYPOINT_COMMAND, RUNNER_FILES, Recipe, default_image, runner_files_dir
 from sandbox.limits import RunnerLimits, detect
 from sandbox.podman_api import PodmanAPI
 from sandbox.seccomp_profile import write_profile
@@ -92,14 +93,15 @@ def cli_argv(image: str, profile: str) -> list[str]:
         "podman", "run", "--rm", "-i", "--read-only", "--network", "none", "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges", "--security-opt", f"seccomp={profile}",
         "--tmpfs", "/tmp:rw,nosuid,nodev,size=104857600", "--user", "1000:1000",
-        "--ulimit", "nofile=1024:1024", "--log-driver", "none", image,
-        *limits.entrypoint_args(enforcement),
+        "--ulimit", "nofile=1024:1024", "--log-driver", "none",
+        "-v", f"{runner_files_dir()}:{RUNNER_FILES}:ro,nosuid,nodev,noexec",
+        "--entrypoint", json.dumps(list(ENTRYPOINT_COMMAND)), image, *limits.entrypoint_args(enforcement),
     ])
 
 
 def time_cli(argv: list[str], script: str, expected: str) -> float:
     user = lookup_user(DEFAULT_USER)
-    job = json.dumps({"script": script, "input": "", "env": {}}) + "\n"
+    job = Job(0, script, "", {}).line().decode()
     started = time.perf_counter()
     result = subprocess.run(argv, input=job, capture_output=True, text=True, env=user.env(), cwd="/", check=False)
     elapsed = time.perf_counter() - started

@@ -20,7 +20,10 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("PYTHON_SANDBOX_STATE_DIR", "~/.local/state/seatable-sandbox", "outbox and ledger (SQLite)"),
     ("PYTHON_SCHEDULER_URL", "http://127.0.0.1:5055", "where running and result callbacks go"),
     ("PYTHON_SCHEDULER_AUTH_TOKEN", "(required)", "token sent with the callbacks"),
-    ("PYTHON_RUNNER_IMAGE", "localhost/seatable-python-runner:<recipe hash>", "runner image"),
+    ("PYTHON_RUNNER_IMAGE", "localhost/seatable-python-runner:<recipe hash>", "runner image: ours, or any image "
+     "with a python3 (e.g. upstream's runner with `pip install --user` packages; see The runner image)"),
+    ("PYTHON_SANDBOX_RUNNER_FILES", "(the installed runner_rootfs package)", "directory holding the trusted "
+     "entrypoint.py and egress_forward.py, as the Podman host sees it; mounted read-only into every runner"),
     ("PYTHON_STARTER_THREAD_COUNT", "10", "runs at once (slots); more get 429"),
     ("PYTHON_PROCESS_TIMEOUT", "60", "wall-time limit per run, seconds; the scheduler's default is the same"),
     ("PYTHON_RUNNER_CONTAINER_MEMORY", "1g", "memory limit (cgroup, or RLIMIT_AS as the fallback)"),
@@ -85,6 +88,7 @@ class SandboxConfig:
     node_name: str = "sandbox"
     state_dir: Path = Path("state")
     image: str = ""
+    runner_files: str = ""
     slots: int = 10
     timeout: int = 60
     memory: int = 1 << 30
@@ -144,6 +148,7 @@ class SandboxConfig:
             node_name=env.get("PYTHON_SANDBOX_NODE_NAME") or os.uname().nodename,
             state_dir=state_dir,
             image=env.get("PYTHON_RUNNER_IMAGE", ""),
+            runner_files=env.get("PYTHON_SANDBOX_RUNNER_FILES", ""),
             slots=_positive(env, "PYTHON_STARTER_THREAD_COUNT", 10),
             timeout=_positive(env, "PYTHON_PROCESS_TIMEOUT", 60),
             memory=parse_size(env.get("PYTHON_RUNNER_CONTAINER_MEMORY") or "1g"),

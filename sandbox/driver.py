@@ -7,6 +7,7 @@ Output streams back through the same connection and is capped as it arrives.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import secrets
@@ -19,6 +20,7 @@ from typing import Any
 
 from sandbox import texts
 from sandbox.egress import EgressPolicy, EgressProxy, RunEgressReport
+from sandbox.image import ENTRYPOINT_COMMAND, RUNNER_FILES, runner_files_dir
 from sandbox.limits import Enforcement, RunnerLimits, human_size
 from sandbox.output import OutputCap
 from sandbox.podman_api import STDERR, AttachStream, PodmanAPI, PodmanError
@@ -40,14 +42,16 @@ EGRESS_MOUNT = "/run/egress"
 @dataclass(frozen=True)
 class Job:
     script_id: int
-    script: str
+    script: bytes | str  # the file's bytes, which Python decodes as it would a file; a str is taken as UTF-8
     input: str
     env: dict[str, str]
     egress: EgressPolicy | None = None  # where this run may connect; None: nowhere
     ca_bundle: str = ""  # extra CA certificates (PEM) the runner trusts
 
     def line(self) -> bytes:
-        job: dict[str, object] = {"script": self.script, "input": self.input, "env": self.env}
+        script = self.script.encode() if isinstance(self.script, str) else self.script
+        job: dict[str, object] = {"script_b64": base64.b64encode(script).decode("ascii"), "input": self.input,
+                                  "env": self.env}
         if self.ca_bundle:
             job["ca_bundle"] = self.ca_bundle
         return json.dumps(job).encode() + b"\n"
@@ -158,6 +162,8 @@ class ContainerDriver:
     egress: EgressProxy | None = None
     # The egress proxy's directory as the Podman host sees it, when the sandbox runs in a container.
     egress_host_dir: str = ""
+    # The trusted entrypoint and relay, mounted read-only into every runner: a directory as the Podman host sees it.
+    runner_files: str = field(default_factory=lambda: str(runner_files_dir()))
     _egress_keys: dict[str, str] = field(default_factory=dict)
     _keys_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -167,7 +173,9 @@ class ContainerDriver:
         if preimport:
             command += ["--preimport", preimport]
         mounts: list[dict[str, Any]] = [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                                         "options": ["rw", "nosuid", "nodev", f"size={self.limits.tmpfs_size}"]}]
+                                         "options": ["rw", "nosuid", "nodev", f"size={self.limits.tmpfs_size}"]},
+                                        {"destination": RUNNER_FILES, "type": "bind", "source": self.runner_files,
+                                         "options": ["ro", "rbind", "nosuid", "nodev", "noexec"]}]
         if self.egress is not None:
             base = self.egress_host_dir or str(self.egress.base_dir)
             mounts.append({"destination": EGRESS_MOUNT, "type": "bind", "source": f"{base}/{key}",
@@ -175,6 +183,8 @@ class ContainerDriver:
         spec: dict[str, Any] = {
             "image": self.image,
             "name": f"seatable-run-{label}-{key}",
+            # The image's own python3 runs the mounted entrypoint, whatever the image's ENTRYPOINT.
+            "entrypoint": list(ENTRYPOINT_COMMAND),
             "command": command,
             "user": "1000:1000",
             "read_only_filesystem": True,

@@ -36,8 +36,8 @@ class LocalRun:
 
 def run_local(request: LocalRun) -> RunResult:
     try:
-        script = request.path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        script = request.path.read_bytes()  # decoded in the runner as Python decodes a file
+    except OSError as exc:
         raise SetupError(f"cannot read {request.path}: {exc}") from None
     # The sandbox's own settings where given (limits, image), without requiring its tokens.
     config = SandboxConfig.from_env({"PYTHON_SANDBOX_AUTH_TOKEN": "-", "PYTHON_SCHEDULER_AUTH_TOKEN": "-",

@@ -10,10 +10,11 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import falcon
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from prometheus_client import CollectorRegistry
 
 from observability import logs
@@ -22,12 +23,13 @@ from sandbox.config import SandboxConfig, log_settings
 from sandbox.driver import ContainerDriver
 from sandbox.egress import EgressProxy
 from sandbox.egress_policy import allow_entries
-from sandbox.image import default_image
+from sandbox.image import default_image, runner_files_dir
 from sandbox.limits import RunnerLimits, detect
 from sandbox.metrics import NodeCollector, RunMetrics
 from sandbox.outbox import Outbox
 from sandbox.podman_api import PodmanAPI
 from sandbox.pool import WarmPool
+from sandbox.runner_probe import ProbeError, RunnerFacts, probe
 from sandbox.runs import RunService
 from sandbox.seccomp_profile import write_profile
 
@@ -44,6 +46,7 @@ class Sandbox:
     pool: WarmPool
     egress: EgressProxy | None
     registry: CollectorRegistry
+    runner: RunnerFacts | None = None
 
     def health(self) -> dict[str, object]:
         busy = self.service.busy
@@ -52,6 +55,7 @@ class Sandbox:
             "node": self.config.node_name,
             "slots": {"total": self.config.slots, "busy": busy, "free": self.config.slots - busy},
             "image": self.driver.image,
+            "runner": self.runner.as_dict() if self.runner is not None else None,
             "limits": {**self.driver.enforcement.as_dict(), "memory_bytes": self.config.memory,
                        "pids_limit": self.config.pids, "timeout_s": self.config.timeout,
                        "output_chars": self.config.output_limit, "network": self.config.network},
@@ -79,8 +83,7 @@ def build(config: SandboxConfig) -> Sandbox:
     api = PodmanAPI(config.podman_url)
     image = config.image or default_image()
     if not api.image_exists(image):
-        raise SystemExit(f"seatable-sandbox serve: runner image {image} is missing; "
-                         "run 'seatable-sandbox build-runner'")
+        _fatal(f"runner image {image} is missing; run 'seatable-sandbox build-runner'")
     enforcement = detect(api.client.info())
     limits = RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                           timeout=config.timeout, tmpfs_size=config.tmpfs_size)
@@ -89,7 +92,14 @@ def build(config: SandboxConfig) -> Sandbox:
     driver = ContainerDriver(api=api, image=image, limits=limits, enforcement=enforcement,
                              node=config.node_name, output_limit=config.output_limit,
                              seccomp_profile=profile, time_zone=config.time_zone,
-                             egress=egress, egress_host_dir=config.egress_host_dir)
+                             egress=egress, egress_host_dir=config.egress_host_dir,
+                             runner_files=config.runner_files or str(runner_files_dir()))
+    try:
+        runner = probe(driver)
+    except ProbeError as exc:
+        _fatal(str(exc))
+    if not runner.second_filter:
+        log.warning("runner image %s has no pyseccomp: runs are filtered by Podman's profile alone", image)
     outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token)
     pool = WarmPool(driver, config.warm_pool, config.preimport, config.pool_min_available)
     registry = CollectorRegistry()
@@ -104,9 +114,15 @@ def build(config: SandboxConfig) -> Sandbox:
         log.warning("%d run(s) were in flight when the sandbox stopped; reported as lost", lost)
     outbox.start()
     pool.start()
-    sandbox = Sandbox(config, api, driver, outbox, service, pool, egress, registry)
+    sandbox = Sandbox(config, api, driver, outbox, service, pool, egress, registry, runner)
     registry.register(NodeCollector(sandbox, lambda: len(driver.orphans())))
     return sandbox
+
+
+def _fatal(message: str) -> NoReturn:
+    """One line, then gunicorn's boot-error exit status: the master stops instead of starting worker after worker."""
+    print(f"seatable-sandbox serve: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
 
 
 class SandboxServer(BaseApplication):

@@ -33,7 +33,7 @@ def driver(podman: PodmanAPI, runner_image: str) -> ContainerDriver:
 def run_script(driver: ContainerDriver) -> RunFn:
     """Run one script in a fresh runner and remove the runner."""
 
-    def run(script: str, input: str = "", env: dict[str, str] | None = None, timeout: int = 30) -> RunResult:
+    def run(script: bytes | str, input: str = "", env: dict[str, str] | None = None, timeout: int = 30) -> RunResult:
         containers: list[str] = []
         result = driver.run(Job(1, script, input, env or {}), timeout, containers.append,
                             lambda _started: None)
