@@ -20,6 +20,7 @@ from observability import logs
 from sandbox import texts
 from sandbox.driver import Job, RunResult
 from sandbox.egress_policy import EgressPolicy
+from sandbox.metrics import RunMetrics
 
 log = logging.getLogger(__name__)
 SCRIPT_FETCH_TIMEOUT = 60
@@ -74,7 +75,7 @@ class RunService:
     egress_allow: str = ""  # PYTHON_RUNNER_EGRESS_ALLOW
     ca_bundle: str = ""  # PEM text of extra CAs for the runners
     node: str = ""  # this node's name, on every log line about a run
-    metrics: Any = None  # sandbox.metrics.RunMetrics, or None
+    metrics: RunMetrics | None = None
     _active: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: ThreadPoolExecutor | None = None
