@@ -1,10 +1,17 @@
-"""Trusted runner entrypoint: limits first, then one job, then the user's script.
+"""Trusted runner entrypoint: limits first, then one job, then the user's script in a child.
 
 Runs inside the runner container as uid 1000 before any user code. Order matters:
 rlimits and the seccomp filter are in force before the job is even read, so a pre-started
 (warm) runner is exactly as constrained as a cold one. The job (script, stdin input and
 environment, including the API token) arrives on stdin as one JSON line, so it never
 appears in the container's configuration or on the host's disk.
+
+The outcome is reported by this process, pid 1 of the container, never by the script: after
+the pre-imports it makes itself non-dumpable (so the script cannot open /proc/1/fd/* or
+/proc/1/mem), forks, and the child closes the control stream (the container's stderr) before
+it reads the job. Pid 1 then only reaps, and writes the child's wait status and CPU time on
+the control stream. Its own pid namespace cannot SIGKILL or stop it, and it keeps no handler
+for any other signal, so nothing the script can do changes what is reported.
 
 The sandbox mounts this file and the egress relay read-only into every runner and starts it with the image's own
 python3, so any image with a Python 3 is a runner image. Standard library plus pyseccomp (optional: an image without
@@ -22,11 +29,13 @@ import json
 import os
 import pwd
 import resource
+import signal
 import site
 import sys
 import tokenize
 import traceback
 import types
+import warnings
 
 EGRESS_SOCKET = "/run/egress/proxy.sock"  # present when the sandbox gives this runner a way out
 EGRESS_FORWARDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_forward.py")
@@ -36,18 +45,18 @@ SCRIPT_DIR = "/scripts"  # a link to SCRIPT_HOME, as upstream's scripts expect
 SCRIPT_HOME = "/tmp/scripts"
 SCRIPT_PATH = SCRIPT_DIR + "/index.py"
 JOB_MAX_BYTES = 8 * 1024 * 1024
-# Exit status for an allocation the address-space limit refused: the same code an
-# out-of-memory kill gives, so both limit mechanisms read alike to SeaTable.
+# Exit status for an allocation the address-space limit refused: the code an out-of-memory
+# kill gives, so both limit mechanisms read alike to SeaTable.
 EXIT_OUT_OF_MEMORY = 137
 EXIT_BAD_JOB = 125
-# Last frame on the control stream (the container's stderr; user stderr is merged into
-# stdout). It saves the host the wait for the runtime's teardown. A script can forge only
-# its own exit status, which it controls anyway; kills leave no trailer and the host asks
-# Podman instead.
-TRAILER = b"\x00seatable-runner-exit "
-# First frame on the control stream: limits, filter and pre-imports are done; waiting for the job.
-# The warm pool counts a runner as ready from here on.
+# The one record pid 1 writes on the control stream (the container's stderr) when the script's
+# process has ended: this prefix, then JSON {"status": raw wait status, "cpu_s": its own CPU
+# seconds, "cpu_limit_s": [soft, hard] RLIMIT_CPU at its death, "maxrss_kib": ...}, then "\n".
+EXIT_RECORD = b"\x00seatable-runner-exit "
+# First line on the control stream: limits, filter and pre-imports are done, the script's process
+# waits for the job. The warm pool counts a runner as ready from here on.
 READY = b"\x00seatable-runner-ready\n"
+PR_SET_DUMPABLE = 4
 
 # Denied with EPERM, not a kill, so user code sees an ordinary OSError.
 DENIED_SYSCALLS = (
@@ -97,13 +106,15 @@ def set_rlimits(args: argparse.Namespace) -> None:
         limits.append((resource.RLIMIT_NPROC, args.nproc))
     if args.fsize:
         limits.append((resource.RLIMIT_FSIZE, args.fsize))
-    if args.cpu_seconds:
-        limits.append((resource.RLIMIT_CPU, args.cpu_seconds))
     for which, value in limits:
         _soft, hard = resource.getrlimit(which)
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
         resource.setrlimit(which, (value, value))
+    if args.cpu_seconds:
+        # Soft below hard: the kernel sends SIGXCPU at the limit (a kill that says why) and
+        # SIGKILL only a second later, for a script that ignores SIGXCPU.
+        resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_seconds, args.cpu_seconds + 1))
 
 
 def install_seccomp() -> bool:
@@ -310,8 +321,8 @@ def exit_status(exc: SystemExit) -> int:
     return 1
 
 
-def finish(control: int, status: int) -> None:
-    """Interpreter shutdown as Python does it, then the trailer, then exit."""
+def finish(status: int) -> None:
+    """Interpreter shutdown as Python does it, then exit (the script's process)."""
     import atexit
     import threading
 
@@ -325,36 +336,31 @@ def finish(control: int, status: int) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    try:
-        os.write(control, TRAILER + str(status).encode() + b"\n")
-    except OSError:
-        pass
     os._exit(status)
 
 
-def main(argv: list[str]) -> None:
-    args = parse_args(argv)
-    set_rlimits(args)
-    user_site = add_user_site()
-    second_filter = False if args.no_seccomp else install_seccomp()
-    if args.probe:
-        print(probe_report(second_filter, user_site), flush=True)
-        return
-    preimport(args.preimport)
-    try:
-        os.write(2, READY)
-    except OSError:
-        pass
-    # Output is one ordered stream: stderr goes where stdout goes, unbuffered.
-    control = os.dup(2)
+def set_dumpable(dumpable: bool) -> None:
+    """prctl(PR_SET_DUMPABLE): a non-dumpable process's /proc files are closed to its own uid."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, int(dumpable), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
+
+
+def run_job() -> None:
+    """The script's process: drop the control stream, read the job, run the script, exit."""
+    # Output is one ordered stream: stderr goes where stdout goes. This also closes this
+    # process's only descriptor of the control stream, before anything of the job is read.
     os.dup2(1, 2)
+    set_dumpable(True)
     sys.stdout.reconfigure(write_through=True, line_buffering=True)  # type: ignore[union-attr]
     sys.stderr.reconfigure(write_through=True, line_buffering=True)  # type: ignore[union-attr]
     try:
         job = read_job()
     except (ValueError, OSError) as exc:
         print(f"runner: bad job: {exc}", file=sys.stderr)
-        finish(control, EXIT_BAD_JOB)
+        finish(EXIT_BAD_JOB)
         return
     env = job.get("env", {})
     assert isinstance(env, dict)
@@ -371,7 +377,92 @@ def main(argv: list[str]) -> None:
         status = run_script(script)
     except SystemExit as exc:
         status = exit_status(exc)
-    finish(control, status)
+    finish(status)
+
+
+def reap(child: int) -> dict[str, object]:
+    """Reap every process that ends here until `child` does; what the kernel says of `child`."""
+    while True:
+        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        if info is None:
+            continue
+        if info.si_pid != child:
+            os.waitpid(info.si_pid, 0)  # an orphan of the script, reparented to pid 1
+            continue
+        record: dict[str, object] = {}
+        try:  # while it is a zombie: its own CPU time and the CPU limit it died under
+            fields = open(f"/proc/{child}/stat", "rb").read().rsplit(b")", 1)[1].split()
+            record["cpu_s"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            record["cpu_limit_s"] = list(resource.prlimit(child, resource.RLIMIT_CPU))
+        except (OSError, ValueError, IndexError):
+            pass
+        _pid, status, usage = os.wait4(child, 0)
+        record.setdefault("cpu_s", usage.ru_utime + usage.ru_stime)
+        record.update(status=status, maxrss_kib=usage.ru_maxrss)
+        return record
+
+
+def fork_when_allowed() -> int:
+    """os.fork(), waiting while the process limit is reached (RLIMIT_NPROC counts other runners' too).
+
+    A warm runner then only becomes ready later; a run's own time limit is the host's timer.
+    """
+    import time
+
+    delay = 0.01
+    while True:
+        try:
+            return os.fork()
+        except BlockingIOError:
+            time.sleep(delay)
+            delay = min(0.5, delay * 2)
+
+
+def supervise() -> None:
+    """Pid 1: fork the script's process, wait for it, report how it ended. Never returns."""
+    set_dumpable(False)
+    # The namespace's init ignores signals it has no handler for: drop the one Python installs,
+    # before the fork, so the script's process never sees a moment when pid 1 has it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fork with pre-import threads alive is intended here
+        child = fork_when_allowed()
+    if child == 0:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            run_job()
+        except BaseException:
+            traceback.print_exc()
+        os._exit(1)
+    try:
+        os.write(2, READY)
+    except OSError:
+        pass
+    try:
+        record = reap(child)
+    except BaseException as exc:  # reported as no status: the host then asks Podman
+        record = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    status = record.get("status")
+    code = 125
+    if isinstance(status, int):
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    try:
+        os.write(2, EXIT_RECORD + json.dumps(record).encode() + b"\n")
+    except OSError:
+        pass
+    os._exit(code)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    set_rlimits(args)
+    user_site = add_user_site()
+    second_filter = False if args.no_seccomp else install_seccomp()
+    if args.probe:
+        print(probe_report(second_filter, user_site), flush=True)
+        return
+    preimport(args.preimport)
+    supervise()
 
 
 if __name__ == "__main__":

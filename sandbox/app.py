@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from observability.metrics_http import Metrics, MetricsAuth
 from sandbox.openapi import document
-from sandbox.resources.health import Health, OpenApi, Ping, UpstreamHealth
+from sandbox.resources.health import Health, OpenApi, Ping, Ready, Report, UpstreamHealth
 from sandbox.resources.run import RunPython, RunStatus
 
 MAX_BODY = 4 << 20
@@ -21,7 +21,7 @@ class TokenAuth:
     """`Authorization: Token <PYTHON_SANDBOX_AUTH_TOKEN>` on every route but the health probes."""
 
     # /metrics checks its own token (Metrics); /openapi.json describes the API and holds nothing secret.
-    OPEN = frozenset({"/ping/", "/_/health", "/health", "/", "/metrics", "/openapi.json"})
+    OPEN = frozenset({"/ping/", "/_/health", "/health", "/ready", "/", "/metrics", "/openapi.json"})
 
     def __init__(self, token: str) -> None:
         self.expected = f"Token {token}".encode()
@@ -47,7 +47,8 @@ def json_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError
 def create_app(
     auth_token: str,
     service: Any,
-    health: Any,
+    health: Report,
+    ready: Report,
     metrics: tuple[Callable[[], CollectorRegistry], str] | None = None,
 ) -> falcon.App:
     """`metrics`: the registry to expose at /metrics and the token that guards it (None: no /metrics)."""
@@ -62,6 +63,7 @@ def create_app(
     app.add_route("/", Ping())
     app.add_route("/_/health", UpstreamHealth())
     app.add_route("/health", Health(health))
+    app.add_route("/ready", Ready(ready))
     app.add_route("/openapi.json", OpenApi(document()))
     if metrics is not None:
         registry, token = metrics

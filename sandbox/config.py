@@ -18,8 +18,15 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("PYTHON_SANDBOX_PODMAN_URL", "unix:///run/user/<uid>/podman/podman.sock", "the sandbox user's Podman API"),
     ("PYTHON_SANDBOX_NODE_NAME", "<hostname>", "label on this node's containers; orphans are found by it"),
     ("PYTHON_SANDBOX_STATE_DIR", "~/.local/state/seatable-sandbox", "outbox and ledger (SQLite)"),
+    ("PYTHON_SANDBOX_OUTBOX_MAX_BYTES", "1g", "outbox size on disk beyond which new runs get 503 \"outbox full\" "
+     "(results waiting for an unreachable scheduler)"),
+    ("PYTHON_SANDBOX_TOMBSTONE_SECS", "604800", "how long the node remembers a run whose result the scheduler "
+     "acknowledged (it answers \"done\" and never runs that id again); must exceed the scheduler's hand-off "
+     "and sweep windows"),
     ("PYTHON_SCHEDULER_URL", "http://127.0.0.1:5055", "where running and result callbacks go"),
     ("PYTHON_SCHEDULER_AUTH_TOKEN", "(required)", "token sent with the callbacks"),
+    ("PYTHON_SCHEDULER_MAX_BODY_BYTES", "8388608", "the scheduler's body limit: a result's output is cut (with a "
+     "notice) so that its callback body fits; set it as on the scheduler"),
     ("PYTHON_RUNNER_IMAGE", "localhost/seatable-python-runner:<recipe hash>", "runner image: ours, or any image "
      "with a python3 (e.g. upstream's runner with `pip install --user` packages; see The runner image)"),
     ("PYTHON_SANDBOX_RUNNER_FILES", "(the installed runner_rootfs package)", "directory holding the trusted "
@@ -29,7 +36,8 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("PYTHON_RUNNER_CONTAINER_MEMORY", "1g", "memory limit (cgroup, or RLIMIT_AS as the fallback)"),
     ("PYTHON_RUNNER_CONTAINER_PIDS", "256", "process/thread limit (cgroup pids, or RLIMIT_NPROC)"),
     ("PYTHON_RUNNER_CONTAINER_CPUS", "", "CPU limit in cores where cgroups are delegated; empty = none"),
-    ("PYTHON_RUNNER_OUTPUT_LIMIT", "1000000", "characters of output kept; the runner is killed past it"),
+    ("PYTHON_RUNNER_OUTPUT_LIMIT", "1000000", "characters of output kept; past it the script runs on, the rest "
+     "of its output is dropped and the cut is marked"),
     ("PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", "104857600", "size of the runner's /tmp"),
     ("PYTHON_RUNNER_NETWORK", "seatable", "runner network: none (nothing reachable), seatable (HTTP(S) to the run's "
      "SeaTable server and the allow list only), open (any public address; never loopback or link-local)"),
@@ -65,6 +73,7 @@ NETWORK_MODES = ("none", "seatable", "open")
 # A Unix socket path is at most 107 bytes: <dir>/<12 hex digits>/proxy.sock.
 MAX_EGRESS_DIR = 107 - 13 - len("/proxy.sock")
 MAX_CA_BUNDLE = 1 << 20
+MIN_BODY_BYTES = 4096  # room for a result with its notices
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
@@ -87,6 +96,9 @@ class SandboxConfig:
     podman_url: str = ""
     node_name: str = "sandbox"
     state_dir: Path = Path("state")
+    outbox_max_bytes: int = 1 << 30
+    tombstone_secs: int = 7 * 24 * 3600
+    max_body_bytes: int = 8 << 20
     image: str = ""
     runner_files: str = ""
     slots: int = 10
@@ -147,6 +159,9 @@ class SandboxConfig:
             or f"unix:///run/user/{os.getuid()}/podman/podman.sock",
             node_name=env.get("PYTHON_SANDBOX_NODE_NAME") or os.uname().nodename,
             state_dir=state_dir,
+            outbox_max_bytes=_size(env, "PYTHON_SANDBOX_OUTBOX_MAX_BYTES", "1g"),
+            tombstone_secs=_positive(env, "PYTHON_SANDBOX_TOMBSTONE_SECS", 7 * 24 * 3600),
+            max_body_bytes=_at_least(env, "PYTHON_SCHEDULER_MAX_BODY_BYTES", 8 << 20, MIN_BODY_BYTES),
             image=env.get("PYTHON_RUNNER_IMAGE", ""),
             runner_files=env.get("PYTHON_SANDBOX_RUNNER_FILES", ""),
             slots=_positive(env, "PYTHON_STARTER_THREAD_COUNT", 10),
@@ -236,6 +251,21 @@ def _positive(env: dict[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r} is not a whole number") from None
     if value <= 0:
         raise ValueError(f"{name} must be positive, not {value}")
+    return value
+
+
+def _size(env: dict[str, str], name: str, default: str) -> int:
+    raw = env.get(name) or default
+    try:
+        return parse_size(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a size (e.g. 512m, 1g)") from None
+
+
+def _at_least(env: dict[str, str], name: str, default: int, minimum: int) -> int:
+    value = _positive(env, name, default)
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
     return value
 
 

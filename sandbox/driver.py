@@ -2,7 +2,8 @@
 
 The job (script, input, environment with the API token) goes in over the attach stream,
 so it is never part of the container's configuration and never touches the host's disk.
-Output streams back through the same connection and is capped as it arrives.
+Output streams back through the same connection and is capped as it arrives; the runner's
+pid 1 reports how the script ended on the control stream, and `sandbox.outcome` decides.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sandbox import texts
 from sandbox.egress import EgressPolicy, EgressProxy, RunEgressReport
 from sandbox.image import ENTRYPOINT_COMMAND, RUNNER_FILES, runner_files_dir
 from sandbox.limits import Enforcement, RunnerLimits, human_size
+from sandbox.outcome import READY, ControlStream, Evidence, Outcome, decide
 from sandbox.output import OutputCap
 from sandbox.podman_api import STDERR, AttachStream, PodmanAPI, PodmanError
 
@@ -29,11 +31,6 @@ log = logging.getLogger(__name__)
 
 LABEL = "io.seatable.sandbox"
 LABEL_SCRIPT = "io.seatable.script-id"
-TRAILER = b"\x00seatable-runner-exit "
-READY = b"\x00seatable-runner-ready"  # the entrypoint waits for its job (warm runners: pre-imports done)
-EXIT_OUT_OF_MEMORY = 137
-KILLED = 137  # what a container we stopped with SIGKILL exits with
-TIMEOUT_RETURN_CODE = -1  # upstream's return code for a run stopped by the time limit
 
 
 EGRESS_MOUNT = "/run/egress"
@@ -63,7 +60,7 @@ class RunResult:
     output: str
     started_at: float
     spend_time: float
-    outcome: str  # exited, timeout, output_limit, out_of_memory, signal, error, lost, fetch_failed
+    outcome: str  # exited, timeout, cpu_limit, out_of_memory, signal, error, lost, fetch_failed
 
     @property
     def success(self) -> bool:
@@ -121,30 +118,10 @@ class Runner:
                     log.warning("warm runner %s: %s", self.container[:12], payload.decode(errors="replace")[:200])
         return self.ready
 
-
-@dataclass
-class _Stream:
-    cap: OutputCap
-    control: bytes = b""
-    trailer_status: int | None = None
-
-    def take(self, kind: int, data: bytes) -> bool:
-        """Route one frame; True when the output cap is reached."""
-        if kind == STDERR:
-            self.control += data
-            while b"\n" in self.control:
-                line, _, self.control = self.control.partition(b"\n")
-                if line.startswith(TRAILER):
-                    try:
-                        self.trailer_status = int(line[len(TRAILER):])
-                    except ValueError:
-                        pass
-                elif line == READY:
-                    continue
-                elif self.cap.feed(line + b"\n"):
-                    return True
-            return False
-        return self.cap.feed(data)
+    @property
+    def gone(self) -> bool:
+        """Its container ended before it got a job (seen by check_ready)."""
+        return self.stream.eof
 
 
 @dataclass
@@ -164,6 +141,8 @@ class ContainerDriver:
     egress_host_dir: str = ""
     # The trusted entrypoint and relay, mounted read-only into every runner: a directory as the Podman host sees it.
     runner_files: str = field(default_factory=lambda: str(runner_files_dir()))
+    # The run's own cgroup OOM counter where per-run cgroups exist (issue 13); None: not known.
+    oom_counter: Callable[[str], int | None] | None = None
     _egress_keys: dict[str, str] = field(default_factory=dict)
     _keys_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -251,6 +230,7 @@ class ContainerDriver:
 
     def execute(self, runner: Runner, job: Job, timeout: int, on_started: Callable[[float], None]) -> RunResult:
         cap = OutputCap(self.output_limit)
+        control = ControlStream()
         try:
             with self._keys_lock:
                 key = self._egress_keys.get(runner.container)
@@ -260,19 +240,53 @@ class ContainerDriver:
             clock = time.monotonic()
             on_started(started_at)
             runner.stream.send(job.line())
-            outcome, state = self._pump(runner.stream, cap, clock + timeout)
+            timed_out = self._pump(runner.stream, cap, control, clock + timeout)
         finally:
             # Before any kill: conmon blocks on an attach socket nobody reads.
             runner.stream.close()
         spend = time.monotonic() - clock
-        if outcome != "exited":
-            self.api.kill(runner.container)
-        result = self._result(runner.container, outcome, state, cap, started_at, spend, timeout)
+        if timed_out:
+            self._stop(runner.container)
+        if control.notes:
+            log.warning("runner %s said on its control stream: %s", runner.container[:12], " | ".join(control.notes))
+        outcome = self.outcome(runner.container, timed_out, control, timeout)
+        output = cap.text() + cap.notice()
+        if outcome.notice:
+            output += texts.notice(outcome.notice)
+        result = RunResult(outcome.return_code, output, started_at, spend, outcome.kind)
         lines = self._egress_lines(runner.container)
         if lines and result.output and not result.output.endswith("\n"):
             lines = "\n" + lines
         result.output += lines
         return result
+
+    def _stop(self, container: str) -> None:
+        """Kill a runner and wait until it is gone: its processes count against per-uid limits
+        (RLIMIT_NPROC) until then, and the next run must not meet them."""
+        self.api.kill(container)
+        try:
+            self.api.wait(container)
+        except Exception as exc:  # removal (cleanup) forces it anyway
+            log.warning("runner %s: no exit seen after the kill: %s", container[:12], exc)
+
+    def outcome(self, container: str, timed_out: bool, control: ControlStream, timeout: int) -> Outcome:
+        """What ended the run; Podman is asked only when pid 1's record does not settle it."""
+        state: dict[str, Any] = {}
+
+        def container_exit() -> int:
+            if "code" not in state:
+                state["code"] = self.api.wait(container)
+            return int(state["code"])
+
+        def oom_killed() -> bool:
+            container_exit()  # Podman sets OOMKilled when it has seen the container exit
+            counted = self.oom_counter(container) if self.oom_counter is not None else None
+            if counted:
+                return True
+            return bool(self.api.inspect(container).get("State", {}).get("OOMKilled"))
+
+        return decide(timed_out, control, Evidence(container_exit, oom_killed), timeout=timeout,
+                      memory_limit=human_size(self.limits.memory), cpu_limit_s=float(self.limits.cpu_seconds))
 
     def _egress_lines(self, container: str) -> str:
         """The run's refused and failed connections, one short line each, after its output."""
@@ -295,37 +309,20 @@ class ContainerDriver:
         except KeyError:
             return None  # already closed
 
-    def _pump(self, stream: Any, cap: OutputCap, deadline: float) -> tuple[str, _Stream]:
-        state = _Stream(cap)
+    @staticmethod
+    def _pump(stream: Any, cap: OutputCap, control: ControlStream, deadline: float) -> bool:
+        """Route frames until EOF: stdout to the cap (counted only, once it is reached), the
+        control stream to its parser. True when the time limit ended the run first."""
         for frame in stream.frames(deadline):
             if frame is None:
-                return "timeout", state
-            if state.take(*frame):
-                return "output_limit", state
-        return "exited", state
-
-    def _result(self, container: str, outcome: str, state: _Stream, cap: OutputCap,
-                started_at: float, spend: float, timeout: int) -> RunResult:
-        output = cap.text()
-        if outcome == "timeout":
-            return RunResult(TIMEOUT_RETURN_CODE, output + texts.notice(texts.TIME_LIMIT.format(seconds=timeout)),
-                             started_at, spend, "timeout")
-        if outcome == "output_limit":
-            return RunResult(KILLED, output + texts.notice(texts.OUTPUT_LIMIT.format(limit=self.output_limit)),
-                             started_at, spend, "output_limit")
-        code = state.trailer_status
-        oom_killed = False
-        if code is None:
-            code = self.api.wait(container)
-            oom_killed = bool(self.api.inspect(container).get("State", {}).get("OOMKilled"))
-        if oom_killed or code == EXIT_OUT_OF_MEMORY:
-            # 137 without our kill: the OOM killer, or the entrypoint's MemoryError under RLIMIT_AS.
-            text = texts.OUT_OF_MEMORY.format(limit=human_size(self.limits.memory))
-            return RunResult(EXIT_OUT_OF_MEMORY, output + texts.notice(text), started_at, spend, "out_of_memory")
-        if state.trailer_status is None and code > 128:
-            text = texts.KILLED_BY_SIGNAL.format(signal=code - 128)
-            return RunResult(code, output + texts.notice(text), started_at, spend, "signal")
-        return RunResult(code, output, started_at, spend, "exited")
+                # pid 1 reported in time; only the container's teardown is late
+                return control.trusted_record() is None
+            kind, data = frame
+            if kind == STDERR:
+                control.feed(data)
+            else:
+                cap.feed(data)
+        return False
 
     def cleanup(self, container: str) -> None:
         try:

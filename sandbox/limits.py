@@ -48,6 +48,11 @@ class RunnerLimits:
     timeout: int
     tmpfs_size: int
 
+    @property
+    def cpu_seconds(self) -> int:
+        """RLIMIT_CPU of the script's process: past the time limit, so it only stops what wall time cannot."""
+        return self.timeout + 5
+
     def resource_limits(self, enforcement: Enforcement) -> dict[str, Any]:
         """libpod's resource_limits for the limits cgroups enforce here."""
         limits: dict[str, Any] = {}
@@ -62,7 +67,7 @@ class RunnerLimits:
     def entrypoint_args(self, enforcement: Enforcement) -> list[str]:
         """rlimits the trusted entrypoint sets before any user code."""
         args = ["--nofile", str(NOFILE), "--fsize", str(self.tmpfs_size),
-                "--cpu-seconds", str(self.timeout + 5)]
+                "--cpu-seconds", str(self.cpu_seconds)]
         if enforcement.memory == "rlimit":
             args += ["--address-space", str(self.memory)]
         if enforcement.pids == "rlimit":

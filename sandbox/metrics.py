@@ -8,7 +8,6 @@ the outbox, the runner containers Podman holds for this node, and which limits t
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,7 +38,8 @@ class RunMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.accepted = Counter("seatable_sandbox_runs_accepted", "Runs this node accepted.", registry=registry)
         self.refused = Counter(
-            "seatable_sandbox_runs_refused", "Hand-offs this node refused, by cause (busy, duplicate).", ["cause"],
+            "seatable_sandbox_runs_refused", "Hand-offs this node refused, by cause (busy, duplicate, unavailable).",
+            ["cause"],
             registry=registry,
         )
         self.finished = Counter(
@@ -49,7 +49,7 @@ class RunMetrics:
             "seatable_sandbox_run_duration_seconds", "Run time from the job's delivery to the runner to its end.",
             ["outcome"], buckets=DURATION_BUCKETS, registry=registry,
         )
-        for cause in ("busy", "duplicate"):
+        for cause in ("busy", "duplicate", "unavailable"):
             self.refused.labels(cause)
         for outcome in OUTCOMES:
             self.finished.labels(outcome)
@@ -93,6 +93,8 @@ class NodeCollector:
             log.warning("metrics: podman not reachable: %s", type(exc).__name__)
             alive, podman_up = float("nan"), 0.0
         yield _gauge("seatable_sandbox_podman_up", "1 when the sandbox user's Podman API answered.", podman_up)
+        yield _gauge("seatable_sandbox_healthy", "1 when the node takes runs (/health ok: Podman, image, outbox, "
+                     "disk); 0 while it answers 503.", 0.0 if box.node_health.problems() else 1.0)
         yield _gauge("seatable_sandbox_runner_containers", "Runner containers of this node Podman holds (live, "
                      "warm or being removed).", alive)
         enforcement = GaugeMetricFamily(
@@ -131,15 +133,16 @@ class NodeCollector:
 
     @staticmethod
     def _outbox(outbox: Any) -> Iterator[Metric]:
-        pending, oldest = outbox.backlog()
         yield _gauge("seatable_sandbox_outbox_pending", "Callbacks waiting for the scheduler's acknowledgement.",
-                     pending)
+                     outbox.pending())
         yield _gauge("seatable_sandbox_outbox_oldest_seconds", "Age of the oldest callback not yet acknowledged "
-                     "(0: none).", max(0.0, time.time() - oldest) if oldest else 0.0)
+                     "(0: none).", outbox.oldest_pending_age() or 0.0)
         stats = outbox.stats
-        yield _counter("seatable_sandbox_callbacks", "Callbacks to the scheduler by result.",
-                       {"delivered": stats.delivered, "retried": stats.retried, "dropped": stats.dropped}, "result")
+        yield _counter("seatable_sandbox_callbacks", "Callbacks to the scheduler by result (dropped: a running "
+                       "callback refused; replaced: a result refused, sent again as a failure saying why).",
+                       {"delivered": stats.delivered, "retried": stats.retried, "dropped": stats.dropped,
+                        "replaced": stats.replaced}, "result")
         yield _counter("seatable_sandbox_callback_errors", "Failed callback attempts, by cause (http_403, "
-                       "connection_error, ...).", dict(stats.causes), "cause")
+                       "http_503, unreachable, ...).", dict(stats.causes), "cause")
 
 

@@ -29,6 +29,8 @@ def _text(description: str, text: str) -> dict[str, Any]:
 
 
 FORBIDDEN = _error("The token is missing or wrong.")
+HEALTH = {"type": "object", "required": ["status", "problems", "slots", "limits"],
+          "properties": {"status": {"enum": ["ok", "unhealthy"]}, "problems": {"type": "array"}}}
 
 
 def _run_request() -> dict[str, Any]:
@@ -66,11 +68,15 @@ def document() -> dict[str, Any]:
                         "type": "object", "required": ["accepted"], "properties": {"accepted": {"const": True}}})},
                     "400": _error("The body is not a run (schema, NUL bytes, a script over 1 MiB)."),
                     "403": FORBIDDEN,
-                    "409": _error("This script_id is already here (running, reporting, or done): accepted before."),
+                    "409": {"description": "This script_id is or was here (running, reporting, done): accepted "
+                            "before; it never runs twice.", "content": _json({
+                                "type": "object", "required": ["error"],
+                                "properties": {"error": {"type": "string"}, "state": {"type": "string"}}})},
                     "413": _error("The body is over 4 MiB."),
                     "415": _error("The body is not JSON."),
                     "429": _error("Every slot is busy; try again after Retry-After seconds.",
                                   headers={"Retry-After": {"schema": {"type": "string"}}}),
+                    "503": _error("The node is unhealthy (Podman, image, outbox, disk): not accepted."),
                 },
             }},
             "/function/runs/{script_id}": {"get": {
@@ -79,11 +85,11 @@ def document() -> dict[str, Any]:
                 "parameters": [{"name": "script_id", "in": "path", "required": True,
                                 "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}],
                 "responses": {
-                    "200": {"description": "Held here.", "content": _json({
+                    "200": {"description": "Held here, or held and acknowledged (done).", "content": _json({
                         "type": "object", "required": ["script_id", "state"],
                         "properties": {"script_id": {"type": "integer"}, "state": {"type": "string"}}})},
                     "403": FORBIDDEN,
-                    "404": _error("Not here: never accepted, or its result was acknowledged."),
+                    "404": _error("Never accepted here (within the tombstone time)."),
                 },
             }},
             "/ping/": {"get": {"summary": "Liveness (upstream's starter path)",
@@ -91,8 +97,17 @@ def document() -> dict[str, Any]:
             "/": {"get": {"summary": "Liveness", "responses": {"200": _text("Pong", "Pong")}}},
             "/_/health": {"get": {"summary": "upstream's starter probe", "responses": {"200": _text("OK", "OK")}}},
             "/health": {"get": {"summary": "Slots, image, enforced limits, outbox, warm pool, egress (no auth)",
-                                "responses": {"200": {"description": "The node's state.", "content": _json({
-                                    "type": "object", "required": ["status", "slots", "limits"]})}}}},
+                                "responses": {
+                                    "200": {"description": "Healthy.", "content": _json(HEALTH)},
+                                    "503": {"description": "Unhealthy: `problems` say why.", "content": _json(HEALTH)},
+                                }}},
+            "/ready": {"get": {"summary": "The dispatcher's cheap poll: can the node take runs, how many (no auth)",
+                               "responses": {
+                                   "200": {"description": "Takes runs.", "content": _json({
+                                       "type": "object", "required": ["slots"],
+                                       "properties": {"node": {"type": "string"}, "slots": {"type": "object"}}})},
+                                   "503": _error("Takes no runs now, and why."),
+                               }}},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics of this node", "security": [{"metrics": []}],
                 "responses": {

@@ -2,13 +2,18 @@
 
 Knows nothing of HTTP. Every accepted run ends with exactly one result in the outbox,
 whatever fails on the way; a crash is caught by the outbox's ledger on the next start.
+An id is accepted at most once: one the outbox remembers (running, reporting, or done and
+kept as a tombstone) is refused as a duplicate, and a node that is not healthy refuses new
+runs before it takes a slot, so a refused run provably did not start.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,7 +37,19 @@ class Busy(Exception):
 
 
 class Duplicate(Exception):
-    """This script_id is already held here."""
+    """This script_id is held here or was: `state` is "running", "reporting" or "done"."""
+
+    def __init__(self, script_id: int, state: str) -> None:
+        super().__init__(script_id)
+        self.script_id = script_id
+        self.state = state
+
+
+class Unavailable(Exception):
+    """The node cannot take runs now (Podman, image, outbox); str() says why."""
+
+
+_REFUSALS = {Busy: "busy", Duplicate: "duplicate", Unavailable: "unavailable"}  # metrics labels
 
 
 class Driver(Protocol):
@@ -76,6 +93,7 @@ class RunService:
     ca_bundle: str = ""  # PEM text of extra CAs for the runners
     node: str = ""  # this node's name, on every log line about a run
     metrics: RunMetrics | None = None
+    refusal: Callable[[], str | None] = lambda: None  # why the node cannot take runs now, or None
     _active: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: ThreadPoolExecutor | None = None
@@ -89,18 +107,29 @@ class RunService:
         return len(self._active)
 
     def submit(self, request: RunRequest) -> None:
+        """Accept a run, or raise Duplicate (remembered id), Unavailable (unhealthy) or Busy (no slot)."""
+        script_id = request.script_id
         try:
             with self._lock:
-                if request.script_id in self._active:
-                    raise Duplicate(request.script_id)
-                if len(self._active) >= self.slots:
-                    raise Busy()
-                if not self.outbox.run_accepted(request.script_id):
-                    raise Duplicate(request.script_id)
-                self._active.add(request.script_id)
-        except (Busy, Duplicate) as refused:
+                if script_id in self._active:
+                    raise Duplicate(script_id, "running")
+                try:
+                    state = self.outbox.holds(script_id)
+                    if state is not None:
+                        raise Duplicate(script_id, state)
+                    reason = self.refusal()
+                    if reason is not None:
+                        raise Unavailable(reason)
+                    if len(self._active) >= self.slots:
+                        raise Busy()
+                    if not self.outbox.run_accepted(script_id):
+                        raise Duplicate(script_id, self.outbox.holds(script_id) or "running")
+                except sqlite3.Error as exc:
+                    raise Unavailable(texts.OUTBOX_UNUSABLE.format(detail=exc)) from None
+                self._active.add(script_id)
+        except (Busy, Duplicate, Unavailable) as refused:
             if self.metrics is not None:
-                self.metrics.refused.labels("busy" if isinstance(refused, Busy) else "duplicate").inc()
+                self.metrics.refused.labels(_REFUSALS[type(refused)]).inc()
             raise
         if self.metrics is not None:
             self.metrics.accepted.inc()
@@ -112,7 +141,10 @@ class RunService:
         return logs.for_run(log, request.script_id, request.script_name, request.dtable_uuid, self.node)
 
     def status(self, script_id: int) -> str | None:
-        """What this node knows of a run: "running", "reporting" (result not yet acknowledged) or None."""
+        """What this node knows of a run: "running", "reporting" (result not yet acknowledged),
+        "done" (acknowledged; a tombstone) or None (never accepted here, within the tombstone time)."""
+        if script_id in self._active:
+            return "running"
         return self.outbox.holds(script_id)
 
     def _run(self, request: RunRequest) -> None:

@@ -1,7 +1,8 @@
 """Compose the sandbox from its config and serve it under gunicorn.
 
 One worker process on purpose: slots, the run threads and the outbox live in it. gthread
-gives each request a thread, so a slow client never blocks a run's hand-off.
+gives each request a thread, so a slow client never blocks a run's hand-off. /ready and
+/health are built from the background health check (sandbox.health): no Podman call per request.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sandbox.config import SandboxConfig, log_settings
 from sandbox.driver import ContainerDriver
 from sandbox.egress import EgressProxy
 from sandbox.egress_policy import allow_entries
+from sandbox.health import PODMAN_TIMEOUT, NodeHealth
 from sandbox.image import default_image, runner_files_dir
 from sandbox.limits import RunnerLimits, detect
 from sandbox.metrics import NodeCollector, RunMetrics
@@ -45,30 +47,48 @@ class Sandbox:
     service: RunService
     pool: WarmPool
     egress: EgressProxy | None
+    node_health: NodeHealth
     registry: CollectorRegistry
     runner: RunnerFacts | None = None
 
-    def health(self) -> dict[str, object]:
+    def slots(self) -> dict[str, int]:
         busy = self.service.busy
-        return {
-            "status": "ok" if self.api.ping() else "podman unreachable",
+        return {"total": self.config.slots, "busy": busy, "free": max(0, self.config.slots - busy)}
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        """The dispatcher's poll: can this node take runs, and how many."""
+        reason = self.node_health.refusal()
+        if reason is not None:
+            return False, {"error": reason, "node": self.config.node_name}
+        return True, {"node": self.config.node_name, "slots": self.slots()}
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        problems = self.node_health.problems()
+        check = self.node_health.last
+        return not problems, {
+            "status": "unhealthy" if problems else "ok",
+            "problems": problems,
             "node": self.config.node_name,
-            "slots": {"total": self.config.slots, "busy": busy, "free": self.config.slots - busy},
+            "slots": self.slots(),
             "image": self.driver.image,
             "runner": self.runner.as_dict() if self.runner is not None else None,
             "limits": {**self.driver.enforcement.as_dict(), "memory_bytes": self.config.memory,
                        "pids_limit": self.config.pids, "timeout_s": self.config.timeout,
                        "output_chars": self.config.output_limit, "network": self.config.network},
             "podman_warnings": list(self.driver.extra_warnings),
-            "outbox": {"pending": self.outbox.pending(), "in_flight": self.service.busy},
+            "outbox": {**self.outbox.health(), "in_flight": self.service.busy,
+                       "max_bytes": self.config.outbox_max_bytes,
+                       "disk_free_bytes": check.disk_free_bytes if check else None},
             "runs_finished": self.service.finished,
-            "warm_pool": self.pool.health(),
+            "warm_pool": {**self.pool.health(rss=False),
+                          "idle_runner_rss_bytes": list(self.node_health.idle_runner_rss)},
             "egress": {"mode": self.config.network,
                        "allow": allow_entries(self.config.egress_allow),
                        **(self.egress.stats() if self.egress is not None else {})},
         }
 
     def stop(self) -> None:
+        self.node_health.stop()
         self.pool.stop()
         self.service.shutdown(wait=True)
         self.outbox.flush(timeout=5)
@@ -81,6 +101,10 @@ class Sandbox:
 def build(config: SandboxConfig) -> Sandbox:
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     api = PodmanAPI(config.podman_url)
+    unreachable = api.ping_error()
+    if unreachable is not None:
+        _fatal(f"no Podman API at {config.podman_url} ({unreachable.detail}); "
+               "run 'seatable-sandbox host-setup' as root")
     image = config.image or default_image()
     if not api.image_exists(image):
         _fatal(f"runner image {image} is missing; run 'seatable-sandbox build-runner'")
@@ -100,21 +124,29 @@ def build(config: SandboxConfig) -> Sandbox:
         _fatal(str(exc))
     if not runner.second_filter:
         log.warning("runner image %s has no pyseccomp: runs are filtered by Podman's profile alone", image)
-    outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token)
+    outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token,
+                    max_body_bytes=config.max_body_bytes, tombstone_secs=config.tombstone_secs)
     pool = WarmPool(driver, config.warm_pool, config.preimport, config.pool_min_available)
+    node_health = NodeHealth(PodmanAPI(config.podman_url, timeout=PODMAN_TIMEOUT), image, outbox,
+                             config.state_dir, config.outbox_max_bytes,
+                             min_free_bytes=max(2 * config.max_body_bytes, 64 << 20),
+                             pool_rss=pool.idle_rss if config.warm_pool else None)
     registry = CollectorRegistry()
     service = RunService(node=config.node_name, metrics=RunMetrics(registry),
                          driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
                          time_zone=config.time_zone,
                          alternative_file_server_root=config.alternative_file_server_root,
                          pool=pool if config.warm_pool else None, network=config.network,
-                         egress_allow=config.egress_allow, ca_bundle=config.ca_bundle)
+                         egress_allow=config.egress_allow, ca_bundle=config.ca_bundle,
+                         refusal=node_health.refusal)
     lost = service.recover()
     if lost:
         log.warning("%d run(s) were in flight when the sandbox stopped; reported as lost", lost)
     outbox.start()
     pool.start()
-    sandbox = Sandbox(config, api, driver, outbox, service, pool, egress, registry, runner)
+    node_health.check_now()  # the first answer of /ready is already a real one
+    node_health.start()
+    sandbox = Sandbox(config, api, driver, outbox, service, pool, egress, node_health, registry, runner)
     registry.register(NodeCollector(sandbox, lambda: len(driver.orphans())))
     return sandbox
 
@@ -158,7 +190,7 @@ class SandboxServer(BaseApplication):
     def load(self) -> falcon.App:
         self.sandbox = build(self.config)
         sandbox = self.sandbox
-        return create_app(self.config.auth_token, sandbox.service, sandbox.health,
+        return create_app(self.config.auth_token, sandbox.service, sandbox.health, sandbox.ready,
                           metrics=(lambda: sandbox.registry, self.config.metrics_credential))
 
 

@@ -17,6 +17,7 @@ from scheduler.metrics import ApiMetrics, registry_factory
 from scheduler.openapi import document
 from scheduler.resources.callbacks import ResultCallback, RunningCallback
 from scheduler.resources.common import ApiError, Context, render_error
+from scheduler.resources.health import Health
 from scheduler.resources.logs import TaskLog, TaskLogs
 from scheduler.resources.openapi import OpenApi
 from scheduler.resources.ping import Ping
@@ -61,6 +62,7 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
 
     routes: list[tuple[str, object]] = [
         ("/ping/", Ping()),
+        ("/health", Health(store)),
         ("/run-script/", RunScript(ctx, store, seatable)),
         ("/run-draft-script/", RunDraftScript(ctx, store, seatable)),
         ("/run-script/{script_id}/", RunStatus(ctx, store)),

@@ -50,6 +50,8 @@ def _answer(description: str, content: dict[str, Any] | None = None, **extra: An
 FALCON_ERROR = {"type": "object", "properties": {"title": {"type": "string"}, "description": {"type": "string"}},
                 "required": ["title"]}
 ADMIN_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+HEALTH = {"type": "object", "required": ["status", "database"],
+          "properties": {"status": {"enum": [texts.HEALTH_OK, texts.HEALTH_UNHEALTHY]}, "database": {"type": "string"}}}
 ERROR_MSG = {"type": "object", "properties": {"error_msg": {"type": "string"}}, "required": ["error_msg"]}
 
 FORBIDDEN = _answer("The token is missing or wrong.", _text(texts.FORBIDDEN))
@@ -307,6 +309,9 @@ def _operator_routes() -> dict[str, dict[str, Any]]:
             "responses": {"200": _answer("Queue, nodes, runs per minute and hour by outcome, latency, scripts.",
                                          _json({"type": "object", "required": ["queue", "nodes", "minutes"]})),
                           "401": unauthorized, "404": page_off}}},
+        "/health": {"get": {"summary": "Whether the scheduler can work: its database answers (no auth)", "responses": {
+            "200": _answer("Healthy.", _json(HEALTH)),
+            "503": _answer("The database did not answer a trivial query; `database` says why.", _json(HEALTH))}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {
             "200": _answer("OpenAPI 3.1", _json({"type": "object"}))}}},
     }

@@ -287,10 +287,14 @@ def node_health(url: str) -> dict[str, Any]:
     slots = slots if isinstance(slots, dict) else {}
     limits = body.get("limits")
     limits = limits if isinstance(limits, dict) else {}
+    problems = body.get("problems")
+    status = str(body.get("status") or f"HTTP {response.status_code}")
+    if isinstance(problems, list) and problems:
+        status += ": " + "; ".join(str(p) for p in problems)
     return {
         "url": url,
         "reachable": True,
-        "status": str(body.get("status") or f"HTTP {response.status_code}")[:200],
+        "status": status[:300],
         "healthy": response.status_code == 200 and body.get("status") == "ok",
         "node": str(body.get("node") or "")[:100],
         "slots": {k: slots.get(k) for k in ("total", "busy", "free") if isinstance(slots.get(k), int)},

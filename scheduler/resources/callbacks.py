@@ -2,6 +2,8 @@
 
 Both require the shared token unless PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS is set for old
 starters. Both are idempotent: a duplicate or late call for a finished run is acknowledged and ignored.
+A body that names a valid run but is otherwise malformed is salvaged, never refused: a refused result is a
+lost result (the sandbox would have to give it up), so it is stored as a failed run saying what was wrong.
 """
 
 from __future__ import annotations
@@ -18,6 +20,23 @@ from scheduler.resources.common import MAX_ID, ApiError, Context, validate
 
 _SCRIPT_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 _EPOCH = {"type": ["number", "null"], "minimum": 0, "maximum": 1e11}
+_NAMES_A_RUN = jsonschema.Draft202012Validator(
+    {"type": "object", "required": ["script_id"], "properties": {"script_id": _SCRIPT_ID}}
+)
+MAX_PROBLEMS = 5
+MAX_PROBLEM_CHARS = 160
+
+
+def problems(validator: jsonschema.protocols.Validator, data: dict[str, Any]) -> list[str]:
+    """What is wrong with the body, one short line per field ("success: 'yes' is not of type ...")."""
+    found = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path))):
+        where = ".".join(map(str, error.path)) or "body"
+        message = error.message
+        if len(message) > MAX_PROBLEM_CHARS:
+            message = message[: MAX_PROBLEM_CHARS - 3] + "..."
+        found.append(f"{where}: {message}")
+    return found[:MAX_PROBLEMS]
 
 
 _CAUSES = {403: "forbidden", 413: "too_large"}  # any other refusal of a body: "bad_request"
@@ -31,12 +50,13 @@ class _Callback:
         self.store = store
         self.metrics = metrics
 
-    def read(self, req: falcon.Request, validator: jsonschema.protocols.Validator) -> dict[str, Any]:
+    def read(self, req: falcon.Request) -> dict[str, Any]:
+        """The body, which must at least name a run; 400 otherwise (there is no run to store anything on)."""
         try:
             if not self.ctx.accept_unauthenticated_callbacks:
                 self.ctx.require_auth(req)
             data = self.ctx.read_json_object(req)
-            validate(validator, data)
+            validate(_NAMES_A_RUN, data)
         except ApiError as error:
             self.count_error(_CAUSES.get(error.status, "bad_request"))
             raise
@@ -53,8 +73,17 @@ class _Callback:
         resp.media = {"success": True}
 
 
+def _valid(validator: jsonschema.protocols.Validator, data: dict[str, Any], name: str) -> Any:
+    """The field's value when it alone is valid, else None."""
+    value = data.get(name)
+    return value if value is not None and validator.is_valid({"script_id": 1, name: value}) else None
+
+
 class RunningCallback(_Callback):
-    """POST /script-running-callback/ {script_id*, started_at (epoch seconds)}: {"success": true}; 404."""
+    """POST /script-running-callback/ {script_id*, started_at (epoch seconds)}: {"success": true}; 404.
+
+    A malformed started_at is replaced by the time of arrival.
+    """
 
     SCHEMA: dict[str, Any] = {
         "type": "object",
@@ -65,8 +94,8 @@ class RunningCallback(_Callback):
     NAME = "running"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = self.read(req, self.validator)
-        started = data.get("started_at")
+        data = self.read(req)
+        started = _valid(self.validator, data, "started_at")
         started_at = self.store.clock.from_epoch(started) if started is not None else None
         waited = self.metrics.waited if self.metrics is not None else None
         self.answer(resp, runs.mark_running(self.store, data["script_id"], started_at, waited))
@@ -76,6 +105,8 @@ class ResultCallback(_Callback):
     """POST /script-result/ {script_id*, success, return_code, output, started_at, spend_time}.
 
     {"success": true} also for a run that already finished (nothing changes then); 404 unknown run.
+    A result with invalid fields is stored as failed: the valid fields are kept, and the output says
+    which fields were wrong.
     """
 
     SCHEMA: dict[str, Any] = {
@@ -97,20 +128,31 @@ class ResultCallback(_Callback):
     NAME = "result"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = self.read(req, self.validator)
-        started = data.get("started_at")
-        success = bool(data.get("success"))
-        kind = outcomes.SANDBOX_LOST if data.get("lost") else outcomes.reported(data.get("outcome"), success)
-        result = runs.RunResult(
-            success=success,
-            return_code=data.get("return_code"),
-            output=data.get("output"),
-            started_at=self.store.clock.from_epoch(started) if started is not None else None,
-            spend_time=data.get("spend_time"),
-            counted=not data.get("lost"),
-            outcome=kind,
-        )
+        data = self.read(req)
+        result = self.result(data)
         recorded = runs.record_result(self.store, data["script_id"], result)
         if recorded is runs.Outcome.APPLIED and self.metrics is not None:
-            self.metrics.finished(kind, result.spend_time)
+            self.metrics.finished(result.kind, result.spend_time)
         self.answer(resp, recorded)
+
+    def result(self, data: dict[str, Any]) -> runs.RunResult:
+        wrong = problems(self.validator, data)
+        if wrong:
+            self.count_error("malformed")  # stored as a failed run all the same
+        started = _valid(self.validator, data, "started_at")
+        output = _valid(self.validator, data, "output")
+        if wrong:
+            notice = texts.RESULT_MALFORMED.format(problems="; ".join(wrong))
+            output = f"{output}\n{notice}" if output else notice
+        success = bool(data.get("success")) and not wrong
+        lost = _valid(self.validator, data, "lost") is True
+        kind = outcomes.SANDBOX_LOST if lost else outcomes.reported(_valid(self.validator, data, "outcome"), success)
+        return runs.RunResult(
+            success=success,
+            return_code=_valid(self.validator, data, "return_code"),
+            output=output,
+            started_at=self.store.clock.from_epoch(started) if started is not None else None,
+            spend_time=_valid(self.validator, data, "spend_time"),
+            counted=not lost,
+            outcome=kind,
+        )
