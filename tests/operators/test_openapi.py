@@ -63,6 +63,7 @@ def schemathesis(
          "--checks", CHECKS, "--phases", "examples,coverage,fuzzing", "--workers", "2", "--max-failures", "20",
          "--no-color", "--suppress-health-check", "all"],
         capture_output=True, text=True, timeout=1200, check=False, env={**os.environ, "NO_COLOR": "1"},
+        cwd=tmp_path,  # schemathesis keeps its crash cache in ./.schemathesis: never in the worktree
     )
 
 
