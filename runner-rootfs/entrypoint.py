@@ -72,6 +72,9 @@ DENIED_SYSCALLS = (
     "open_by_handle_at", "name_to_handle_at",
     "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog", "vhangup",
     "lookup_dcookie", "fanotify_init", "iopl", "ioperm",
+    # inotify instances and watches are charged to the owner of the user namespace, the sandbox
+    # user, whatever uid a runner has: one run could take every instance the service has.
+    "inotify_init", "inotify_init1",
 )
 # clone flags that would create namespaces (the clone-based way around unshare).
 CLONE_NAMESPACE_FLAGS = (
@@ -92,6 +95,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nofile", type=int, default=1024)
     parser.add_argument("--fsize", type=int, default=0)
     parser.add_argument("--cpu-seconds", type=int, default=0)
+    parser.add_argument("--sigpending", type=int, default=-1, help="RLIMIT_SIGPENDING, -1 = unchanged")
+    parser.add_argument("--msgqueue", type=int, default=-1, help="RLIMIT_MSGQUEUE bytes, -1 = unchanged")
+    parser.add_argument("--running-oom-score", type=int, default=0,
+                        help="oom_score_adj from the job on (0 = unchanged): running runs before idle ones")
     parser.add_argument("--preimport", default="", help="comma-separated modules to import before the job")
     parser.add_argument("--no-seccomp", action="store_true", help="for diagnosis only")
     parser.add_argument("--probe", action="store_true", help="print what this image offers as JSON and exit")
@@ -106,6 +113,10 @@ def set_rlimits(args: argparse.Namespace) -> None:
         limits.append((resource.RLIMIT_NPROC, args.nproc))
     if args.fsize:
         limits.append((resource.RLIMIT_FSIZE, args.fsize))
+    if args.sigpending >= 0:
+        limits.append((resource.RLIMIT_SIGPENDING, args.sigpending))
+    if args.msgqueue >= 0:
+        limits.append((resource.RLIMIT_MSGQUEUE, args.msgqueue))
     for which, value in limits:
         _soft, hard = resource.getrlimit(which)
         if hard != resource.RLIM_INFINITY:
@@ -169,6 +180,13 @@ def probe_report(second_filter: bool, user_site: str) -> str:
     """What the sandbox reports about a runner image (--probe)."""
     return json.dumps({"python": sys.version.split()[0], "executable": sys.executable,
                        "second_filter": second_filter, "user_site": user_site})
+
+
+def mark_running(oom_score_adj: int) -> None:
+    """From here on this runner holds a job: under host memory pressure it goes before idle runners."""
+    if oom_score_adj:
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as handle:
+            handle.write(str(oom_score_adj))
 
 
 def preimport(modules: str) -> None:
@@ -348,7 +366,7 @@ def set_dumpable(dumpable: bool) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
 
 
-def run_job() -> None:
+def run_job(running_oom_score: int) -> None:
     """The script's process: drop the control stream, read the job, run the script, exit."""
     # Output is one ordered stream: stderr goes where stdout goes. This also closes this
     # process's only descriptor of the control stream, before anything of the job is read.
@@ -362,6 +380,7 @@ def run_job() -> None:
         print(f"runner: bad job: {exc}", file=sys.stderr)
         finish(EXIT_BAD_JOB)
         return
+    mark_running(running_oom_score)
     env = job.get("env", {})
     assert isinstance(env, dict)
     stdin_from(str(job.get("input", "")))
@@ -418,7 +437,7 @@ def fork_when_allowed() -> int:
             delay = min(0.5, delay * 2)
 
 
-def supervise() -> None:
+def supervise(running_oom_score: int) -> None:
     """Pid 1: fork the script's process, wait for it, report how it ended. Never returns."""
     set_dumpable(False)
     # The namespace's init ignores signals it has no handler for: drop the one Python installs,
@@ -430,7 +449,7 @@ def supervise() -> None:
     if child == 0:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            run_job()
+            run_job(running_oom_score)
         except BaseException:
             traceback.print_exc()
         os._exit(1)
@@ -462,7 +481,7 @@ def main(argv: list[str]) -> None:
         print(probe_report(second_filter, user_site), flush=True)
         return
     preimport(args.preimport)
-    supervise()
+    supervise(args.running_oom_score)
 
 
 if __name__ == "__main__":

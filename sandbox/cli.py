@@ -14,7 +14,9 @@ from sandbox.errors import SetupError
 def cmd_host_setup(args: argparse.Namespace) -> int:
     from sandbox.host import setup_host
 
-    report = setup_host(args.user)
+    report = setup_host(args.user, cgroups_only=args.cgroups_only)
+    if report is None:
+        return 0
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     elif not args.quiet:
@@ -24,7 +26,10 @@ def cmd_host_setup(args: argparse.Namespace) -> int:
         print(f"storage driver    {report.storage_driver}")
         controllers = ", ".join(report.cgroup_controllers) or "none"
         print(f"cgroups           {report.cgroup_version} (controllers: {controllers})")
-        print("limits            " + ", ".join(f"{k}: {v}" for k, v in report.limits.items()))
+        print(f"run limits        {report.mechanism} ("
+              + ", ".join(f"{k}: {v}" for k, v in report.limits.items()) + ")")
+        print(f"runner identities {report.concurrent_runs} concurrent runs, each with a host uid of its own")
+        print(f"services          oom_score_adj {report.services_oom_score_adj}")
         print(f"seccomp           {'yes' if report.seccomp else 'NO'}")
         for note in report.notes:
             print(f"note              {note}")
@@ -96,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sandbox.host import DEFAULT_USER
+    from sandbox.host import configured_user
     from sandbox.image import DEFAULT_CACHE
 
     parser = argparse.ArgumentParser(prog="seatable-sandbox", description=__doc__)
@@ -104,13 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}
 
     p = sub.add_parser("host-setup", help="create the sandbox user and start its rootless Podman API")
-    p.add_argument("--user", default=DEFAULT_USER)
+    p.add_argument("--user", default=configured_user())
     p.add_argument("--json", action="store_true", help="print the capability report as JSON")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--cgroups-only", action="store_true",
+                   help="only (re)create the user's delegated runner cgroups (cgroup v1; at every boot)")
     commands["host-setup"] = cmd_host_setup
 
     p = sub.add_parser("build-runner", help="build the runner image offline and import it")
-    p.add_argument("--user", default=DEFAULT_USER)
+    p.add_argument("--user", default=configured_user())
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--requirements", type=Path, help="replace the packaged runner packages: a lock (pins and "
                    "hashes, from lock-runner) is used as it is; a plain list is locked first")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -10,6 +12,8 @@ from typing import NamedTuple
 
 from sandbox.egress_policy import EgressPolicy
 from sandbox.timezone import host_time_zone, is_zone_name
+
+log = logging.getLogger(__name__)
 
 # name, default, meaning: the README's configuration table is checked against this list.
 VARIABLES: list[tuple[str, str, str]] = [
@@ -39,10 +43,15 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("PYTHON_RUNNER_OUTPUT_LIMIT", "1000000", "characters of output kept; past it the script runs on, the rest "
      "of its output is dropped and the cut is marked"),
     ("PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", "104857600", "size of the runner's /tmp"),
-    ("PYTHON_RUNNER_NETWORK", "seatable", "runner network: none (nothing reachable), seatable (HTTP(S) to the run's "
-     "SeaTable server and the allow list only), open (any public address; never loopback or link-local)"),
+    ("PYTHON_RUNNER_NETWORK", "open", "runner network: open (an interface with TCP, UDP and DNS to the internet; "
+     "this host, loopback, metadata, private and reserved addresses refused unless listed), seatable (HTTP(S) "
+     "through the sandbox's proxy to the run's SeaTable server and the allow list only), none (nothing); a Docker "
+     "network name such as upstream's runner-net means open"),
     ("PYTHON_RUNNER_EGRESS_ALLOW", "", "more destinations runners may reach: host, host:port, [v6]:port or an "
-     "http(s) URL, comma-separated; a listed IP literal may be private or loopback"),
+     "http(s) URL, comma-separated; a listed IP literal may be private or loopback; in the open mode a bare host "
+     "means all its ports"),
+    ("PYTHON_RUNNER_DNS", "", "DNS servers of runners in the open mode (IP addresses, comma-separated); empty: "
+     "slirp4netns's forwarder to this host's resolvers"),
     ("PYTHON_RUNNER_CA_BUNDLE", "", "PEM file of extra CA certificates the runners trust (REQUESTS_CA_BUNDLE, "
      "SSL_CERT_FILE), e.g. for a SeaTable server with an in-house CA"),
     ("PYTHON_SANDBOX_EGRESS_DIR", "<state dir>/egress", "where the per-run egress sockets are created"),
@@ -70,6 +79,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("plain", "json")
 
 NETWORK_MODES = ("none", "seatable", "open")
+# What Docker accepts as a network name: upstream's PYTHON_RUNNER_NETWORK=runner-net means the open mode.
+_DOCKER_NETWORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # A Unix socket path is at most 107 bytes: <dir>/<12 hex digits>/proxy.sock.
 MAX_EGRESS_DIR = 107 - 13 - len("/proxy.sock")
 MAX_CA_BUNDLE = 1 << 20
@@ -108,8 +119,9 @@ class SandboxConfig:
     cpus: float = 0.0
     output_limit: int = 1_000_000
     tmpfs_size: int = 100 << 20
-    network: str = "seatable"
+    network: str = "open"
     egress_allow: str = ""
+    runner_dns: tuple[str, ...] = ()
     ca_bundle: str = ""
     egress_dir: Path = Path("state/egress")
     egress_host_dir: str = ""
@@ -136,9 +148,8 @@ class SandboxConfig:
         if missing:
             raise ValueError(f"{', '.join(missing)} must be set")
         home = Path(env.get("HOME") or Path.home())
-        network = env.get("PYTHON_RUNNER_NETWORK") or "seatable"
-        if network not in NETWORK_MODES:
-            raise ValueError(f"PYTHON_RUNNER_NETWORK={network!r}: use one of {', '.join(NETWORK_MODES)}")
+        network = _network_mode(env.get("PYTHON_RUNNER_NETWORK") or "open")
+        runner_dns = _addresses("PYTHON_RUNNER_DNS", env.get("PYTHON_RUNNER_DNS", ""))
         egress_allow = env.get("PYTHON_RUNNER_EGRESS_ALLOW", "")
         EgressPolicy.for_run("open", egress_allow, None)  # a bad entry fails here, at start, not per run
         state_dir = Path(env.get("PYTHON_SANDBOX_STATE_DIR") or home / ".local/state/seatable-sandbox")
@@ -173,6 +184,7 @@ class SandboxConfig:
             tmpfs_size=_positive(env, "PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", 100 << 20),
             network=network,
             egress_allow=egress_allow,
+            runner_dns=runner_dns,
             ca_bundle=ca_bundle,
             egress_dir=egress_dir,
             egress_host_dir=env.get("PYTHON_SANDBOX_EGRESS_HOST_DIR", ""),
@@ -210,6 +222,26 @@ def log_settings(env: dict[str, str]) -> LogSettings:
     if to_stdout not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
         raise ValueError(f"LOG_TO_STDOUT={to_stdout!r}: use true or false")
     return LogSettings(level, log_format, _true(to_stdout))
+
+
+def _network_mode(value: str) -> str:
+    if value in NETWORK_MODES:
+        return value
+    if not _DOCKER_NETWORK.fullmatch(value):
+        raise ValueError(f"PYTHON_RUNNER_NETWORK={value!r}: use one of {', '.join(NETWORK_MODES)}")
+    log.warning("PYTHON_RUNNER_NETWORK=%s is a Docker network name (upstream's way); runners get the open "
+                "network: internet yes, this host and private addresses no", value)
+    return "open"
+
+
+def _addresses(name: str, raw: str) -> tuple[str, ...]:
+    entries = [entry for entry in re.split(r"[\s,]+", raw) if entry]
+    for entry in entries:
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            raise ValueError(f"{name}: {entry!r} is not an IP address") from None
+    return tuple(entries)
 
 
 def _read_ca_bundle(path: str) -> str:

@@ -166,6 +166,7 @@ class RunnerImageBuilder:
         with self._lock():
             if self.image_exists() and not force:
                 progress(f"image {self.recipe.tag} is present; nothing to build")
+                self._map_ids(progress)
                 return self.recipe.tag
             tarball = self.cache_dir / f"rootfs-{self.recipe.digest()}.tar"
             if force or not tarball.exists():
@@ -174,6 +175,7 @@ class RunnerImageBuilder:
             else:
                 progress(f"root filesystem {tarball.name} is cached")
             self._import(tarball, progress)
+            self._map_ids(progress)
             if prune:
                 self._prune(tarball)
             progress("done")
@@ -277,6 +279,24 @@ class RunnerImageBuilder:
             stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode(errors="replace")
             raise SetupError(f"podman import failed: {_last_line(stderr)}")
         self.user.run(["podman", "tag", self.recipe.tag, f"{IMAGE_NAME}:latest"])
+
+    def _map_ids(self, progress: Progress) -> None:
+        """Make the one id-shifted copy of the image that every runner's fixed mapping uses.
+
+        Rootless overlay cannot shift ids when mounting, so the first container with a mapping
+        copies and chowns the image (tens of seconds); done here, no run waits for it."""
+        from sandbox.host import podman_info
+        from sandbox.identity import IdMapping
+
+        size = IdMapping.from_podman_info(podman_info(self.user)).size
+        progress(f"preparing the image for the runners' id mapping (0:1:{size}; once per image)")
+        name = f"seatable-idmap-{self.recipe.digest()}-{os.getpid()}"
+        mapping = f"0:1:{size}"
+        created = self.user.run(["podman", "create", "--name", name, "--uidmap", mapping, "--gidmap", mapping,
+                                 "--network", "none", self.recipe.tag])
+        self.user.run(["podman", "rm", "--force", name])
+        if created.returncode != 0:
+            raise SetupError(f"podman create with the runners' id mapping failed: {_last_line(created.stderr)}")
 
     def _prune(self, keep: Path) -> None:
         """Keep the newest tarball and wheelhouse only; drop images of other recipes (a running sandbox may use one)."""

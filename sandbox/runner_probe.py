@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.driver import EGRESS_MOUNT, ContainerDriver
+from sandbox.network import CLOSED
 from sandbox.podman_api import STDOUT, PodmanError
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ def probe(driver: ContainerDriver, timeout: float = PROBE_TIMEOUT) -> RunnerFact
     spec["command"] = [*spec["command"], "--probe"]
     # No way out for the probe: it reads no job and starts no relay (and has no egress socket of its own).
     spec["mounts"] = [mount for mount in spec["mounts"] if mount["destination"] != EGRESS_MOUNT]
+    for key in ("network_options", "dns_server", "dns_search"):
+        spec.pop(key, None)
+    spec.update(CLOSED)
     try:
         created = driver.api.create(spec)
     except PodmanError as exc:

@@ -24,6 +24,9 @@ DENIED = frozenset({
     "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "fsopen", "fsmount",
     "fsconfig", "move_mount", "open_tree", "mount_setattr", "open_by_handle_at", "name_to_handle_at",
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "personality",
+    # Charged to the sandbox user (the user namespace's owner) whatever a runner's uid: one run could
+    # take all of the service's inotify instances (fs.inotify.max_user_instances).
+    "inotify_init", "inotify_init1",
 }) | frozenset(DENIED_SYSCALLS)
 EPERM, ENOSYS = 1, 38
 

@@ -183,7 +183,9 @@ def test_runner_reaches_no_address(sandbox: SandboxProcess, receiver: CallbackRe
     )
     result = run(sandbox, receiver, 112, script)
     assert "connected" not in result["output"], result["output"]
-    assert result["output"].splitlines()[-1] == "['lo']"
+    # The open network (the default): an interface, and this host refused through it.
+    assert result["output"].splitlines()[-2:] == [
+        "['lo', 'tap0']", f"[egress refused: 10.0.2.2:{host_port} (this host's loopback)]"], result["output"]
 
 
 @pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
