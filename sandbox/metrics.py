@@ -97,25 +97,47 @@ class NodeCollector:
                      "disk); 0 while it answers 503.", 0.0 if box.node_health.problems() else 1.0)
         yield _gauge("seatable_sandbox_runner_containers", "Runner containers of this node Podman holds (live, "
                      "warm or being removed).", alive)
+        yield from self._isolation(box)
+        yield from self._pool(box.pool)
+        yield from self._outbox(box.outbox)
+        yield from self._network(box)
+
+    @staticmethod
+    def _isolation(box: Any) -> Iterator[Metric]:
         enforcement = GaugeMetricFamily(
             "seatable_sandbox_enforcement", "1 for how each limit is enforced here (cgroup, rlimit or none).",
             labels=["limit", "mode"],
         )
-        for limit, mode in box.driver.enforcement.as_dict().items():
-            if limit != "cgroup_version":
-                enforcement.add_metric([limit, str(mode)], 1)
+        facts = box.driver.enforcement
+        for limit in ("memory", "pids", "cpu"):
+            enforcement.add_metric([limit, str(getattr(facts, limit))], 1)
         yield enforcement
-        yield from self._pool(box.pool)
-        yield from self._outbox(box.outbox)
-        if box.egress is not None:
-            totals = box.egress.stats()
-            yield _counter(
-                "seatable_sandbox_egress_connections", "Connections runners asked the egress proxy for, by result.",
-                {k: totals.get(k, 0) for k in ("allowed", "refused", "failed")}, "result",
-            )
-        else:
-            yield _counter("seatable_sandbox_egress_connections", "Connections runners asked the egress proxy for, "
-                           "by result.", {"allowed": 0, "refused": 0, "failed": 0}, "result")
+        yield _gauge("seatable_sandbox_limits_mechanism", "1 for the mechanism that enforces the run limits here "
+                     "(cgroup-v2, cgroup-v1-delegated or rlimit; /health says why not a better one).", 1,
+                     {"mechanism": str(facts.mechanism)})
+        identities = box.isolation.identities
+        held, capacity = identities.held(), identities.capacity
+        uids = GaugeMetricFamily("seatable_sandbox_runner_uids", "Host identities for runners (one per live "
+                                 "runner), by state.", labels=["state"])
+        uids.add_metric(["held"], held)
+        uids.add_metric(["free"], max(0, capacity - held))
+        yield uids
+
+    @staticmethod
+    def _network(box: Any) -> Iterator[Metric]:
+        mode = box.config.network
+        yield _gauge("seatable_sandbox_runner_network", "1 for the runners' network mode here (none, seatable: "
+                     "through the egress proxy, open: internet yes, internal no).", 1, {"mode": str(mode)})
+        proxy = box.egress.stats() if box.egress is not None else {}
+        yield _counter("seatable_sandbox_egress_connections", "Connections runners asked the egress proxy for "
+                       "(network mode seatable), by result.",
+                       {k: proxy.get(k, 0) for k in ("allowed", "refused", "failed")}, "result")
+        rules = box.network.stats() if box.network is not None else {}
+        yield CounterMetricFamily("seatable_sandbox_network_refused_connections", "Connection attempts and "
+                                  "datagrams the open network's rules refused (internal addresses, this host), "
+                                  "read back after each run.", value=rules.get("refused", 0))
+        yield CounterMetricFamily("seatable_sandbox_network_setup_failures", "Runners whose open-network rules "
+                                  "could not be installed.", value=rules.get("failures", 0))
 
     @staticmethod
     def _pool(pool: Any) -> Iterator[Metric]:

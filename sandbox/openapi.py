@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from sandbox.config import NETWORK_MODES
+from sandbox.limits import CGROUP_V1_DELEGATED, CGROUP_V2, RLIMIT
 from sandbox.resources.run import RunPython
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
@@ -29,8 +31,21 @@ def _text(description: str, text: str) -> dict[str, Any]:
 
 
 FORBIDDEN = _error("The token is missing or wrong.")
-HEALTH = {"type": "object", "required": ["status", "problems", "slots", "limits"],
-          "properties": {"status": {"enum": ["ok", "unhealthy"]}, "problems": {"type": "array"}}}
+HEALTH = {
+    "type": "object", "required": ["status", "problems", "node", "slots", "limits", "isolation", "egress"],
+    "properties": {
+        "status": {"enum": ["ok", "unhealthy"]},
+        "problems": {"type": "array", "items": {"type": "string"}},
+        "node": {"type": "string"},
+        "limits": {"type": "object", "required": ["memory", "pids", "cpu", "mechanism"], "properties": {
+            "mechanism": {"enum": [CGROUP_V2, CGROUP_V1_DELEGATED, RLIMIT],
+                          "description": "how run limits are enforced on this node"}}},
+        "isolation": {"type": "object", "required": ["mechanism", "runner_uids"],
+                      "description": "the runners' host identities (one uid per live runner) and cgroups"},
+        "egress": {"type": "object", "required": ["mode"], "properties": {"mode": {"enum": list(NETWORK_MODES)}},
+                   "description": "the runners' network: the proxy's counters (seatable) or the rules' (open)"},
+    },
+}
 
 
 def _run_request() -> dict[str, Any]:
@@ -96,7 +111,8 @@ def document() -> dict[str, Any]:
                                "responses": {"200": _text("Pong", "Pong")}}},
             "/": {"get": {"summary": "Liveness", "responses": {"200": _text("Pong", "Pong")}}},
             "/_/health": {"get": {"summary": "upstream's starter probe", "responses": {"200": _text("OK", "OK")}}},
-            "/health": {"get": {"summary": "Slots, image, enforced limits, outbox, warm pool, egress (no auth)",
+            "/health": {"get": {"summary": "Slots, image, limits and how they are enforced, runner identities, "
+                                           "outbox, warm pool, network (no auth)",
                                 "responses": {
                                     "200": {"description": "Healthy.", "content": _json(HEALTH)},
                                     "503": {"description": "Unhealthy: `problems` say why.", "content": _json(HEALTH)},

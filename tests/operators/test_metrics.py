@@ -12,7 +12,8 @@ from pathlib import Path
 import requests
 
 from scheduler import outcomes
-from tests.operators.conftest import Ops, samples, value
+from tests.operators.conftest import Ops
+from tests.support.metrics import samples, value
 from tests.support.pipeline import REPO
 
 
@@ -132,6 +133,11 @@ def test_sandbox_metrics(ops: Ops) -> None:
              if name == "seatable_sandbox_enforcement" and v == 1}
     health = ops.pipeline.sandbox.health()["limits"] if ops.pipeline.sandbox else {}
     assert modes == {"memory": health["memory"], "pids": health["pids"], "cpu": health["cpu"]}
+    assert value(text, "seatable_sandbox_limits_mechanism", mechanism=health["mechanism"]) == 1
+    held = value(text, "seatable_sandbox_runner_uids", state="held")
+    assert held + value(text, "seatable_sandbox_runner_uids", state="free") == (
+        ops.pipeline.sandbox.health()["isolation"]["runner_uids"]["capacity"] if ops.pipeline.sandbox else 0)
+    assert value(text, "seatable_sandbox_runner_network", mode="seatable") == 1
     hits = value(text, "seatable_sandbox_warm_pool_takes_total", result="hit")
     misses = value(text, "seatable_sandbox_warm_pool_takes_total", result="miss")
     assert hits + misses == value(text, "seatable_sandbox_runs_accepted_total")

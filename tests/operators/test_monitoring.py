@@ -13,7 +13,8 @@ import promql_parser
 import pytest
 import yaml
 
-from tests.operators.conftest import Ops, samples
+from tests.operators.conftest import Ops
+from tests.support.metrics import samples
 
 MONITORING = Path(__file__).resolve().parents[2] / "docs" / "monitoring"
 ADDED_BY_PROMETHEUS = {"up"}  # series Prometheus makes itself for every target
