@@ -19,14 +19,16 @@ from typing import Protocol
 
 from sandbox import texts
 from sandbox.limits import human_size
-from sandbox.podman_api import PingFailure
+from sandbox.podman_api import PingFailure, describe
 
 log = logging.getLogger(__name__)
 
 INTERVAL = 1.0
 STALE_AFTER = 15.0  # a check takes at most two Podman calls of PODMAN_TIMEOUT each
 PODMAN_TIMEOUT = 5.0
-SLOW_PINGS = 3  # a ping that only timed out counts after this many in a row (a loaded host answers late)
+# A Podman call that failed without a refused connection (a timeout, an error answer: a loaded host)
+# counts after this many checks in a row; no socket or a refused connection counts at once.
+PODMAN_FAILURES = 3
 RSS_EVERY = 5.0
 MIN_FREE_BYTES = 64 << 20
 
@@ -65,21 +67,20 @@ class NodeHealth:
     _thread: threading.Thread | None = None
     _rss_at: float = 0.0
     _reported: tuple[str, ...] = ()
-    _slow_pings: int = 0
+    _podman_failures: int = 0
 
     def check_now(self) -> Check:
         problems: list[str] = []
         failure = self.podman.ping_error()
-        self._slow_pings = self._slow_pings + 1 if failure is not None and failure.slow else 0
-        if failure is not None:
-            if not failure.slow or self._slow_pings >= SLOW_PINGS:
-                problems.append(texts.PODMAN_UNREACHABLE.format(detail=failure.detail))
-        else:
+        if failure is None:
             try:
                 if not self.podman.image_exists(self.image):
                     problems.append(texts.IMAGE_MISSING.format(image=self.image))
-            except Exception as exc:  # an answer cut short is as bad as none
-                problems.append(texts.PODMAN_UNREACHABLE.format(detail=type(exc).__name__))
+            except Exception as exc:
+                failure = describe(exc)
+        self._podman_failures = self._podman_failures + 1 if failure is not None else 0
+        if failure is not None and (not failure.slow or self._podman_failures >= PODMAN_FAILURES):
+            problems.append(texts.PODMAN_UNREACHABLE.format(detail=failure.detail))
         unusable = self.outbox.check_writable()
         if unusable is not None:
             problems.append(texts.OUTBOX_UNUSABLE.format(detail=unusable))

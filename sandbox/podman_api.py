@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlparse
 
-import requests
 from podman import PodmanClient
 from podman.errors import APIError, NotFound
 
@@ -32,7 +31,7 @@ class PodmanError(Exception):
 @dataclass(frozen=True)
 class PingFailure:
     detail: str
-    slow: bool  # it timed out (a busy service?), rather than: no socket, refused, an error answer
+    slow: bool  # it may pass (a timeout, an error answer on a loaded host); False: no socket, connection refused
 
 
 @dataclass(frozen=True)
@@ -121,17 +120,9 @@ class PodmanAPI:
         try:
             if self.client.ping():
                 return None
-            return PingFailure("ping answered with an error", slow=False)
+            return PingFailure("ping answered with an error", slow=True)
         except Exception as exc:  # podman-py wraps the transport's error: name the innermost one
-            causes: list[BaseException] = []
-            cause: BaseException | None = exc
-            while cause is not None and len(causes) < 8:
-                causes.append(cause)
-                cause = cause.__cause__ or cause.__context__
-            slow = any(isinstance(c, (TimeoutError, requests.Timeout)) for c in causes)
-            root = causes[-1]
-            text = str(root).splitlines()[0][:160] if str(root) else ""
-            return PingFailure(f"{type(root).__name__}: {text}".rstrip(": "), slow)
+            return describe(exc)
 
     def version(self) -> str:
         return str(self.client.version().get("Version", ""))
@@ -216,6 +207,19 @@ class PodmanAPI:
 
     def close(self) -> None:
         self.client.close()
+
+
+def describe(exc: BaseException) -> PingFailure:
+    """A failed call in one line, by its innermost cause; `slow` unless it could not even connect."""
+    causes: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(causes) < 8:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    root = causes[-1]
+    text = str(root).splitlines()[0][:160] if str(root) else ""
+    refused = isinstance(root, (FileNotFoundError, ConnectionRefusedError, PermissionError))
+    return PingFailure(f"{type(root).__name__}: {text}".rstrip(": "), slow=not refused)
 
 
 def _json(response: Any) -> dict[str, Any]:
