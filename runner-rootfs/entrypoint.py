@@ -13,26 +13,32 @@ it reads the job. Pid 1 then only reaps, and writes the child's wait status and 
 the control stream. Its own pid namespace cannot SIGKILL or stop it, and it keeps no handler
 for any other signal, so nothing the script can do changes what is reported.
 
-Standard library plus pyseccomp only; imports nothing from the services.
+The sandbox mounts this file and the egress relay read-only into every runner and starts it with the image's own
+python3, so any image with a Python 3 is a runner image. Standard library plus pyseccomp (optional: an image without
+it runs under Podman's profile alone, which carries the same denials); imports nothing from the services.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import errno
 import importlib
 import io
 import json
 import os
+import pwd
 import resource
 import signal
+import site
 import sys
+import tokenize
 import traceback
 import types
 import warnings
 
 EGRESS_SOCKET = "/run/egress/proxy.sock"  # present when the sandbox gives this runner a way out
-EGRESS_FORWARDER = "/opt/runner/egress_forward.py"
+EGRESS_FORWARDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_forward.py")
 SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 CA_BUNDLE_PATH = "/tmp/.ca-bundle.pem"
 SCRIPT_DIR = "/scripts"  # a link to SCRIPT_HOME, as upstream's scripts expect
@@ -66,6 +72,9 @@ DENIED_SYSCALLS = (
     "open_by_handle_at", "name_to_handle_at",
     "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog", "vhangup",
     "lookup_dcookie", "fanotify_init", "iopl", "ioperm",
+    # inotify instances and watches are charged to the owner of the user namespace, the sandbox
+    # user, whatever uid a runner has: one run could take every instance the service has.
+    "inotify_init", "inotify_init1",
 )
 # clone flags that would create namespaces (the clone-based way around unshare).
 CLONE_NAMESPACE_FLAGS = (
@@ -86,8 +95,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nofile", type=int, default=1024)
     parser.add_argument("--fsize", type=int, default=0)
     parser.add_argument("--cpu-seconds", type=int, default=0)
+    parser.add_argument("--sigpending", type=int, default=-1, help="RLIMIT_SIGPENDING, -1 = unchanged")
+    parser.add_argument("--msgqueue", type=int, default=-1, help="RLIMIT_MSGQUEUE bytes, -1 = unchanged")
+    parser.add_argument("--running-oom-score", type=int, default=0,
+                        help="oom_score_adj from the job on (0 = unchanged): running runs before idle ones")
     parser.add_argument("--preimport", default="", help="comma-separated modules to import before the job")
     parser.add_argument("--no-seccomp", action="store_true", help="for diagnosis only")
+    parser.add_argument("--probe", action="store_true", help="print what this image offers as JSON and exit")
     return parser.parse_args(argv)
 
 
@@ -99,6 +113,10 @@ def set_rlimits(args: argparse.Namespace) -> None:
         limits.append((resource.RLIMIT_NPROC, args.nproc))
     if args.fsize:
         limits.append((resource.RLIMIT_FSIZE, args.fsize))
+    if args.sigpending >= 0:
+        limits.append((resource.RLIMIT_SIGPENDING, args.sigpending))
+    if args.msgqueue >= 0:
+        limits.append((resource.RLIMIT_MSGQUEUE, args.msgqueue))
     for which, value in limits:
         _soft, hard = resource.getrlimit(which)
         if hard != resource.RLIM_INFINITY:
@@ -110,9 +128,12 @@ def set_rlimits(args: argparse.Namespace) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_seconds, args.cpu_seconds + 1))
 
 
-def install_seccomp() -> None:
-    """Stack a deny-list filter on top of Podman's profile, for every thread."""
-    import pyseccomp as seccomp
+def install_seccomp() -> bool:
+    """Stack a deny-list filter on top of Podman's profile, for every thread; False where the image lacks pyseccomp."""
+    try:
+        import pyseccomp as seccomp
+    except (ImportError, OSError, RuntimeError):  # no binding, or no libseccomp behind it (upstream's alpine image)
+        return False
 
     filt = seccomp.SyscallFilter(seccomp.ALLOW)
     filt.set_attr(seccomp.Attr.CTL_TSYNC, 1)
@@ -126,10 +147,46 @@ def install_seccomp() -> None:
     for flag in _flag_bits(CLONE_NAMESPACE_FLAGS):
         filt.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     filt.load()
+    return True
 
 
 def _flag_bits(mask: int) -> list[int]:
     return [1 << bit for bit in range(mask.bit_length()) if mask & (1 << bit)]
+
+
+def add_user_site() -> str:
+    """The runner user's own packages (`pip install --user` in a custom image), ahead of the system's as in python3.
+
+    -I leaves user site-packages out; this adds the directory of the passwd entry's home (read-only image content,
+    never HOME, which is the writable /tmp), with its .pth files, before any script runs. "" when there is none.
+    """
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return ""
+    path = os.path.join(home, ".local", "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages")
+    if not home.startswith("/") or home == "/tmp" or not os.path.isdir(path):
+        return ""
+    before = list(sys.path)
+    site.addsitedir(path)
+    added = [entry for entry in sys.path if entry not in before]
+    system = set(site.getsitepackages())
+    first = next((index for index, entry in enumerate(before) if entry in system), len(before))
+    sys.path[:] = before[:first] + added + before[first:]
+    return path
+
+
+def probe_report(second_filter: bool, user_site: str) -> str:
+    """What the sandbox reports about a runner image (--probe)."""
+    return json.dumps({"python": sys.version.split()[0], "executable": sys.executable,
+                       "second_filter": second_filter, "user_site": user_site})
+
+
+def mark_running(oom_score_adj: int) -> None:
+    """From here on this runner holds a job: under host memory pressure it goes before idle runners."""
+    if oom_score_adj:
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as handle:
+            handle.write(str(oom_score_adj))
 
 
 def preimport(modules: str) -> None:
@@ -145,8 +202,10 @@ def read_job() -> dict[str, object]:
     if not line.endswith(b"\n") or len(line) > JOB_MAX_BYTES:
         raise ValueError("job missing, truncated or too large")
     job = json.loads(line)
-    if not isinstance(job, dict) or not isinstance(job.get("script"), str):
+    if not isinstance(job, dict) or not isinstance(job.get("script_b64"), str):
         raise ValueError("job has no script")
+    # The script's bytes as SeaTable stored them (base64: JSON cannot carry arbitrary bytes).
+    job["script"] = base64.b64decode(job["script_b64"], validate=True)
     env = job.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ValueError("job env must map strings to strings")
@@ -221,9 +280,31 @@ def prepare_environment(env: dict[str, str], base: dict[str, str] | None = None)
             package.context = fresh.context  # type: ignore[attr-defined]
 
 
-def run_script(source: str) -> int:
+def compile_script(source: bytes) -> types.CodeType:
+    """Compile the file's bytes as `python index.py` reads them: a BOM or coding declaration (PEP 263), else UTF-8.
+
+    compile() on bytes honours both, but lets invalid UTF-8 through outside string literals where the interpreter's
+    file reader refuses it; that one case raises the file reader's own SyntaxError here. dont_inherit: the script
+    must not get this module's `from __future__` flags.
+    """
+    try:
+        encoding, _lines = tokenize.detect_encoding(io.BytesIO(source).readline)
+    except SyntaxError:
+        encoding = ""  # a bad declaration: compile() below says so in Python's own words
+    if encoding == "utf-8":
+        try:
+            source.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = source.count(b"\n", 0, exc.start) + 1
+            raise SyntaxError(f"Non-UTF-8 code starting with '\\x{source[exc.start]:02x}' in file {SCRIPT_PATH} on "
+                              f"line {line}, but no encoding declared; see https://peps.python.org/pep-0263/ "
+                              "for details") from None
+    return compile(source, SCRIPT_PATH, "exec", dont_inherit=True)
+
+
+def run_script(source: bytes) -> int:
     os.makedirs(SCRIPT_HOME, mode=0o700, exist_ok=True)
-    with open(SCRIPT_PATH, "w", encoding="utf-8") as handle:
+    with open(SCRIPT_PATH, "wb") as handle:
         handle.write(source)
     os.chdir(SCRIPT_DIR)
     main = types.ModuleType("__main__")
@@ -233,12 +314,14 @@ def run_script(source: str) -> int:
     sys.argv = [SCRIPT_PATH]
     sys.path[0:0] = [SCRIPT_DIR]
     try:
-        code = compile(source, SCRIPT_PATH, "exec")
+        code = compile_script(source)
         exec(code, main.__dict__)  # noqa: S102 - running the user's script is the point
     except SystemExit:
         raise
     except BaseException as exc:
-        frames = exc.__traceback__.tb_next if exc.__traceback__ else None  # hide this frame
+        frames = exc.__traceback__
+        while frames is not None and frames.tb_frame.f_globals is globals():  # hide the entrypoint's frames
+            frames = frames.tb_next
         sys.stdout.flush()
         traceback.print_exception(type(exc), exc, frames)
         sys.stderr.flush()
@@ -283,7 +366,7 @@ def set_dumpable(dumpable: bool) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
 
 
-def run_job() -> None:
+def run_job(running_oom_score: int) -> None:
     """The script's process: drop the control stream, read the job, run the script, exit."""
     # Output is one ordered stream: stderr goes where stdout goes. This also closes this
     # process's only descriptor of the control stream, before anything of the job is read.
@@ -297,6 +380,7 @@ def run_job() -> None:
         print(f"runner: bad job: {exc}", file=sys.stderr)
         finish(EXIT_BAD_JOB)
         return
+    mark_running(running_oom_score)
     env = job.get("env", {})
     assert isinstance(env, dict)
     stdin_from(str(job.get("input", "")))
@@ -307,7 +391,9 @@ def run_job() -> None:
         base = {}
     prepare_environment(env, base)
     try:
-        status = run_script(str(job["script"]))
+        script = job["script"]
+        assert isinstance(script, bytes)
+        status = run_script(script)
     except SystemExit as exc:
         status = exit_status(exc)
     finish(status)
@@ -351,7 +437,7 @@ def fork_when_allowed() -> int:
             delay = min(0.5, delay * 2)
 
 
-def supervise() -> None:
+def supervise(running_oom_score: int) -> None:
     """Pid 1: fork the script's process, wait for it, report how it ended. Never returns."""
     set_dumpable(False)
     # The namespace's init ignores signals it has no handler for: drop the one Python installs,
@@ -363,7 +449,7 @@ def supervise() -> None:
     if child == 0:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            run_job()
+            run_job(running_oom_score)
         except BaseException:
             traceback.print_exc()
         os._exit(1)
@@ -389,10 +475,13 @@ def supervise() -> None:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     set_rlimits(args)
-    if not args.no_seccomp:
-        install_seccomp()
+    user_site = add_user_site()
+    second_filter = False if args.no_seccomp else install_seccomp()
+    if args.probe:
+        print(probe_report(second_filter, user_site), flush=True)
+        return
     preimport(args.preimport)
-    supervise()
+    supervise(args.running_oom_score)
 
 
 if __name__ == "__main__":

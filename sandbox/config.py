@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.egress_policy import EgressPolicy
+from sandbox.timezone import host_time_zone, is_zone_name
+
+log = logging.getLogger(__name__)
 
 # name, default, meaning: the README's configuration table is checked against this list.
 VARIABLES: list[tuple[str, str, str]] = [
@@ -25,19 +30,27 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("PYTHON_SCHEDULER_AUTH_TOKEN", "(required)", "token sent with the callbacks"),
     ("PYTHON_SCHEDULER_MAX_BODY_BYTES", "8388608", "the scheduler's body limit: a result's output is cut (with a "
      "notice) so that its callback body fits; set it as on the scheduler"),
-    ("PYTHON_RUNNER_IMAGE", "localhost/seatable-python-runner:<recipe hash>", "runner image"),
+    ("PYTHON_RUNNER_IMAGE", "localhost/seatable-python-runner:<recipe hash>", "runner image: ours, or any image "
+     "with a python3 (e.g. upstream's runner with `pip install --user` packages; see The runner image)"),
+    ("PYTHON_SANDBOX_RUNNER_FILES", "(the installed runner_rootfs package)", "directory holding the trusted "
+     "entrypoint.py and egress_forward.py, as the Podman host sees it; mounted read-only into every runner"),
     ("PYTHON_STARTER_THREAD_COUNT", "10", "runs at once (slots); more get 429"),
-    ("PYTHON_PROCESS_TIMEOUT", "60", "wall-time limit per run, seconds"),
+    ("PYTHON_PROCESS_TIMEOUT", "60", "wall-time limit per run, seconds; the scheduler's default is the same"),
     ("PYTHON_RUNNER_CONTAINER_MEMORY", "1g", "memory limit (cgroup, or RLIMIT_AS as the fallback)"),
     ("PYTHON_RUNNER_CONTAINER_PIDS", "256", "process/thread limit (cgroup pids, or RLIMIT_NPROC)"),
     ("PYTHON_RUNNER_CONTAINER_CPUS", "", "CPU limit in cores where cgroups are delegated; empty = none"),
     ("PYTHON_RUNNER_OUTPUT_LIMIT", "1000000", "characters of output kept; past it the script runs on, the rest "
      "of its output is dropped and the cut is marked"),
     ("PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", "104857600", "size of the runner's /tmp"),
-    ("PYTHON_RUNNER_NETWORK", "seatable", "runner network: none (nothing reachable), seatable (HTTP(S) to the run's "
-     "SeaTable server and the allow list only), open (any public address; never loopback or link-local)"),
+    ("PYTHON_RUNNER_NETWORK", "open", "runner network: open (an interface with TCP, UDP and DNS to the internet; "
+     "this host, loopback, metadata, private and reserved addresses refused unless listed), seatable (HTTP(S) "
+     "through the sandbox's proxy to the run's SeaTable server and the allow list only), none (nothing); a Docker "
+     "network name such as upstream's runner-net means open"),
     ("PYTHON_RUNNER_EGRESS_ALLOW", "", "more destinations runners may reach: host, host:port, [v6]:port or an "
-     "http(s) URL, comma-separated; a listed IP literal may be private or loopback"),
+     "http(s) URL, comma-separated; a listed IP literal may be private or loopback; in the open mode a bare host "
+     "means all its ports"),
+    ("PYTHON_RUNNER_DNS", "", "DNS servers of runners in the open mode (IP addresses, comma-separated); empty: "
+     "slirp4netns's forwarder to this host's resolvers"),
     ("PYTHON_RUNNER_CA_BUNDLE", "", "PEM file of extra CA certificates the runners trust (REQUESTS_CA_BUNDLE, "
      "SSL_CERT_FILE), e.g. for a SeaTable server with an in-house CA"),
     ("PYTHON_SANDBOX_EGRESS_DIR", "<state dir>/egress", "where the per-run egress sockets are created"),
@@ -45,7 +58,8 @@ VARIABLES: list[tuple[str, str, str]] = [
      "runs in a container"),
     ("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "", "replaces scheme and host of script URLs (when used)"),
     ("PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT", "", "true: use it (upstream needs both set)"),
-    ("TIME_ZONE", "UTC", "TZ inside the runner"),
+    ("TIME_ZONE", "", "TZ inside the runner; empty: the host's zone (the name /etc/localtime links to, or "
+     "/etc/timezone, read at start; UTC if neither names one), as upstream"),
     ("PYTHON_SANDBOX_SECCOMP_PROFILE", "(tightened Podman default)", "Podman seccomp profile for runners"),
     ("PYTHON_SANDBOX_WARM_POOL", "2", "pre-started runners waiting for a job; 0 turns the pool off"),
     ("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas", "modules warm runners import before their job; "
@@ -54,6 +68,8 @@ VARIABLES: list[tuple[str, str, str]] = [
 ]
 
 NETWORK_MODES = ("none", "seatable", "open")
+# What Docker accepts as a network name: upstream's PYTHON_RUNNER_NETWORK=runner-net means the open mode.
+_DOCKER_NETWORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # A Unix socket path is at most 107 bytes: <dir>/<12 hex digits>/proxy.sock.
 MAX_EGRESS_DIR = 107 - 13 - len("/proxy.sock")
 MAX_CA_BUNDLE = 1 << 20
@@ -84,6 +100,7 @@ class SandboxConfig:
     tombstone_secs: int = 7 * 24 * 3600
     max_body_bytes: int = 8 << 20
     image: str = ""
+    runner_files: str = ""
     slots: int = 10
     timeout: int = 60
     memory: int = 1 << 30
@@ -91,8 +108,9 @@ class SandboxConfig:
     cpus: float = 0.0
     output_limit: int = 1_000_000
     tmpfs_size: int = 100 << 20
-    network: str = "seatable"
+    network: str = "open"
     egress_allow: str = ""
+    runner_dns: tuple[str, ...] = ()
     ca_bundle: str = ""
     egress_dir: Path = Path("state/egress")
     egress_host_dir: str = ""
@@ -110,9 +128,8 @@ class SandboxConfig:
         if missing:
             raise ValueError(f"{', '.join(missing)} must be set")
         home = Path(env.get("HOME") or Path.home())
-        network = env.get("PYTHON_RUNNER_NETWORK") or "seatable"
-        if network not in NETWORK_MODES:
-            raise ValueError(f"PYTHON_RUNNER_NETWORK={network!r}: use one of {', '.join(NETWORK_MODES)}")
+        network = _network_mode(env.get("PYTHON_RUNNER_NETWORK") or "open")
+        runner_dns = _addresses("PYTHON_RUNNER_DNS", env.get("PYTHON_RUNNER_DNS", ""))
         egress_allow = env.get("PYTHON_RUNNER_EGRESS_ALLOW", "")
         EgressPolicy.for_run("open", egress_allow, None)  # a bad entry fails here, at start, not per run
         state_dir = Path(env.get("PYTHON_SANDBOX_STATE_DIR") or home / ".local/state/seatable-sandbox")
@@ -136,6 +153,7 @@ class SandboxConfig:
             tombstone_secs=_positive(env, "PYTHON_SANDBOX_TOMBSTONE_SECS", 7 * 24 * 3600),
             max_body_bytes=_at_least(env, "PYTHON_SCHEDULER_MAX_BODY_BYTES", 8 << 20, MIN_BODY_BYTES),
             image=env.get("PYTHON_RUNNER_IMAGE", ""),
+            runner_files=env.get("PYTHON_SANDBOX_RUNNER_FILES", ""),
             slots=_positive(env, "PYTHON_STARTER_THREAD_COUNT", 10),
             timeout=_positive(env, "PYTHON_PROCESS_TIMEOUT", 60),
             memory=parse_size(env.get("PYTHON_RUNNER_CONTAINER_MEMORY") or "1g"),
@@ -145,18 +163,39 @@ class SandboxConfig:
             tmpfs_size=_positive(env, "PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", 100 << 20),
             network=network,
             egress_allow=egress_allow,
+            runner_dns=runner_dns,
             ca_bundle=ca_bundle,
             egress_dir=egress_dir,
             egress_host_dir=env.get("PYTHON_SANDBOX_EGRESS_HOST_DIR", ""),
             alternative_file_server_root=(
                 env.get("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", "").rstrip("/")
                 if _true(env.get("PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT", "")) else ""),
-            time_zone=env.get("TIME_ZONE") or "UTC",
+            time_zone=_time_zone(env.get("TIME_ZONE", "")),
             seccomp_profile=env.get("PYTHON_SANDBOX_SECCOMP_PROFILE", ""),
             warm_pool=_whole(env, "PYTHON_SANDBOX_WARM_POOL", 2),
             preimport=env.get("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas"),
             pool_min_available=parse_size(env.get("PYTHON_SANDBOX_POOL_MIN_AVAILABLE") or "1g"),
         )
+
+
+def _network_mode(value: str) -> str:
+    if value in NETWORK_MODES:
+        return value
+    if not _DOCKER_NETWORK.fullmatch(value):
+        raise ValueError(f"PYTHON_RUNNER_NETWORK={value!r}: use one of {', '.join(NETWORK_MODES)}")
+    log.warning("PYTHON_RUNNER_NETWORK=%s is a Docker network name (upstream's way); runners get the open "
+                "network: internet yes, this host and private addresses no", value)
+    return "open"
+
+
+def _addresses(name: str, raw: str) -> tuple[str, ...]:
+    entries = [entry for entry in re.split(r"[\s,]+", raw) if entry]
+    for entry in entries:
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            raise ValueError(f"{name}: {entry!r} is not an IP address") from None
+    return tuple(entries)
 
 
 def _read_ca_bundle(path: str) -> str:
@@ -168,6 +207,15 @@ def _read_ca_bundle(path: str) -> str:
     if "-----BEGIN CERTIFICATE-----" not in text or len(text) > MAX_CA_BUNDLE:
         raise ValueError(f"PYTHON_RUNNER_CA_BUNDLE={path}: not a PEM certificate bundle (at most 1 MiB)")
     return text
+
+
+def _time_zone(raw: str) -> str:
+    name = raw.strip()
+    if not name:
+        return host_time_zone()
+    if not is_zone_name(name):
+        raise ValueError(f"TIME_ZONE={raw!r} is not a time zone name (like Europe/Berlin)")
+    return name
 
 
 def _true(raw: str) -> bool:

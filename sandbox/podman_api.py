@@ -157,7 +157,9 @@ class PodmanAPI:
         status = header.split(b"\r\n", 1)[0]
         if b" 101 " not in status and b" 200 " not in status:
             sock.close()
-            raise PodmanError(f"attach refused: {status.decode(errors='replace')}")
+            # e.g. 409 when the runtime cannot create the container (attach prepares it): its reason is in the body.
+            reason = _json(_Body(rest)).get("message", "")
+            raise PodmanError(f"attach refused: {status.decode(errors='replace')}" + (f": {reason}" if reason else ""))
         sock.settimeout(None)
         return AttachStream(sock, rest)
 
@@ -220,6 +222,20 @@ def describe(exc: BaseException) -> PingFailure:
     text = str(root).splitlines()[0][:160] if str(root) else ""
     refused = isinstance(root, (FileNotFoundError, ConnectionRefusedError, PermissionError))
     return PingFailure(f"{type(root).__name__}: {text}".rstrip(": "), slow=not refused)
+
+
+@dataclass(frozen=True)
+class _Body:
+    """The part of a refused attach's response that arrived with its head, read like a response."""
+
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 def _json(response: Any) -> dict[str, Any]:

@@ -155,13 +155,15 @@ class RunService:
             return script
         job = Job(request.script_id, script, _input_text(request.context_data), self._env(request.env),
                   egress=self._egress(request.env), ca_bundle=self.ca_bundle)
-        runner = self.pool.take(script) if self.pool is not None else None
+        # The pool picks by the script's import lines, a hint that needs no exact decoding.
+        runner = self.pool.take(script.decode("utf-8", errors="replace")) if self.pool is not None else None
         return self.driver.run(job, self.timeout, remember,
                                lambda started: self.outbox.running(request.script_id, started), runner=runner)
 
-    def _script(self, request: RunRequest) -> str | RunResult:
+    def _script(self, request: RunRequest) -> bytes | RunResult:
+        """The script's bytes: the runner decodes them as Python decodes a file (BOM, coding declaration)."""
         if request.script_content is not None:
-            return request.script_content
+            return request.script_content.encode()
         if not request.script_url:
             return RunResult(None, texts.SCRIPT_URL_MISSING, time.time(), 0.0, "fetch_failed")
         url = self._rewrite(request.script_url)
@@ -174,7 +176,7 @@ class RunService:
             return RunResult(None, texts.FAIL_TO_GET_SCRIPT, time.time(), 0.0, "fetch_failed")
         if response.status_code != 200 or len(body) > SCRIPT_MAX_BYTES:
             return RunResult(None, texts.FAIL_TO_GET_SCRIPT, time.time(), 0.0, "fetch_failed")
-        return body.decode("utf-8", errors="replace")
+        return bytes(body)
 
     def _rewrite(self, url: str) -> str:
         """PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT replaces the URL's scheme and host."""
@@ -201,8 +203,9 @@ class RunService:
         for entry in self.outbox.in_flight():
             if entry.container:
                 self.driver.cleanup(entry.container)
-            self.outbox.result(entry.script_id, RunResult(
-                None, texts.SANDBOX_LOST, entry.accepted_at, 0.0, "lost").body(entry.script_id))
+            body = RunResult(None, texts.SANDBOX_LOST, entry.accepted_at, 0.0, "lost").body(entry.script_id)
+            body["lost"] = True  # no result of its own: the scheduler does not count it (upstream's starter sent none)
+            self.outbox.result(entry.script_id, body)
             lost += 1
         for container in self.driver.orphans():
             self.driver.cleanup(container)

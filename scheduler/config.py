@@ -27,7 +27,11 @@ class Variable(NamedTuple):
 VARIABLES: tuple[Variable, ...] = (
     Variable("PYTHON_SCHEDULER_AUTH_TOKEN", "", "Shared secret with SeaTable (required); `Token`/`Bearer` auth."),
     Variable("SEATABLE_SERVER_URL", "", "Base URL of dtable-web, for scripts-running-limit and task files."),
-    Variable("PYTHON_SCHEDULER_URL", "", "URL under which sandboxes reach this scheduler's callbacks."),
+    Variable(
+        "PYTHON_SCHEDULER_URL",
+        "http://127.0.0.1:5055",
+        "URL under which sandboxes reach this scheduler's callbacks (read by the sandbox; same default).",
+    ),
     Variable("DB_HOST", "", "MariaDB/MySQL host; empty selects the embedded SQLite database."),
     Variable("DB_PORT", "3306", "MariaDB/MySQL port."),
     Variable("DB_USER", "", "Database user (used when DB_ROOT_PASSWD is empty)."),
@@ -40,7 +44,12 @@ VARIABLES: tuple[Variable, ...] = (
         "/var/lib/seatable-scheduler/scheduler.sqlite3",
         "SQLite file used when DB_HOST is empty.",
     ),
-    Variable("PYTHON_PROCESS_TIMEOUT", "900", "Time limit of one run in seconds."),
+    Variable(
+        "PYTHON_PROCESS_TIMEOUT",
+        "60",
+        "Time limit of one run in seconds; one default in both services: 60, as SeaTable's release compose "
+        "sets it for its scheduler and starter alike (upstream's code says 900).",
+    ),
     Variable("DELETE_LOG_DAYS", "30", "Days after which script_log rows are deleted."),
     Variable("DELETE_STATISTICS_DAYS", "90", "Days after which statistics rows are deleted."),
     Variable("PYTHON_SCHEDULER_WINDOW_SECS", "300", "Rate-limit window in seconds."),
@@ -48,7 +57,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PYTHON_STARTER_TOTAL_THREAD_COUNT", "10", "Total run slots over all sandboxes (rate limit base)."),
     Variable("TIME_ZONE", "", "IANA time zone of stored timestamps and API output; empty: the host's."),
     Variable("PYTHON_SCHEDULER_BIND_HOST", "127.0.0.1", "Address the API listens on."),
-    Variable("PYTHON_SCHEDULER_PORT", "5055", "Port the API listens on."),
+    Variable("PYTHON_SCHEDULER_PORT", "5055", "Port the API listens on (the container image: 80, SeaTable's default)."),
     Variable("PYTHON_SCHEDULER_WORKERS", "2", "gunicorn worker processes."),
     Variable("PYTHON_SCHEDULER_THREADS", "8", "Threads per gunicorn worker (gthread)."),
     Variable(
@@ -139,14 +148,14 @@ def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 class Config:
     auth_token: str = ""
     seatable_server_url: str = ""
-    scheduler_url: str = ""
+    scheduler_url: str = "http://127.0.0.1:5055"
     db_host: str = ""
     db_port: int = 3306
     db_user: str = "root"
     db_passwd: str = field(default="", repr=False)
     database_name: str = "scheduler"
     sqlite_path: str = _DEFAULTS["PYTHON_SCHEDULER_SQLITE_PATH"]
-    process_timeout: int = 900
+    process_timeout: int = 60
     delete_log_days: int = 30
     delete_statistics_days: int = 90
     window_secs: int = 300

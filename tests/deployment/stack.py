@@ -90,8 +90,8 @@ def build_images(podman: Podman) -> Images:
     base = build_base(podman)
     wheels = wheelhouse(podman.user)
     context = build_context(podman.user)
-    source = tree_digest(REPO, ("pyproject.toml", "README.md", "scheduler", "sandbox", "runner-rootfs",
-                                "containers"))
+    source = tree_digest(REPO, ("pyproject.toml", "README.md", "scheduler", "sandbox", "httpworker",
+                                "runner-rootfs", "containers"))
     return Images(
         base=base,
         scheduler=build_image(podman, "scheduler", "Containerfile.scheduler", base, context, wheels, source),
@@ -226,7 +226,7 @@ class ComposeStack:
         return f"--- {name}\n{result.stdout}{result.stderr}"
 
     def all_logs(self) -> str:
-        return "\n".join(self.logs(s) for s in ("mariadb", "scheduler", "dispatcher", "sandbox"))
+        return "\n".join(self.logs(s) for s in ("mariadb", "python-scheduler", "dispatcher", "sandbox"))
 
     def wait_healthy(self, services: tuple[str, ...], timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout

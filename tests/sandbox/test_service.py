@@ -183,7 +183,9 @@ def test_runner_reaches_no_address(sandbox: SandboxProcess, receiver: CallbackRe
     )
     result = run(sandbox, receiver, 112, script)
     assert "connected" not in result["output"], result["output"]
-    assert result["output"].splitlines()[-1] == "['lo']"
+    # The open network (the default): an interface, and this host refused through it.
+    assert result["output"].splitlines()[-2:] == [
+        "['lo', 'tap0']", f"[egress refused: 10.0.2.2:{host_port} (this host's loopback)]"], result["output"]
 
 
 @pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
@@ -273,6 +275,7 @@ def test_sigkill_mid_run_reports_sandbox_lost(sandbox_factory: Any, receiver: Ca
     result = receiver.result(140, timeout=30)
     assert result["output"] == texts.SANDBOX_LOST
     assert result["success"] is False and result["return_code"] is None
+    assert result["lost"] is True  # the scheduler does not count a run without a result of its own
     assert ours(podman, sandbox) == []
 
 

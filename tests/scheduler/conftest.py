@@ -166,8 +166,8 @@ def start_scheduler(env: dict[str, str], log_path: Path, timeout: float = 30.0) 
         try:
             if requests.get(f"{server.url}/ping/", timeout=1).status_code == 200:
                 return server
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or listening (gunicorn's master) while the worker still imports
         if time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"scheduler did not answer in {timeout} s:\n{server.log()}")

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from sandbox.host import DEFAULT_USER, SandboxUser, lookup_user, socket_alive, start_api_service
+from sandbox.host import SandboxUser, configured_user, lookup_user, socket_alive, start_api_service
 from sandbox.image import default_image
 from sandbox.podman_api import PodmanAPI
 
@@ -39,7 +39,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def sandbox_user() -> SandboxUser:
-    user = lookup_user(DEFAULT_USER)
+    user = lookup_user(configured_user())
     if not socket_alive(user):
         start_api_service(user)  # a previous test run or session may have stopped it
     return user
