@@ -60,6 +60,9 @@ class NodeHealth:
     outbox_max_bytes: int
     min_free_bytes: int = MIN_FREE_BYTES
     pool_rss: Callable[[], list[int | None]] | None = None
+    # Work that needs Podman and may wait for it (removals that failed while it was down): run after a check
+    # that found it answering.
+    sweep: Callable[[], object] | None = None
     interval: float = INTERVAL
     last: Check | None = None
     idle_runner_rss: list[int | None] = field(default_factory=list)
@@ -68,6 +71,7 @@ class NodeHealth:
     _rss_at: float = 0.0
     _reported: tuple[str, ...] = ()
     _podman_failures: int = 0
+    _sweeping: threading.Thread | None = None
 
     def check_now(self) -> Check:
         problems: list[str] = []
@@ -130,10 +134,27 @@ class NodeHealth:
             self._thread.join(timeout=PODMAN_TIMEOUT * 2 + 1)
             self._thread = None
 
+    def _start_sweep(self) -> None:
+        """In a thread of its own, one at a time: slow Podman work must not make the check look stalled."""
+        if self._sweeping is not None and self._sweeping.is_alive():
+            return
+        assert self.sweep is not None
+        self._sweeping = threading.Thread(target=self._sweep, args=(self.sweep,), name="podman-sweep", daemon=True)
+        self._sweeping.start()
+
+    @staticmethod
+    def _sweep(sweep: Callable[[], object]) -> None:
+        try:
+            sweep()
+        except Exception:
+            log.exception("background removal of runners failed")
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self.check_now()
+                if self.sweep is not None and self._podman_failures == 0:
+                    self._start_sweep()
                 if self.pool_rss is not None and time.monotonic() - self._rss_at >= RSS_EVERY:
                     self._rss_at = time.monotonic()
                     self.idle_runner_rss = self.pool_rss()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlparse
 
+import requests
 from podman import PodmanClient
 from podman.errors import APIError, NotFound
 
@@ -89,15 +90,7 @@ class AttachStream:
         return frames
 
     def _pop_frame(self) -> tuple[int, bytes] | None:
-        """The next whole (stream, payload) frame from the buffer, or None until more arrives."""
-        if len(self.buffer) < 8:
-            return None
-        kind, size = struct.unpack_from(">BxxxI", self.buffer)
-        if len(self.buffer) < 8 + size:
-            return None
-        payload = bytes(self.buffer[8:8 + size])
-        del self.buffer[:8 + size]  # O(1): CPython moves a bytearray's start instead of copying
-        return kind, payload
+        return pop_frame(self.buffer)
 
     def close(self) -> None:
         self.sock.close()
@@ -176,6 +169,25 @@ class PodmanAPI:
             raise PodmanError(f"wait failed ({response.status_code})")
         return int(response.text.strip())
 
+    def logs(self, container: str) -> Iterator[tuple[int, bytes]]:
+        """The container's whole output so far from its log file, as (stream, payload) frames
+        like attach's: what it wrote while nobody was attached (the Podman service was down)."""
+        response = self.client.api.get(f"/containers/{quote(container)}/logs",
+                                       params={"stdout": "true", "stderr": "true"}, stream=True)
+        if response.status_code != 200:
+            raise PodmanError(f"logs failed ({response.status_code}): {_json(response).get('message', '')}")
+        buffer = bytearray()
+        try:
+            for chunk in response.iter_content(AttachStream.RECV_BYTES):
+                buffer += chunk
+                while (frame := pop_frame(buffer)) is not None:
+                    yield frame
+        finally:
+            response.close()
+
+    def running(self, container: str) -> bool:
+        return bool(self.inspect(container).get("State", {}).get("Running"))
+
     def kill(self, container: str, signal: str = "KILL") -> None:
         # 409: already stopped, which is what we wanted.
         self.client.api.post(f"/containers/{quote(container)}/kill", params={"signal": signal})
@@ -209,6 +221,29 @@ class PodmanAPI:
 
     def close(self) -> None:
         self.client.close()
+
+
+def pop_frame(buffer: bytearray) -> tuple[int, bytes] | None:
+    """The next whole (stream, payload) frame of a multiplexed stream, or None until more arrives."""
+    if len(buffer) < 8:
+        return None
+    kind, size = struct.unpack_from(">BxxxI", buffer)
+    if len(buffer) < 8 + size:
+        return None
+    payload = bytes(buffer[8:8 + size])
+    del buffer[:8 + size]  # O(1): CPython moves a bytearray's start instead of copying
+    return kind, payload
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Did a call fail because the Podman service is not there (no socket, refused, cut off)?
+    Not an answer of it (an error status): those are ordinary failures."""
+    causes: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(causes) < 8:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return any(isinstance(c, (ConnectionError, FileNotFoundError, requests.ConnectionError)) for c in causes)
 
 
 def describe(exc: BaseException) -> PingFailure:
