@@ -8,6 +8,7 @@ touches no other checkout.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import tempfile
 import time
@@ -44,6 +45,7 @@ def private_podman(sandbox_user: SandboxUser) -> Iterator[PodmanService]:
     finally:
         api.close()
     service.stop()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def node_containers(service: PodmanService, node: str) -> list[str]:

@@ -268,6 +268,7 @@ class SandboxProcess:
                     return
             except requests.RequestException:  # not listening yet, or the worker still booting
                 time.sleep(0.1)
+        self.stop()  # no caller holds it yet: left running, it would outlive the test
         raise AssertionError(f"sandbox did not answer within 30 s:\n{self.log()}")
 
     def log(self) -> str:
