@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from sandbox.network import CLOSED, OpenNetwork
 from sandbox.outcome import READY, ControlStream, Evidence, Outcome, decide
 from sandbox.output import OutputCap
 from sandbox.podman_api import STDERR, AttachStream, PodmanAPI, PodmanError, unreachable
+from sandbox.runner_options import RunnerOptions
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +77,17 @@ class RunResult:
     def success(self) -> bool:
         return self.outcome == "exited" and self.return_code == 0
 
+    @property
+    def kind(self) -> str:
+        """What ended the run, in the scheduler's words (scheduler/outcomes.py)."""
+        if self.outcome == "exited":
+            return "success" if self.return_code == 0 else "failed"
+        if self.outcome == "signal":
+            return "cpu_limit" if self.return_code == 128 + signal.SIGXCPU else "killed_by_signal"
+        return _KINDS.get(self.outcome, "failed")
+
     def body(self, script_id: int) -> dict[str, object]:
-        """upstream's /script-result/ body."""
+        """upstream's /script-result/ body, plus the outcome kind (upstream's scheduler ignores it)."""
         return {
             "script_id": script_id,
             "success": self.success,
@@ -84,6 +95,7 @@ class RunResult:
             "output": self.output,
             "started_at": self.started_at,
             "spend_time": round(self.spend_time, 3),
+            "outcome": self.kind,
         }
 
 
@@ -97,6 +109,16 @@ class Settled:
     control: ControlStream
     gap: bool = False  # part of the output is missing (the log was started over while the attach was cut)
     from_log: bool = False
+
+
+_KINDS = {
+    "timeout": "time_limit",
+    "output_limit": "output_limit",
+    "out_of_memory": "out_of_memory",
+    "error": "sandbox_error",
+    "lost": "sandbox_lost",
+    "fetch_failed": "fetch_failed",
+}
 
 
 @dataclass
@@ -150,6 +172,8 @@ class ContainerDriver:
     cgroups: RunCgroups | None = None
     # The open network (an interface, rules outside the runner); None: loopback only.
     network: OpenNetwork | None = None
+    # The admin's mounts and hosts from upstream's PYTHON_RUNNER_OTHER_OPTIONS (checked at start).
+    options: RunnerOptions = field(default_factory=RunnerOptions)
     _egress_keys: dict[str, str] = field(default_factory=dict)
     _unremoved: set[str] = field(default_factory=set)  # removal failed (Podman down?): retried by retry_removals
     _uids: dict[str, int] = field(default_factory=dict)
@@ -181,6 +205,7 @@ class ContainerDriver:
             base = self.egress_host_dir or str(self.egress.base_dir)
             mounts.append({"destination": EGRESS_MOUNT, "type": "bind", "source": f"{base}/{key}",
                            "options": ["ro", "rbind", "nosuid", "nodev", "noexec"]})
+        mounts += [mount.spec() for mount in self.options.mounts]
         spec: dict[str, Any] = {
             "image": self.image,
             "name": f"seatable-run-{label}-{key}",
@@ -195,6 +220,7 @@ class ContainerDriver:
             "cap_drop": ["ALL"],
             "no_new_privileges": True,
             **(self.network.spec() if self.network is not None else CLOSED),
+            **self.options.spec(),
             "labels": {LABEL: self.node, LABEL_SCRIPT: label, LABEL_UID: str(uid)},
             "stdin": True,
             "terminal": False,

@@ -28,8 +28,6 @@ from sandbox.host import SandboxUser, configured_user, lookup_user, socket_alive
 from sandbox.image import default_image
 from sandbox.podman_api import PodmanAPI
 
-# A start bound, not a speed check: the sandbox probes a runner before it listens, and with other checkouts' tests
-# on this 2-core machine (load averages of 50-90 measured) that alone has taken over 30 s.
 START_SECS = 120
 VENV_BIN = Path(os.environ.get("SEATABLE_PIPELINE_PREFIX", "/opt/seatable-pipeline")) / "venv" / "bin"
 
@@ -262,6 +260,8 @@ class SandboxProcess:
             start_new_session=True,
         )
         log.close()
+        # The worker boots before it answers: a runner probe, the id-mapped image copy, the network helper.
+        # On a loaded machine that is tens of seconds; a sandbox that dies at start is seen at once.
         deadline = time.monotonic() + START_SECS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
