@@ -60,6 +60,62 @@ def runner_image(podman: PodmanAPI) -> str:
     return image
 
 
+# --- a Podman API service of the sandbox user's own, which a test may kill ---------------
+
+@dataclass
+class PodmanService:
+    """`podman system service --time=0` as the sandbox user on a private socket, started as sandbox.host starts
+    the shared one: killing it (SIGKILL, as a crash) touches no other checkout's service; the containers it
+    started run on under their conmon."""
+
+    user: SandboxUser
+    name: str
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.user.runtime_dir / f"podman-{self.name}" / "podman.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> PodmanService:
+        directory = self.socket.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chown(directory, self.user.uid, self.user.gid)
+        self.socket.unlink(missing_ok=True)  # left by a killed service
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.user.command(["podman", "system", "service", "--time=0", self.url]),
+                env=self.user.env(), cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True)
+        api = PodmanAPI(self.url, timeout=5)
+        try:
+            deadline = time.monotonic() + 60
+            while not (self.socket.exists() and api.ping()):
+                assert time.monotonic() < deadline, "the private Podman API service did not start"
+                time.sleep(0.1)
+        finally:
+            api.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the service process itself (runuser's child), not its containers' conmon."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        for pid in [int(p) for p in children] or [process.pid]:
+            os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.socket.parent, ignore_errors=True)
+
+
 # --- a scheduler stand-in that records the sandbox's callbacks --------------------------
 
 @dataclass
@@ -215,6 +271,7 @@ class SandboxProcess:
                     return
             except requests.RequestException:  # not listening yet, or the worker still booting
                 time.sleep(0.1)
+        self.stop()  # no caller holds it yet: left running, it would outlive the test
         raise AssertionError(f"sandbox did not answer within {START_SECS} s:\n{self.log()}")
 
     def log(self) -> str:
