@@ -4,7 +4,7 @@ import importlib
 import sys
 
 if len(sys.argv) < 2:
-    print("usage: ./dev bench sandbox_overhead|scheduler_wrk|dispatch_throughput|egress_throughput [args]",
+    print("usage: ./dev bench sandbox_overhead|scheduler_wrk|dispatch_throughput|egress_throughput|image_sizes [args]",
           file=sys.stderr)
     raise SystemExit(2)
 module = importlib.import_module(f"bench.{sys.argv[1]}")

@@ -7,7 +7,6 @@ gives each request a thread, so a slow client never blocks a run's hand-off.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -123,7 +122,7 @@ class SandboxServer(BaseApplication):
             "graceful_timeout": self.config.timeout + 10,
             "accesslog": None,
             "errorlog": "-",
-            "loglevel": os.environ.get("PYTHON_SANDBOX_LOG_LEVEL", "info"),
+            "loglevel": self.config.log_level,
             "proc_name": "seatable-sandbox",
             "worker_exit": worker_exit,
         }

@@ -26,7 +26,8 @@ BASE_NAME = "localhost/seatable-deploy-base"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "tzdata")
 BASE_VERSION = "1"
 # What each Containerfile needs from the repository (the build context is a staging copy of these).
-CONTEXT_PATHS = ("pyproject.toml", "README.md", "scheduler", "sandbox", "runner-rootfs", "containers")
+CONTEXT_PATHS = ("pyproject.toml", "README.md", "pipeline_config", "scheduler", "sandbox", "runner-rootfs",
+                 "containers")
 
 
 def digest(*parts: str | bytes) -> str:

@@ -53,7 +53,7 @@ def test_a_post_that_may_have_arrived_is_uncertain_a_refused_connect_is_not_sent
     assert nodes.capacity() == 0  # both are skipped for a while
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"], indirect=True)
 def test_a_draft_is_handed_off_with_its_own_code_and_token_which_are_then_erased(
     backend: str, db_env: dict[str, str], store: Store, seatable: SeaTableStub, node: StubSandbox
 ) -> None:

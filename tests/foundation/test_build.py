@@ -47,6 +47,7 @@ def fresh_cache() -> Iterator[Path]:
         yield Path(path)
 
 
+@pytest.mark.timeout(2 * 900 + 60)  # the whole offline build, then the cached one (each may take build()'s 900 s)
 def test_build_from_scratch_then_cached(fresh_cache: Path, podman: PodmanAPI, sandbox_user: SandboxUser) -> None:
     """A new recipe (one more Debian package) in an empty cache: the whole offline build."""
     tag = Recipe.packaged(extra_packages=("file",)).tag
@@ -71,19 +72,19 @@ def test_build_from_scratch_then_cached(fresh_cache: Path, podman: PodmanAPI, sa
         sandbox_user.run(["podman", "tag", default_image(), f"{IMAGE_NAME}:latest"])
 
 
-def test_missing_debian_package_is_one_clear_line() -> None:
+def test_missing_debian_package_is_one_clear_line(sandbox_account: SandboxUser) -> None:
     result = build("--extra-package", "no-such-package-seatable-xyz")
     assert_one_line_error(result, "mmdebstrap failed", "no-such-package-seatable-xyz")
 
 
-def test_failed_pip_install_is_one_clear_line(tmp_path: Path) -> None:
+def test_failed_pip_install_is_one_clear_line(sandbox_account: SandboxUser, tmp_path: Path) -> None:
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("no-such-distribution-seatable-xyz==1.0\n")
     result = build("--requirements", str(requirements))
     assert_one_line_error(result, "pip could not install", "no-such-distribution-seatable-xyz")
 
 
-def test_unwritable_cache_dir_is_one_clear_line(tmp_path: Path) -> None:
+def test_unwritable_cache_dir_is_one_clear_line(sandbox_account: SandboxUser, tmp_path: Path) -> None:
     readonly = tmp_path / "ro"
     readonly.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)], check=True)

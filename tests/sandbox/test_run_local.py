@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.podman
-
 
 def run_local(*argv: str, cli: str = "sandbox.cli") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", cli, "run-local", *argv],
@@ -17,7 +15,7 @@ def run_local(*argv: str, cli: str = "sandbox.cli") -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("cli", ["sandbox.cli", "scheduler.cli"])
-def test_runs_a_script_with_context_and_env(tmp_path: Path, cli: str) -> None:
+def test_runs_a_script_with_context_and_env(runner_image: str, tmp_path: Path, cli: str) -> None:
     script = tmp_path / "ok.py"
     script.write_text("import os\nfrom seatable_api import context\n"
                       "print(context.current_table, os.environ['dtable_web_url'])\n")
@@ -28,7 +26,7 @@ def test_runs_a_script_with_context_and_env(tmp_path: Path, cli: str) -> None:
     assert result.stderr.startswith("--- succeeded: exited, return code 0,")
 
 
-def test_the_egress_policy_applies(tmp_path: Path) -> None:
+def test_the_egress_policy_applies(runner_image: str, tmp_path: Path) -> None:
     """As in a real run: the script's own server is allowed, anything else refused and reported."""
     script = tmp_path / "net.py"
     script.write_text("import requests\n"
@@ -40,7 +38,7 @@ def test_the_egress_policy_applies(tmp_path: Path) -> None:
                              "[egress refused: 169.254.169.254:80 (not on the allow list)]\n")
 
 
-def test_a_failing_script_exits_1_with_its_traceback(tmp_path: Path) -> None:
+def test_a_failing_script_exits_1_with_its_traceback(runner_image: str, tmp_path: Path) -> None:
     script = tmp_path / "bad.py"
     script.write_text("raise ValueError('no such row')\n")
     result = run_local(str(script))

@@ -38,8 +38,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def sandbox_user() -> SandboxUser:
-    user = lookup_user(DEFAULT_USER)
+def sandbox_account() -> SandboxUser:
+    """The sandbox user as host-setup (./dev setup) made it; nothing started."""
+    return lookup_user(DEFAULT_USER)
+
+
+@pytest.fixture(scope="session")
+def sandbox_user(sandbox_account: SandboxUser) -> SandboxUser:
+    """The sandbox user with its Podman API service answering."""
+    user = sandbox_account
     if not socket_alive(user):
         start_api_service(user)  # a previous test run or session may have stopped it
     return user

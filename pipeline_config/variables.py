@@ -1,0 +1,177 @@
+"""Every environment variable of the scheduler and the sandbox, each declared once.
+
+Upstream's names wherever upstream had one (`PYTHON_STARTER_*`, `DB_*`, `TIME_ZONE`, ...). The config objects
+(`scheduler.config.Config`, `sandbox.config.SandboxConfig`), the README's tables, the systemd env templates and
+the compose env example are all derived from this table; `python -m tests.deployment.render` rewrites the
+generated files and tests fail when they drift.
+
+Adding a variable: one `Variable(...)` below, with a `Use` for each service that reads it, and the field it
+names in that service's config class (the class refuses to import without it).
+"""
+
+from __future__ import annotations
+
+from pipeline_config.registry import Flag, Int, Number, Pattern, Size, Text, Urls, Use, Variable, Zone, services
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+NETWORK_MODES = ("none", "seatable", "open")
+
+VARIABLES: tuple[Variable, ...] = (
+    # --- read by both services ---------------------------------------------------------------------------
+    Variable(
+        "PYTHON_SCHEDULER_AUTH_TOKEN", Text(), secret=True,
+        scheduler=Use("auth_token", "", "Shared secret with SeaTable (required); `Token`/`Bearer` auth.",
+                      fill_in=True),
+        sandbox=Use("scheduler_token", "", "Token sent with the callbacks.", shown="(required)", required=True,
+                    fill_in=True),
+    ),
+    Variable(
+        "PYTHON_SANDBOX_AUTH_TOKEN", Text(), secret=True,
+        scheduler=Use("sandbox_auth_token", "", "Token sent to the sandbox nodes (required by `dispatch`).",
+                      fill_in=True),
+        sandbox=Use("auth_token", "", "Token the dispatcher sends as `Authorization: Token …`.",
+                    shown="(required)", required=True, fill_in=True),
+    ),
+    Variable(
+        "PYTHON_SCHEDULER_URL", Text(url=True),
+        scheduler=Use("scheduler_url", "", "URL under which sandboxes reach this scheduler's callbacks."),
+        sandbox=Use("scheduler_url", "http://127.0.0.1:5055", "Where running and result callbacks go.",
+                    keep_blank=True),
+    ),
+    Variable(
+        "PYTHON_PROCESS_TIMEOUT", Int(minimum=1),
+        scheduler=Use("process_timeout", "900", "Time limit of one run in seconds."),
+        sandbox=Use("timeout", "60", "Wall-time limit per run, seconds."),
+    ),
+    Variable(
+        "TIME_ZONE", Text(),
+        scheduler=Use("time_zone", "", "IANA time zone of stored timestamps and API output; empty: the host's.",
+                      kind=Zone()),
+        sandbox=Use("time_zone", "UTC", "TZ inside the runner."),
+    ),
+    # --- the scheduler, dispatcher and maintenance -------------------------------------------------------
+    Variable("SEATABLE_SERVER_URL", Text(url=True), scheduler=Use(
+        "seatable_server_url", "", "Base URL of dtable-web, for scripts-running-limit and task files.")),
+    Variable("DB_HOST", Text(), scheduler=Use(
+        "db_host", "", "MariaDB/MySQL host; empty selects the embedded SQLite database.")),
+    Variable("DB_PORT", Int(minimum=1), scheduler=Use("db_port", "3306", "MariaDB/MySQL port.")),
+    # The four DB_ credentials feed upstream's rule in Config.from_env (which login is used).
+    Variable("DB_USER", Text(), scheduler=Use(None, "", "Database user (used when DB_ROOT_PASSWD is empty).")),
+    Variable("DB_PASSWD", Text(), secret=True, scheduler=Use(None, "", "Password of DB_USER.")),
+    Variable("DB_ROOT_USER", Text(), scheduler=Use(
+        None, "root", "Privileged database user, preferred when DB_ROOT_PASSWD is set.")),
+    Variable("DB_ROOT_PASSWD", Text(), secret=True, scheduler=Use(None, "", "Password of DB_ROOT_USER.")),
+    Variable("DATABASE_NAME", Text(), scheduler=Use(
+        "database_name", "scheduler", "Database (schema) name on MariaDB/MySQL.")),
+    Variable("PYTHON_SCHEDULER_SQLITE_PATH", Text(), scheduler=Use(
+        "sqlite_path", "/var/lib/seatable-scheduler/scheduler.sqlite3", "SQLite file used when DB_HOST is empty.")),
+    Variable("DELETE_LOG_DAYS", Int(minimum=1), scheduler=Use(
+        "delete_log_days", "30", "Days after which script_log rows are deleted.")),
+    Variable("DELETE_STATISTICS_DAYS", Int(minimum=1), scheduler=Use(
+        "delete_statistics_days", "90", "Days after which statistics rows are deleted.")),
+    Variable("PYTHON_SCHEDULER_WINDOW_SECS", Int(minimum=1), scheduler=Use(
+        "window_secs", "300", "Rate-limit window in seconds.")),
+    Variable("PYTHON_SCHEDULER_RATE_LIMIT_PERCENT", Number(minimum=0, maximum=1), scheduler=Use(
+        "rate_limit_percent", "0.25", "Share of the window's capacity one team may use.")),
+    Variable("PYTHON_STARTER_TOTAL_THREAD_COUNT", Int(minimum=1), scheduler=Use(
+        "total_thread_count", "10", "Total run slots over all sandboxes (rate limit base).")),
+    Variable("PYTHON_SCHEDULER_BIND_HOST", Text(), scheduler=Use(
+        "bind_host", "127.0.0.1", "Address the API listens on.")),
+    Variable("PYTHON_SCHEDULER_PORT", Int(minimum=1), scheduler=Use("port", "5055", "Port the API listens on.")),
+    Variable("PYTHON_SCHEDULER_WORKERS", Int(minimum=1), scheduler=Use(
+        "workers", "2", "gunicorn worker processes.")),
+    Variable("PYTHON_SCHEDULER_THREADS", Int(minimum=1), scheduler=Use(
+        "threads", "8", "Threads per gunicorn worker (gthread).")),
+    Variable("PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS", Flag(), scheduler=Use(
+        "accept_unauthenticated_callbacks", "false",
+        "true: accept result/running callbacks without the token (old upstream starters).")),
+    Variable("PYTHON_SCHEDULER_MAX_BODY_BYTES", Int(minimum=1024), scheduler=Use(
+        "max_body_bytes", "8388608", "Largest request body accepted (413 above).")),
+    Variable("PYTHON_SCHEDULER_LOG_LEVEL", Text(choices=LOG_LEVELS, case=str.upper), scheduler=Use(
+        "log_level", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR).")),
+    Variable("PYTHON_SANDBOX_URLS", Urls(), scheduler=Use(
+        "sandbox_urls", "http://127.0.0.1:8088", "Comma list of sandbox nodes runs are handed to.")),
+    Variable("PYTHON_DISPATCH_BATCH", Int(minimum=1), scheduler=Use(
+        "dispatch_batch", "50", "Most runs claimed per transaction (and never more than free slots).")),
+    Variable("PYTHON_DISPATCH_THREADS", Int(minimum=1), scheduler=Use(
+        "dispatch_threads", "16", "Parallel task-file fetches and hand-offs per dispatcher.")),
+    Variable("PYTHON_DISPATCH_LEASE_SECS", Int(minimum=1), scheduler=Use(
+        "lease_secs", "30", "A claim not handed off within this time returns to the queue.")),
+    Variable("PYTHON_DISPATCH_HANDOFF_SECS", Int(minimum=1), scheduler=Use(
+        "handoff_secs", "60",
+        'After this long a node\'s "not here" proves a hand-off never arrived (no POST still in flight).')),
+    Variable("PYTHON_SANDBOX_LOST_GRACE_SECS", Int(minimum=0), scheduler=Use(
+        "lost_grace_secs", "60",
+        'A run whose node does not answer for PYTHON_PROCESS_TIMEOUT plus this long ends as "sandbox lost".')),
+    Variable("PYTHON_SCHEDULER_QUEUE_TIMEOUT", Int(minimum=0), scheduler=Use(
+        "queue_timeout", "3600", "Queued longer than this: ended as not started; 0 never.")),
+    Variable("PYTHON_SWEEP_INTERVAL_SECS", Int(minimum=1), scheduler=Use(
+        "sweep_interval", "5", "How often `maintain` asks the nodes about runs handed to them.")),
+    Variable("PYTHON_RETENTION_INTERVAL_SECS", Int(minimum=1), scheduler=Use(
+        "retention_interval", "3600", "How often old logs and statistics are deleted.")),
+    Variable("PYTHON_RETENTION_BATCH", Int(minimum=1), scheduler=Use(
+        "retention_batch", "1000", "Rows deleted per transaction by the retention sweep.")),
+    Variable("PYTHON_DISPATCH_TEST_PAUSE", Pattern(r"(after-claim|after-handoff):\d+(\.\d+)?",
+                                                   "after-claim:SECONDS or after-handoff:SECONDS"),
+             scheduler=Use("dispatch_test_pause", "",
+                           "Tests only, leave unset: the dispatcher stops this long at that point, so a test can "
+                           "kill it there.")),
+    # --- the sandbox ----------------------------------------------------------------------------------
+    Variable("PYTHON_SANDBOX_BIND", Text(), sandbox=Use(
+        "bind", "127.0.0.1:8088", "Address the sandbox API listens on.", keep_blank=True)),
+    Variable("PYTHON_SANDBOX_PODMAN_URL", Text(), sandbox=Use(
+        "podman_url", "", "The sandbox user's Podman API.", shown="unix:///run/user/<uid>/podman/podman.sock")),
+    Variable("PYTHON_SANDBOX_NODE_NAME", Text(), sandbox=Use(
+        "node_name", "", "Label on this node's containers; orphans are found by it.", shown="<hostname>")),
+    Variable("PYTHON_SANDBOX_STATE_DIR", Text(), sandbox=Use(
+        None, "", "Outbox and ledger (SQLite).", shown="~/.local/state/seatable-sandbox")),
+    Variable("PYTHON_RUNNER_IMAGE", Text(), sandbox=Use(
+        "image", "", "Runner image.", shown="localhost/seatable-python-runner:<recipe hash>")),
+    Variable("PYTHON_STARTER_THREAD_COUNT", Int(minimum=1), sandbox=Use(
+        "slots", "10", "Runs at once (slots); more get 429.")),
+    Variable("PYTHON_RUNNER_CONTAINER_MEMORY", Size(), sandbox=Use(
+        "memory", "1g", "Memory limit (cgroup, or RLIMIT_AS as the fallback).")),
+    Variable("PYTHON_RUNNER_CONTAINER_PIDS", Int(minimum=1), sandbox=Use(
+        "pids", "256", "Process/thread limit (cgroup pids, or RLIMIT_NPROC).")),
+    Variable("PYTHON_RUNNER_CONTAINER_CPUS", Number(minimum=0, empty=0.0), sandbox=Use(
+        "cpus", "", "CPU limit in cores where cgroups are delegated; empty = none.")),
+    Variable("PYTHON_RUNNER_OUTPUT_LIMIT", Int(minimum=1), sandbox=Use(
+        "output_limit", "1000000", "Characters of output kept; the runner is killed past it.")),
+    Variable("PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", Int(minimum=1), sandbox=Use(
+        "tmpfs_size", "104857600", "Size of the runner's /tmp.")),
+    Variable("PYTHON_RUNNER_NETWORK", Text(choices=NETWORK_MODES), sandbox=Use(
+        "network", "seatable",
+        "Runner network: none (nothing reachable), seatable (HTTP(S) to the run's SeaTable server and the allow "
+        "list only), open (any public address; never loopback or link-local).")),
+    Variable("PYTHON_RUNNER_EGRESS_ALLOW", Text(), sandbox=Use(
+        "egress_allow", "",
+        "More destinations runners may reach: host, host:port, [v6]:port or an http(s) URL, comma-separated; a "
+        "listed IP literal may be private or loopback.")),
+    Variable("PYTHON_RUNNER_CA_BUNDLE", Text(), sandbox=Use(
+        None, "",
+        "PEM file of extra CA certificates the runners trust (REQUESTS_CA_BUNDLE, SSL_CERT_FILE), e.g. for a "
+        "SeaTable server with an in-house CA.")),
+    Variable("PYTHON_SANDBOX_EGRESS_DIR", Text(), sandbox=Use(
+        None, "", "Where the per-run egress sockets are created.", shown="<state dir>/egress")),
+    Variable("PYTHON_SANDBOX_EGRESS_HOST_DIR", Text(), sandbox=Use(
+        "egress_host_dir", "",
+        "That directory as the Podman host sees it, when the sandbox itself runs in a container.", shown="(same)")),
+    Variable("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT", Text(url=True), sandbox=Use(
+        None, "", "Replaces scheme and host of script URLs (when used).")),
+    Variable("PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT", Flag(), sandbox=Use(
+        None, "", "True: use it (upstream needs both set).")),
+    Variable("PYTHON_SANDBOX_SECCOMP_PROFILE", Text(), sandbox=Use(
+        "seccomp_profile", "", "Podman seccomp profile for runners.", shown="(tightened Podman default)")),
+    Variable("PYTHON_SANDBOX_WARM_POOL", Int(minimum=0), sandbox=Use(
+        "warm_pool", "2", "Pre-started runners waiting for a job; 0 turns the pool off.")),
+    Variable("PYTHON_SANDBOX_PREIMPORT", Text(), sandbox=Use(
+        "preimport", "seatable_api,pandas",
+        "Modules warm runners import before their job; a runner made to replace a taken one imports those of "
+        "them the taken run's script imported.", keep_blank=True)),
+    Variable("PYTHON_SANDBOX_POOL_MIN_AVAILABLE", Size(), sandbox=Use(
+        "pool_min_available", "1g", "Below this much available memory the pool empties.")),
+    Variable("PYTHON_SANDBOX_LOG_LEVEL", Text(choices=tuple(level.lower() for level in LOG_LEVELS), case=str.lower),
+             sandbox=Use("log_level", "info", "Log level of the sandbox service (debug, info, warning, error).")),
+)
+
+SCHEDULER, SANDBOX = services(VARIABLES)

@@ -1,0 +1,186 @@
+"""The configuration registry: every variable is read into its service's config, validated, documented."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline_config.registry import (
+    ConfigError,
+    Flag,
+    Int,
+    Number,
+    Pattern,
+    Service,
+    Size,
+    Text,
+    Urls,
+    Use,
+    Variable,
+    Zone,
+    services,
+)
+from pipeline_config.variables import SANDBOX, SCHEDULER, VARIABLES
+from sandbox.config import SandboxConfig
+from scheduler.config import Config
+
+TOKENS = {"PYTHON_SANDBOX_AUTH_TOKEN": "a", "PYTHON_SCHEDULER_AUTH_TOKEN": "b", "HOME": "/home/x"}
+PARTNERS = {
+    "DB_ROOT_USER": {"DB_ROOT_PASSWD": "pw"},
+    "PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT": {"PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT": "true"},
+    "PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT": {"PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT": "http://f"},
+}
+
+
+def sample(var: Variable, use: Use) -> str:
+    """A valid value for the variable that differs from its default."""
+    kind = use.kind or var.kind
+    if isinstance(kind, Int):
+        return str(max(kind.minimum, int(use.default or 0)) + 7)
+    if isinstance(kind, Number):
+        return "0.5" if use.default != "0.5" else "0.75"
+    if isinstance(kind, Flag):
+        return "true" if use.default in ("", "false") else "false"
+    if isinstance(kind, Size):
+        return "3m"
+    if isinstance(kind, Urls):
+        return "http://node-a:8088,http://node-b:8088"
+    if isinstance(kind, Zone):
+        return "Europe/Berlin"
+    if isinstance(kind, Pattern):
+        return "after-claim:5"
+    assert isinstance(kind, Text)
+    if kind.choices:
+        return next(c for c in kind.choices if kind.case is None or c != kind.case(use.default))
+    if var.name == "PYTHON_RUNNER_CA_BUNDLE":
+        return ""  # a file: tests/sandbox/test_egress_runner.py reads a real one
+    if var.name.endswith("_DIR"):
+        return "/srv/x"
+    return "http://other.example" if "URL" in var.name or "ROOT" in var.name else "other-value"
+
+
+def config_of(service: Service, env: dict[str, str]) -> Any:
+    return Config.from_env(env) if service is SCHEDULER else SandboxConfig.from_env({**TOKENS, **env})
+
+
+@pytest.mark.parametrize("service", [SCHEDULER, SANDBOX], ids=["scheduler", "sandbox"])
+def test_every_variable_is_read_into_the_config(service: Service) -> None:
+    base = config_of(service, {})
+    for var, use in service.uses():
+        value = sample(var, use)
+        if not value:
+            continue
+        extra = PARTNERS.get(var.name, {})  # variables that count only together with another
+        changed = config_of(service, {**extra, var.name: value})
+        assert changed != config_of(service, extra), f"{var.name} changes nothing"
+    assert base == config_of(service, {})
+
+
+def test_defaults_come_from_the_registry_once() -> None:
+    assert Config.from_env({}) == Config()
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    assert fields["process_timeout"].default == 900
+    assert not fields["auth_token"].repr and not fields["db_passwd"].repr  # secrets never in a repr
+    sandbox = SandboxConfig.from_env(TOKENS)
+    assert (sandbox.timeout, sandbox.time_zone, sandbox.scheduler_url) == (60, "UTC", "http://127.0.0.1:5055")
+    assert "'a'" not in repr(sandbox) and "'b'" not in repr(sandbox)
+
+
+def test_shared_variables_are_one_entry_with_a_meaning_per_service() -> None:
+    names = [var.name for var in VARIABLES]
+    assert len(names) == len(set(names))
+    shared = {var.name for var in VARIABLES if var.scheduler and var.sandbox}
+    assert shared == {"PYTHON_SCHEDULER_URL", "PYTHON_SCHEDULER_AUTH_TOKEN", "PYTHON_PROCESS_TIMEOUT", "TIME_ZONE",
+                      "PYTHON_SANDBOX_AUTH_TOKEN"}
+    timeout = next(var for var in VARIABLES if var.name == "PYTHON_PROCESS_TIMEOUT")
+    assert timeout.scheduler and timeout.sandbox
+    assert (timeout.scheduler.default, timeout.sandbox.default) == ("900", "60")  # another issue's decision
+    for var in VARIABLES:
+        for use in (var.scheduler, var.sandbox):
+            if use is not None:
+                assert use.meaning.endswith("."), var.name
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"PYTHON_SCHEDULER_PORT": "http"}, "PYTHON_SCHEDULER_PORT='http' is not a whole number"),
+    ({"PYTHON_PROCESS_TIMEOUT": "0"}, "PYTHON_PROCESS_TIMEOUT must be at least 1, got 0"),
+    ({"PYTHON_SCHEDULER_RATE_LIMIT_PERCENT": "2"}, "must be between 0 and 1, got 2"),
+    ({"PYTHON_SCHEDULER_LOG_LEVEL": "loud"}, "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    ({"PYTHON_SANDBOX_URLS": "node:8088"}, "without http:// or https://"),
+    ({"PYTHON_DISPATCH_TEST_PAUSE": "later"}, "expected after-claim:SECONDS or after-handoff:SECONDS"),
+    ({"DB_PORT": ""}, "DB_PORT=''"),  # the scheduler keeps an empty value, as upstream: an error, not 3306
+])
+def test_scheduler_refuses_bad_values_in_one_line(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(env)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"PYTHON_RUNNER_CONTAINER_MEMORY": "lots"}, "PYTHON_RUNNER_CONTAINER_MEMORY='lots' is not a size"),
+    ({"PYTHON_RUNNER_CONTAINER_CPUS": "-1"}, "PYTHON_RUNNER_CONTAINER_CPUS must be between 0 and inf"),
+    ({"PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT": "maybe"}, "use true or false"),
+    ({"PYTHON_SANDBOX_LOG_LEVEL": "chatty"}, "use one of debug, info"),
+    ({"PYTHON_SANDBOX_AUTH_TOKEN": "  "}, "PYTHON_SANDBOX_AUTH_TOKEN must be set"),
+])
+def test_sandbox_refuses_bad_values_in_one_line(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        SandboxConfig.from_env({**TOKENS, **env})
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_blank_means_default_on_the_sandbox_except_where_blank_is_a_value() -> None:
+    config = SandboxConfig.from_env({**TOKENS, "PYTHON_STARTER_THREAD_COUNT": "", "PYTHON_SANDBOX_PREIMPORT": ""})
+    assert config.slots == 10  # upstream's starter: an empty count is the default
+    assert config.preimport == ""  # no pre-imports at all
+    assert SandboxConfig.from_env({**TOKENS, "PYTHON_SANDBOX_PODMAN_URL": "unix:///x.sock"}).podman_url \
+        == "unix:///x.sock"
+
+
+def test_fallbacks_replace_defaults_not_the_environment() -> None:
+    fallbacks = {**TOKENS, "PYTHON_SANDBOX_PODMAN_URL": "unix:///run/sandbox.sock"}
+    assert SandboxConfig.from_env({}, fallbacks).podman_url == "unix:///run/sandbox.sock"
+    given = SandboxConfig.from_env({"PYTHON_SANDBOX_PODMAN_URL": "unix:///given.sock"}, fallbacks)
+    assert given.podman_url == "unix:///given.sock"
+
+
+def test_a_config_class_must_declare_every_registry_field() -> None:
+    table = (Variable("X_ONE", Int(), scheduler=Use("one", "1", "One.")),)
+    scheduler, _sandbox = services(table)
+
+    with pytest.raises(TypeError, match="no field one for X_ONE"):
+        @scheduler.config
+        class Missing:
+            other: int
+
+    with pytest.raises(TypeError, match="is not in the registry"):
+        @scheduler.config
+        class Extra:
+            one: int
+            stray: str
+
+    @dataclasses.dataclass(frozen=True)
+    @scheduler.config
+    class Good:
+        one: int
+        derived: str = "x"
+
+    assert Good() == Good(1, "x")
+    with pytest.raises(TypeError, match="declared twice"):
+        services(table * 2)
+
+
+def test_no_other_module_reads_the_environment() -> None:
+    """The registry is the one reader: no stray os.environ/getenv in the services (subprocess envs excepted)."""
+    repo = Path(__file__).resolve().parents[2]
+    allowed = {"scheduler/config.py", "sandbox/config.py", "scheduler/clock.py", "sandbox/image.py"}
+    offenders = []
+    for path in [*repo.glob("scheduler/**/*.py"), *repo.glob("sandbox/**/*.py")]:
+        relative = str(path.relative_to(repo))
+        text = path.read_text()
+        if relative not in allowed and ("os.environ" in text or "getenv(" in text):
+            offenders.append(relative)
+    assert offenders == []
