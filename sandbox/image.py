@@ -119,6 +119,10 @@ class RunnerImageBuilder:
         progress = Progress(total=6, quiet=self.quiet)
         self._check_tools()
         self._check_cache_dir()
+        if not force and self.image_exists():  # without the lock: another recipe's build may hold it for minutes
+            progress(f"recipe {self.recipe.digest()}")
+            progress(f"image {self.recipe.tag} is present; nothing to build")
+            return self.recipe.tag
         with self._lock():
             progress(f"recipe {self.recipe.digest()}")
             if self.image_exists() and not force:

@@ -43,6 +43,7 @@ def test_second_build_reuses_the_image(runner_image: str) -> None:
 
 @pytest.fixture
 def fresh_cache() -> Iterator[Path]:
+    """A cache of this test's own: no rootfs, no wheelhouse, and no waiting for another build's lock."""
     with tempfile.TemporaryDirectory(prefix="runner-cache-") as path:
         yield Path(path)
 
@@ -72,15 +73,20 @@ def test_build_from_scratch_then_cached(fresh_cache: Path, podman: PodmanAPI, sa
         sandbox_user.run(["podman", "tag", default_image(), f"{IMAGE_NAME}:latest"])
 
 
-def test_missing_debian_package_is_one_clear_line(sandbox_account: SandboxUser) -> None:
-    result = build("--extra-package", "no-such-package-seatable-xyz")
+def test_missing_debian_package_is_one_clear_line(sandbox_account: SandboxUser, fresh_cache: Path) -> None:
+    # One small wheel, not the runner's 200 MB: pip runs before mmdebstrap, and mmdebstrap's error is the point.
+    requirements = fresh_cache / "requirements.txt"
+    requirements.write_text("six\n")
+    result = build("--extra-package", "no-such-package-seatable-xyz", "--cache-dir", str(fresh_cache),
+                   "--requirements", str(requirements))
     assert_one_line_error(result, "mmdebstrap failed", "no-such-package-seatable-xyz")
 
 
-def test_failed_pip_install_is_one_clear_line(sandbox_account: SandboxUser, tmp_path: Path) -> None:
+def test_failed_pip_install_is_one_clear_line(sandbox_account: SandboxUser, tmp_path: Path,
+                                              fresh_cache: Path) -> None:
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("no-such-distribution-seatable-xyz==1.0\n")
-    result = build("--requirements", str(requirements))
+    result = build("--requirements", str(requirements), "--cache-dir", str(fresh_cache))
     assert_one_line_error(result, "pip could not install", "no-such-distribution-seatable-xyz")
 
 

@@ -16,7 +16,21 @@ import requests
 from sandbox import texts
 from sandbox.driver import LABEL
 from sandbox.podman_api import PodmanAPI
-from tests.support.podman import CallbackReceiver, SandboxProcess
+from tests.support.podman import CallbackReceiver, SandboxProcess, SandboxStarter
+
+
+@pytest.fixture
+def receiver(shared_receiver: CallbackReceiver) -> CallbackReceiver:
+    return shared_receiver
+
+
+@pytest.fixture
+def sandbox(module_sandboxes: SandboxStarter, receiver: CallbackReceiver,
+            request: pytest.FixtureRequest) -> SandboxProcess:
+    """One sandbox per path ("warm" by default, or "cold" parametrized indirectly) for this whole module:
+    every test here leaves it idle, with its runs ended and ids of its own. Tests that need a sandbox of their
+    own (other settings, a killed or counted one) take sandbox_factory."""
+    return module_sandboxes.shared(getattr(request, "param", "warm"))
 
 
 def ours(podman: PodmanAPI, sandbox: SandboxProcess) -> list[dict[str, Any]]:
@@ -223,7 +237,8 @@ def run_state(sandbox: SandboxProcess, script_id: int) -> tuple[int, Any]:
     return response.status_code, response.json()
 
 
-def test_results_wait_for_the_scheduler(sandbox: SandboxProcess, receiver: CallbackReceiver) -> None:
+def test_results_wait_for_the_scheduler(sandbox_factory: Any, receiver: CallbackReceiver) -> None:
+    sandbox = sandbox_factory(PYTHON_SANDBOX_WARM_POOL="2")  # its own: runs_finished counts from 0
     receiver.stop()
     assert run_state(sandbox, 130)[0] == 404
     for script_id in (130, 131):
@@ -307,7 +322,7 @@ def test_script_url_is_fetched_once(sandbox: SandboxProcess, receiver: CallbackR
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         ok = sandbox.post({"script_id": 150, "script_url": base + "/files/once.py", "env": {}})
