@@ -26,7 +26,8 @@ print("wrote", row["_id"])
 
 
 @pytest.fixture(scope="module")
-def pipeline(mariadb_module_database: DatabaseSettings) -> Iterator[Pipeline]:
+def pipeline(mariadb_module_database: DatabaseSettings, runner_image: str) -> Iterator[Pipeline]:
+    """The whole pipeline on MariaDB, its sandbox running runners of the installed image."""
     with Pipeline(say=lambda _text: None, db_env=mariadb_module_database.env(),
                   sandbox_env={"PYTHON_PROCESS_TIMEOUT": "30", "PYTHON_STARTER_THREAD_COUNT": "6"}) as started:
         yield started

@@ -276,12 +276,18 @@ class SandboxStarter:
     def shared(self, path: str) -> SandboxProcess:
         """This starter's sandbox on `path` ("warm" or "cold"), started at the first call, idle with a full pool.
 
-        A test that stopped or killed it gets a new one at the next call.
+        A test that stopped or killed it, or left it unable to settle, gets a new one at the next call.
         """
         proc = self.by_path.get(path)
-        if proc is None or proc.process is None or proc.process.poll() is not None:
-            proc = self.by_path[path] = self(PYTHON_SANDBOX_WARM_POOL=PATHS[path])
-        proc.wait_ready()
+        if proc is not None and proc.process is not None and proc.process.poll() is None:
+            try:
+                proc.wait_ready(timeout=30)
+                return proc
+            except AssertionError:
+                # Not as a new one would be (a pooled runner that never finished its imports, e.g. one started
+                # while another run held every process the runners' shared host uid may have): replace it.
+                proc.stop()
+        proc = self.by_path[path] = self(PYTHON_SANDBOX_WARM_POOL=PATHS[path])
         return proc
 
     def stop_all(self) -> None:
