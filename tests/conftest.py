@@ -8,7 +8,13 @@ compose and not slow"`) can never start one by accident.
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+from pathlib import Path
+
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytest_plugins = [
     "tests.support.mariadb",
@@ -46,3 +52,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = dict(callspec.params) if callspec is not None else {}
         for marker in sorted(lane_markers(list(getattr(item, "fixturenames", ())), params)):
             item.add_marker(marker)
+
+
+# --- no test writes a tracked file ------------------------------------------------------------------
+# (benches write BENCHMARKS.md; a test may check a bench's output, never write the repository)
+
+_TRACKED = pytest.StashKey[dict[str, str]]()
+
+
+def tracked_files() -> dict[str, str]:
+    """Path -> content hash of every file git tracks here; empty outside a git checkout."""
+    try:
+        listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True,
+                                timeout=30).stdout.decode()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    digests = {}
+    for name in filter(None, listed.split("\0")):
+        path = REPO / name
+        if path.is_file():
+            digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_TRACKED] = tracked_files()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_TRACKED, {})
+    after = tracked_files() if before else {}
+    changed = sorted(name for name, digest in before.items() if after.get(name) != digest)
+    if changed:
+        print(f"\ntests changed tracked files: {', '.join(changed)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

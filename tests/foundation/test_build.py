@@ -49,11 +49,20 @@ def fresh_cache() -> Iterator[Path]:
 
 
 @pytest.mark.timeout(2 * 900 + 60)  # the whole offline build, then the cached one (each may take build()'s 900 s)
-def test_build_from_scratch_then_cached(fresh_cache: Path, podman: PodmanAPI, sandbox_user: SandboxUser) -> None:
-    """A new recipe (one more Debian package) in an empty cache: the whole offline build."""
-    tag = Recipe.packaged(extra_packages=("file",)).tag
+def test_build_from_scratch_then_cached(fresh_cache: Path, tmp_path: Path, podman: PodmanAPI,
+                                        sandbox_user: SandboxUser) -> None:
+    """A new recipe (one more Debian package) in an empty cache: the whole offline build.
+
+    Every step runs (pip, mmdebstrap, the tree's fix-ups, tar, podman import) on a small recipe: one wheel instead
+    of the runner's 200 MB, which only made this test unpack, pack and import that much more. `./dev setup` builds
+    the real recipe.
+    """
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("six\n")
+    tag = Recipe.packaged(requirements=requirements, extra_packages=("file",)).tag
+    argv = ("--cache-dir", str(fresh_cache), "--extra-package", "file", "--requirements", str(requirements))
     try:
-        first = build("--cache-dir", str(fresh_cache), "--extra-package", "file")
+        first = build(*argv)
         assert first.returncode == 0, first.stderr
         for step in ("pip", "mmdebstrap", "setuid", "importing", "done"):
             assert step in first.stdout, first.stdout
@@ -62,7 +71,7 @@ def test_build_from_scratch_then_cached(fresh_cache: Path, podman: PodmanAPI, sa
         assert list(fresh_cache.glob("rootfs-*.tar"))
 
         started = time.monotonic()
-        second = build("--cache-dir", str(fresh_cache), "--extra-package", "file")
+        second = build(*argv)
         assert second.returncode == 0, second.stderr
         assert "nothing to build" in second.stdout
         assert time.monotonic() - started < 15
