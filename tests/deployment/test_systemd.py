@@ -202,7 +202,7 @@ def test_sandbox_install_systemd_stages_user_unit_and_dropin(sandbox_account: Sa
     assert sandbox_main(["install-systemd", "--root", str(tmp_path), "--user", "root"]) == 2
 
 
-def test_enable_refuses_without_systemd_as_pid1(tmp_path: Path) -> None:
+def test_enable_refuses_without_systemd_as_pid1(sandbox_account: SandboxUser, tmp_path: Path) -> None:
     if sandbox_systemd.systemd_is_pid1():
         pytest.skip("systemd is PID 1 here: --enable would really enable units")
     with pytest.raises(SystemExit, match="--root /"):
