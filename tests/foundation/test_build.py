@@ -84,6 +84,7 @@ def test_build_from_scratch_then_cached(fresh_cache: Path, tmp_path: Path, podma
 
 def test_missing_debian_package_is_one_clear_line(sandbox_account: SandboxUser, fresh_cache: Path) -> None:
     # One small wheel, not the runner's 200 MB: pip runs before mmdebstrap, and mmdebstrap's error is the point.
+    # A cache of its own: mmdebstrap takes minutes to fail, and would hold the shared cache's lock all along.
     requirements = fresh_cache / "requirements.txt"
     requirements.write_text("six\n")
     result = build("--extra-package", "no-such-package-seatable-xyz", "--cache-dir", str(fresh_cache),
@@ -91,11 +92,10 @@ def test_missing_debian_package_is_one_clear_line(sandbox_account: SandboxUser, 
     assert_one_line_error(result, "mmdebstrap failed", "no-such-package-seatable-xyz")
 
 
-def test_failed_pip_install_is_one_clear_line(sandbox_account: SandboxUser, tmp_path: Path,
-                                              fresh_cache: Path) -> None:
+def test_failed_pip_install_is_one_clear_line(sandbox_account: SandboxUser, tmp_path: Path) -> None:
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("no-such-distribution-seatable-xyz==1.0\n")
-    result = build("--requirements", str(requirements), "--cache-dir", str(fresh_cache))
+    result = build("--requirements", str(requirements))
     assert_one_line_error(result, "pip could not install", "no-such-distribution-seatable-xyz")
 
 
