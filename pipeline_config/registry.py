@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -130,6 +131,20 @@ class Urls:
 
 
 @dataclass(frozen=True)
+class Addresses:
+    """IP addresses separated by commas or spaces (empty: none)."""
+
+    def parse(self, name: str, raw: str) -> Any:
+        entries = tuple(entry for entry in re.split(r"[\s,]+", raw) if entry)
+        for entry in entries:
+            try:
+                ipaddress.ip_address(entry)
+            except ValueError:
+                raise ConfigError(f"{name}: {entry!r} is not an IP address") from None
+        return entries
+
+
+@dataclass(frozen=True)
 class Zone:
     """An IANA time zone name; empty is allowed (the host's zone)."""
 
@@ -155,7 +170,7 @@ class Pattern:
         return raw
 
 
-Kind = Text | Int | Number | Flag | Size | Urls | Zone | Pattern
+Kind = Text | Int | Number | Flag | Size | Urls | Addresses | Zone | Pattern
 
 
 # --- the declarations -----------------------------------------------------------------------------

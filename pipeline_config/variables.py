@@ -11,10 +11,24 @@ names in that service's config class (the class refuses to import without it).
 
 from __future__ import annotations
 
-from pipeline_config.registry import Flag, Int, Number, Pattern, Size, Text, Urls, Use, Variable, Zone, services
+from pipeline_config.registry import (
+    Addresses,
+    Flag,
+    Int,
+    Number,
+    Pattern,
+    Size,
+    Text,
+    Urls,
+    Use,
+    Variable,
+    Zone,
+    services,
+)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 NETWORK_MODES = ("none", "seatable", "open")
+MIN_BODY_BYTES = 4096  # the sandbox's least result body: room for a result with its notices
 
 VARIABLES: tuple[Variable, ...] = (
     # --- read by both services ---------------------------------------------------------------------------
@@ -34,20 +48,34 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "PYTHON_SCHEDULER_URL", Text(url=True),
-        scheduler=Use("scheduler_url", "", "URL under which sandboxes reach this scheduler's callbacks."),
+        scheduler=Use("scheduler_url", "http://127.0.0.1:5055",
+                      "URL under which sandboxes reach this scheduler's callbacks "
+                      "(read by the sandbox; same default)."),
         sandbox=Use("scheduler_url", "http://127.0.0.1:5055", "Where running and result callbacks go.",
                     keep_blank=True),
     ),
     Variable(
         "PYTHON_PROCESS_TIMEOUT", Int(minimum=1),
-        scheduler=Use("process_timeout", "900", "Time limit of one run in seconds."),
-        sandbox=Use("timeout", "60", "Wall-time limit per run, seconds."),
+        scheduler=Use("process_timeout", "60",
+                      "Time limit of one run in seconds; one default in both services: 60, as SeaTable's release "
+                      "compose sets it for its scheduler and starter alike (upstream's code says 900)."),
+        sandbox=Use("timeout", "60", "Wall-time limit per run, seconds; the scheduler's default is the same."),
+    ),
+    Variable(
+        "PYTHON_SCHEDULER_MAX_BODY_BYTES", Int(minimum=1024),
+        scheduler=Use("max_body_bytes", "8388608", "Largest request body accepted (413 above)."),
+        sandbox=Use("max_body_bytes", "8388608",
+                    "The scheduler's body limit: a result's output is cut (with a notice) so that its callback "
+                    "body fits; set it as on the scheduler.", kind=Int(minimum=MIN_BODY_BYTES)),
     ),
     Variable(
         "TIME_ZONE", Text(),
         scheduler=Use("time_zone", "", "IANA time zone of stored timestamps and API output; empty: the host's.",
                       kind=Zone()),
-        sandbox=Use("time_zone", "UTC", "TZ inside the runner."),
+        # sandbox.config checks the name's form (the runner image has tzdata, not necessarily this host).
+        sandbox=Use("time_zone", "",
+                    "TZ inside the runner; empty: the host's zone (the name /etc/localtime links to, or "
+                    "/etc/timezone, read at start; UTC if neither names one), as upstream."),
     ),
     # --- the scheduler, dispatcher and maintenance -------------------------------------------------------
     Variable("SEATABLE_SERVER_URL", Text(url=True), scheduler=Use(
@@ -77,7 +105,8 @@ VARIABLES: tuple[Variable, ...] = (
         "total_thread_count", "10", "Total run slots over all sandboxes (rate limit base).")),
     Variable("PYTHON_SCHEDULER_BIND_HOST", Text(), scheduler=Use(
         "bind_host", "127.0.0.1", "Address the API listens on.")),
-    Variable("PYTHON_SCHEDULER_PORT", Int(minimum=1), scheduler=Use("port", "5055", "Port the API listens on.")),
+    Variable("PYTHON_SCHEDULER_PORT", Int(minimum=1), scheduler=Use(
+        "port", "5055", "Port the API listens on (the container image: 80, SeaTable's default).")),
     Variable("PYTHON_SCHEDULER_WORKERS", Int(minimum=1), scheduler=Use(
         "workers", "2", "gunicorn worker processes.")),
     Variable("PYTHON_SCHEDULER_THREADS", Int(minimum=1), scheduler=Use(
@@ -85,8 +114,6 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS", Flag(), scheduler=Use(
         "accept_unauthenticated_callbacks", "false",
         "true: accept result/running callbacks without the token (old upstream starters).")),
-    Variable("PYTHON_SCHEDULER_MAX_BODY_BYTES", Int(minimum=1024), scheduler=Use(
-        "max_body_bytes", "8388608", "Largest request body accepted (413 above).")),
     Variable("PYTHON_SCHEDULER_LOG_LEVEL", Text(choices=LOG_LEVELS, case=str.upper), scheduler=Use(
         "log_level", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR).")),
     Variable("PYTHON_SANDBOX_URLS", Urls(), scheduler=Use(
@@ -125,8 +152,22 @@ VARIABLES: tuple[Variable, ...] = (
         "node_name", "", "Label on this node's containers; orphans are found by it.", shown="<hostname>")),
     Variable("PYTHON_SANDBOX_STATE_DIR", Text(), sandbox=Use(
         None, "", "Outbox and ledger (SQLite).", shown="~/.local/state/seatable-sandbox")),
+    Variable("PYTHON_SANDBOX_OUTBOX_MAX_BYTES", Size(), sandbox=Use(
+        "outbox_max_bytes", "1g",
+        'Outbox size on disk beyond which new runs get 503 "outbox full" (results waiting for an unreachable '
+        "scheduler).")),
+    Variable("PYTHON_SANDBOX_TOMBSTONE_SECS", Int(minimum=1), sandbox=Use(
+        "tombstone_secs", "604800",
+        "How long the node remembers a run whose result the scheduler acknowledged (it answers \"done\" and never "
+        "runs that id again); must exceed the scheduler's hand-off and sweep windows.")),
     Variable("PYTHON_RUNNER_IMAGE", Text(), sandbox=Use(
-        "image", "", "Runner image.", shown="localhost/seatable-python-runner:<recipe hash>")),
+        "image", "",
+        "Runner image: ours, or any image with a python3 (e.g. upstream's runner with `pip install --user` "
+        "packages; see The runner image).", shown="localhost/seatable-python-runner:<recipe hash>")),
+    Variable("PYTHON_SANDBOX_RUNNER_FILES", Text(), sandbox=Use(
+        "runner_files", "",
+        "Directory holding the trusted entrypoint.py and egress_forward.py, as the Podman host sees it; mounted "
+        "read-only into every runner.", shown="(the installed runner_rootfs package)")),
     Variable("PYTHON_STARTER_THREAD_COUNT", Int(minimum=1), sandbox=Use(
         "slots", "10", "Runs at once (slots); more get 429.")),
     Variable("PYTHON_RUNNER_CONTAINER_MEMORY", Size(), sandbox=Use(
@@ -136,17 +177,26 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PYTHON_RUNNER_CONTAINER_CPUS", Number(minimum=0, empty=0.0), sandbox=Use(
         "cpus", "", "CPU limit in cores where cgroups are delegated; empty = none.")),
     Variable("PYTHON_RUNNER_OUTPUT_LIMIT", Int(minimum=1), sandbox=Use(
-        "output_limit", "1000000", "Characters of output kept; the runner is killed past it.")),
+        "output_limit", "1000000",
+        "Characters of output kept; past it the script runs on, the rest of its output is dropped and the cut is "
+        "marked.")),
     Variable("PYTHON_RUNNER_TMPFS_MOUNT_SIZE_IN_BYTES", Int(minimum=1), sandbox=Use(
         "tmpfs_size", "104857600", "Size of the runner's /tmp.")),
-    Variable("PYTHON_RUNNER_NETWORK", Text(choices=NETWORK_MODES), sandbox=Use(
-        "network", "seatable",
-        "Runner network: none (nothing reachable), seatable (HTTP(S) to the run's SeaTable server and the allow "
-        "list only), open (any public address; never loopback or link-local).")),
+    # sandbox.config maps a Docker network name (upstream's runner-net) to open, with a warning.
+    Variable("PYTHON_RUNNER_NETWORK", Text(), sandbox=Use(
+        "network", "open",
+        "Runner network: open (an interface with TCP, UDP and DNS to the internet; this host, loopback, metadata, "
+        "private and reserved addresses refused unless listed), seatable (HTTP(S) through the sandbox's proxy to "
+        "the run's SeaTable server and the allow list only), none (nothing); a Docker network name such as "
+        "upstream's runner-net means open.")),
     Variable("PYTHON_RUNNER_EGRESS_ALLOW", Text(), sandbox=Use(
         "egress_allow", "",
         "More destinations runners may reach: host, host:port, [v6]:port or an http(s) URL, comma-separated; a "
-        "listed IP literal may be private or loopback.")),
+        "listed IP literal may be private or loopback; in the open mode a bare host means all its ports.")),
+    Variable("PYTHON_RUNNER_DNS", Addresses(), sandbox=Use(
+        "runner_dns", "",
+        "DNS servers of runners in the open mode (IP addresses, comma-separated); empty: slirp4netns's forwarder "
+        "to this host's resolvers.")),
     Variable("PYTHON_RUNNER_CA_BUNDLE", Text(), sandbox=Use(
         None, "",
         "PEM file of extra CA certificates the runners trust (REQUESTS_CA_BUNDLE, SSL_CERT_FILE), e.g. for a "
@@ -175,3 +225,11 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 SCHEDULER, SANDBOX = services(VARIABLES)
+
+# Read by the administrators' commands (`seatable-sandbox host-setup`, `build-runner`, `run-local`), `./dev`, the
+# tests and the benchmarks, never by a running service: the README's text names them, not the services' tables.
+TOOL_VARIABLES: dict[str, str] = {
+    "SEATABLE_SANDBOX_USER": "The sandbox user the commands, ./dev and the tests use (default seatable-sandbox).",
+    "SEATABLE_PIPELINE_PREFIX": "Where ./dev makes its virtualenv (default /opt/seatable-pipeline).",
+    "SEATABLE_DEV_KEEP_IMAGES": "1: ./dev keeps other checkouts' runner images (no --prune).",
+}

@@ -1,4 +1,4 @@
-"""Trusted runner entrypoint: limits first, then one job, then the user's script.
+"""Trusted runner entrypoint: limits first, then one job, then the user's script in a child.
 
 Runs inside the runner container as uid 1000 before any user code. Order matters:
 rlimits and the seccomp filter are in force before the job is even read, so a pre-started
@@ -6,42 +6,57 @@ rlimits and the seccomp filter are in force before the job is even read, so a pr
 environment, including the API token) arrives on stdin as one JSON line, so it never
 appears in the container's configuration or on the host's disk.
 
-Standard library plus pyseccomp only; imports nothing from the services.
+The outcome is reported by this process, pid 1 of the container, never by the script: after
+the pre-imports it makes itself non-dumpable (so the script cannot open /proc/1/fd/* or
+/proc/1/mem), forks, and the child closes the control stream (the container's stderr) before
+it reads the job. Pid 1 then only reaps, and writes the child's wait status and CPU time on
+the control stream. Its own pid namespace cannot SIGKILL or stop it, and it keeps no handler
+for any other signal, so nothing the script can do changes what is reported.
+
+The sandbox mounts this file and the egress relay read-only into every runner and starts it with the image's own
+python3, so any image with a Python 3 is a runner image. Standard library plus pyseccomp (optional: an image without
+it runs under Podman's profile alone, which carries the same denials); imports nothing from the services.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import errno
 import importlib
 import io
 import json
 import os
+import pwd
 import resource
+import signal
+import site
 import sys
+import tokenize
 import traceback
 import types
+import warnings
 
 EGRESS_SOCKET = "/run/egress/proxy.sock"  # present when the sandbox gives this runner a way out
-EGRESS_FORWARDER = "/opt/runner/egress_forward.py"
+EGRESS_FORWARDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_forward.py")
 SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 CA_BUNDLE_PATH = "/tmp/.ca-bundle.pem"
 SCRIPT_DIR = "/scripts"  # a link to SCRIPT_HOME, as upstream's scripts expect
 SCRIPT_HOME = "/tmp/scripts"
 SCRIPT_PATH = SCRIPT_DIR + "/index.py"
 JOB_MAX_BYTES = 8 * 1024 * 1024
-# Exit status for an allocation the address-space limit refused: the same code an
-# out-of-memory kill gives, so both limit mechanisms read alike to SeaTable.
+# Exit status for an allocation the address-space limit refused: the code an out-of-memory
+# kill gives, so both limit mechanisms read alike to SeaTable.
 EXIT_OUT_OF_MEMORY = 137
 EXIT_BAD_JOB = 125
-# Last frame on the control stream (the container's stderr; user stderr is merged into
-# stdout). It saves the host the wait for the runtime's teardown. A script can forge only
-# its own exit status, which it controls anyway; kills leave no trailer and the host asks
-# Podman instead.
-TRAILER = b"\x00seatable-runner-exit "
-# First frame on the control stream: limits, filter and pre-imports are done; waiting for the job.
-# The warm pool counts a runner as ready from here on.
+# The one record pid 1 writes on the control stream (the container's stderr) when the script's
+# process has ended: this prefix, then JSON {"status": raw wait status, "cpu_s": its own CPU
+# seconds, "cpu_limit_s": [soft, hard] RLIMIT_CPU at its death, "maxrss_kib": ...}, then "\n".
+EXIT_RECORD = b"\x00seatable-runner-exit "
+# First line on the control stream: limits, filter and pre-imports are done, the script's process
+# waits for the job. The warm pool counts a runner as ready from here on.
 READY = b"\x00seatable-runner-ready\n"
+PR_SET_DUMPABLE = 4
 
 # Denied with EPERM, not a kill, so user code sees an ordinary OSError.
 DENIED_SYSCALLS = (
@@ -57,6 +72,9 @@ DENIED_SYSCALLS = (
     "open_by_handle_at", "name_to_handle_at",
     "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog", "vhangup",
     "lookup_dcookie", "fanotify_init", "iopl", "ioperm",
+    # inotify instances and watches are charged to the owner of the user namespace, the sandbox
+    # user, whatever uid a runner has: one run could take every instance the service has.
+    "inotify_init", "inotify_init1",
 )
 # clone flags that would create namespaces (the clone-based way around unshare).
 CLONE_NAMESPACE_FLAGS = (
@@ -77,8 +95,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nofile", type=int, default=1024)
     parser.add_argument("--fsize", type=int, default=0)
     parser.add_argument("--cpu-seconds", type=int, default=0)
+    parser.add_argument("--sigpending", type=int, default=-1, help="RLIMIT_SIGPENDING, -1 = unchanged")
+    parser.add_argument("--msgqueue", type=int, default=-1, help="RLIMIT_MSGQUEUE bytes, -1 = unchanged")
+    parser.add_argument("--running-oom-score", type=int, default=0,
+                        help="oom_score_adj from the job on (0 = unchanged): running runs before idle ones")
     parser.add_argument("--preimport", default="", help="comma-separated modules to import before the job")
     parser.add_argument("--no-seccomp", action="store_true", help="for diagnosis only")
+    parser.add_argument("--probe", action="store_true", help="print what this image offers as JSON and exit")
     return parser.parse_args(argv)
 
 
@@ -90,18 +113,27 @@ def set_rlimits(args: argparse.Namespace) -> None:
         limits.append((resource.RLIMIT_NPROC, args.nproc))
     if args.fsize:
         limits.append((resource.RLIMIT_FSIZE, args.fsize))
-    if args.cpu_seconds:
-        limits.append((resource.RLIMIT_CPU, args.cpu_seconds))
+    if args.sigpending >= 0:
+        limits.append((resource.RLIMIT_SIGPENDING, args.sigpending))
+    if args.msgqueue >= 0:
+        limits.append((resource.RLIMIT_MSGQUEUE, args.msgqueue))
     for which, value in limits:
         _soft, hard = resource.getrlimit(which)
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
         resource.setrlimit(which, (value, value))
+    if args.cpu_seconds:
+        # Soft below hard: the kernel sends SIGXCPU at the limit (a kill that says why) and
+        # SIGKILL only a second later, for a script that ignores SIGXCPU.
+        resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_seconds, args.cpu_seconds + 1))
 
 
-def install_seccomp() -> None:
-    """Stack a deny-list filter on top of Podman's profile, for every thread."""
-    import pyseccomp as seccomp
+def install_seccomp() -> bool:
+    """Stack a deny-list filter on top of Podman's profile, for every thread; False where the image lacks pyseccomp."""
+    try:
+        import pyseccomp as seccomp
+    except (ImportError, OSError, RuntimeError):  # no binding, or no libseccomp behind it (upstream's alpine image)
+        return False
 
     filt = seccomp.SyscallFilter(seccomp.ALLOW)
     filt.set_attr(seccomp.Attr.CTL_TSYNC, 1)
@@ -115,10 +147,46 @@ def install_seccomp() -> None:
     for flag in _flag_bits(CLONE_NAMESPACE_FLAGS):
         filt.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     filt.load()
+    return True
 
 
 def _flag_bits(mask: int) -> list[int]:
     return [1 << bit for bit in range(mask.bit_length()) if mask & (1 << bit)]
+
+
+def add_user_site() -> str:
+    """The runner user's own packages (`pip install --user` in a custom image), ahead of the system's as in python3.
+
+    -I leaves user site-packages out; this adds the directory of the passwd entry's home (read-only image content,
+    never HOME, which is the writable /tmp), with its .pth files, before any script runs. "" when there is none.
+    """
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return ""
+    path = os.path.join(home, ".local", "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages")
+    if not home.startswith("/") or home == "/tmp" or not os.path.isdir(path):
+        return ""
+    before = list(sys.path)
+    site.addsitedir(path)
+    added = [entry for entry in sys.path if entry not in before]
+    system = set(site.getsitepackages())
+    first = next((index for index, entry in enumerate(before) if entry in system), len(before))
+    sys.path[:] = before[:first] + added + before[first:]
+    return path
+
+
+def probe_report(second_filter: bool, user_site: str) -> str:
+    """What the sandbox reports about a runner image (--probe)."""
+    return json.dumps({"python": sys.version.split()[0], "executable": sys.executable,
+                       "second_filter": second_filter, "user_site": user_site})
+
+
+def mark_running(oom_score_adj: int) -> None:
+    """From here on this runner holds a job: under host memory pressure it goes before idle runners."""
+    if oom_score_adj:
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as handle:
+            handle.write(str(oom_score_adj))
 
 
 def preimport(modules: str) -> None:
@@ -134,8 +202,10 @@ def read_job() -> dict[str, object]:
     if not line.endswith(b"\n") or len(line) > JOB_MAX_BYTES:
         raise ValueError("job missing, truncated or too large")
     job = json.loads(line)
-    if not isinstance(job, dict) or not isinstance(job.get("script"), str):
+    if not isinstance(job, dict) or not isinstance(job.get("script_b64"), str):
         raise ValueError("job has no script")
+    # The script's bytes as SeaTable stored them (base64: JSON cannot carry arbitrary bytes).
+    job["script"] = base64.b64decode(job["script_b64"], validate=True)
     env = job.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ValueError("job env must map strings to strings")
@@ -210,9 +280,31 @@ def prepare_environment(env: dict[str, str], base: dict[str, str] | None = None)
             package.context = fresh.context  # type: ignore[attr-defined]
 
 
-def run_script(source: str) -> int:
+def compile_script(source: bytes) -> types.CodeType:
+    """Compile the file's bytes as `python index.py` reads them: a BOM or coding declaration (PEP 263), else UTF-8.
+
+    compile() on bytes honours both, but lets invalid UTF-8 through outside string literals where the interpreter's
+    file reader refuses it; that one case raises the file reader's own SyntaxError here. dont_inherit: the script
+    must not get this module's `from __future__` flags.
+    """
+    try:
+        encoding, _lines = tokenize.detect_encoding(io.BytesIO(source).readline)
+    except SyntaxError:
+        encoding = ""  # a bad declaration: compile() below says so in Python's own words
+    if encoding == "utf-8":
+        try:
+            source.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = source.count(b"\n", 0, exc.start) + 1
+            raise SyntaxError(f"Non-UTF-8 code starting with '\\x{source[exc.start]:02x}' in file {SCRIPT_PATH} on "
+                              f"line {line}, but no encoding declared; see https://peps.python.org/pep-0263/ "
+                              "for details") from None
+    return compile(source, SCRIPT_PATH, "exec", dont_inherit=True)
+
+
+def run_script(source: bytes) -> int:
     os.makedirs(SCRIPT_HOME, mode=0o700, exist_ok=True)
-    with open(SCRIPT_PATH, "w", encoding="utf-8") as handle:
+    with open(SCRIPT_PATH, "wb") as handle:
         handle.write(source)
     os.chdir(SCRIPT_DIR)
     main = types.ModuleType("__main__")
@@ -222,12 +314,14 @@ def run_script(source: str) -> int:
     sys.argv = [SCRIPT_PATH]
     sys.path[0:0] = [SCRIPT_DIR]
     try:
-        code = compile(source, SCRIPT_PATH, "exec")
+        code = compile_script(source)
         exec(code, main.__dict__)  # noqa: S102 - running the user's script is the point
     except SystemExit:
         raise
     except BaseException as exc:
-        frames = exc.__traceback__.tb_next if exc.__traceback__ else None  # hide this frame
+        frames = exc.__traceback__
+        while frames is not None and frames.tb_frame.f_globals is globals():  # hide the entrypoint's frames
+            frames = frames.tb_next
         sys.stdout.flush()
         traceback.print_exception(type(exc), exc, frames)
         sys.stderr.flush()
@@ -245,8 +339,8 @@ def exit_status(exc: SystemExit) -> int:
     return 1
 
 
-def finish(control: int, status: int) -> None:
-    """Interpreter shutdown as Python does it, then the trailer, then exit."""
+def finish(status: int) -> None:
+    """Interpreter shutdown as Python does it, then exit (the script's process)."""
     import atexit
     import threading
 
@@ -260,34 +354,33 @@ def finish(control: int, status: int) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    try:
-        os.write(control, TRAILER + str(status).encode() + b"\n")
-    except OSError:
-        pass
     os._exit(status)
 
 
-def main(argv: list[str]) -> None:
-    args = parse_args(argv)
-    set_rlimits(args)
-    if not args.no_seccomp:
-        install_seccomp()
-    preimport(args.preimport)
-    try:
-        os.write(2, READY)
-    except OSError:
-        pass
-    # Output is one ordered stream: stderr goes where stdout goes, unbuffered.
-    control = os.dup(2)
+def set_dumpable(dumpable: bool) -> None:
+    """prctl(PR_SET_DUMPABLE): a non-dumpable process's /proc files are closed to its own uid."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, int(dumpable), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
+
+
+def run_job(running_oom_score: int) -> None:
+    """The script's process: drop the control stream, read the job, run the script, exit."""
+    # Output is one ordered stream: stderr goes where stdout goes. This also closes this
+    # process's only descriptor of the control stream, before anything of the job is read.
     os.dup2(1, 2)
+    set_dumpable(True)
     sys.stdout.reconfigure(write_through=True, line_buffering=True)  # type: ignore[union-attr]
     sys.stderr.reconfigure(write_through=True, line_buffering=True)  # type: ignore[union-attr]
     try:
         job = read_job()
     except (ValueError, OSError) as exc:
         print(f"runner: bad job: {exc}", file=sys.stderr)
-        finish(control, EXIT_BAD_JOB)
+        finish(EXIT_BAD_JOB)
         return
+    mark_running(running_oom_score)
     env = job.get("env", {})
     assert isinstance(env, dict)
     stdin_from(str(job.get("input", "")))
@@ -298,10 +391,97 @@ def main(argv: list[str]) -> None:
         base = {}
     prepare_environment(env, base)
     try:
-        status = run_script(str(job["script"]))
+        script = job["script"]
+        assert isinstance(script, bytes)
+        status = run_script(script)
     except SystemExit as exc:
         status = exit_status(exc)
-    finish(control, status)
+    finish(status)
+
+
+def reap(child: int) -> dict[str, object]:
+    """Reap every process that ends here until `child` does; what the kernel says of `child`."""
+    while True:
+        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        if info is None:
+            continue
+        if info.si_pid != child:
+            os.waitpid(info.si_pid, 0)  # an orphan of the script, reparented to pid 1
+            continue
+        record: dict[str, object] = {}
+        try:  # while it is a zombie: its own CPU time and the CPU limit it died under
+            fields = open(f"/proc/{child}/stat", "rb").read().rsplit(b")", 1)[1].split()
+            record["cpu_s"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            record["cpu_limit_s"] = list(resource.prlimit(child, resource.RLIMIT_CPU))
+        except (OSError, ValueError, IndexError):
+            pass
+        _pid, status, usage = os.wait4(child, 0)
+        record.setdefault("cpu_s", usage.ru_utime + usage.ru_stime)
+        record.update(status=status, maxrss_kib=usage.ru_maxrss)
+        return record
+
+
+def fork_when_allowed() -> int:
+    """os.fork(), waiting while the process limit is reached (RLIMIT_NPROC counts other runners' too).
+
+    A warm runner then only becomes ready later; a run's own time limit is the host's timer.
+    """
+    import time
+
+    delay = 0.01
+    while True:
+        try:
+            return os.fork()
+        except BlockingIOError:
+            time.sleep(delay)
+            delay = min(0.5, delay * 2)
+
+
+def supervise(running_oom_score: int) -> None:
+    """Pid 1: fork the script's process, wait for it, report how it ended. Never returns."""
+    set_dumpable(False)
+    # The namespace's init ignores signals it has no handler for: drop the one Python installs,
+    # before the fork, so the script's process never sees a moment when pid 1 has it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fork with pre-import threads alive is intended here
+        child = fork_when_allowed()
+    if child == 0:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            run_job(running_oom_score)
+        except BaseException:
+            traceback.print_exc()
+        os._exit(1)
+    try:
+        os.write(2, READY)
+    except OSError:
+        pass
+    try:
+        record = reap(child)
+    except BaseException as exc:  # reported as no status: the host then asks Podman
+        record = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    status = record.get("status")
+    code = 125
+    if isinstance(status, int):
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    try:
+        os.write(2, EXIT_RECORD + json.dumps(record).encode() + b"\n")
+    except OSError:
+        pass
+    os._exit(code)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    set_rlimits(args)
+    user_site = add_user_site()
+    second_filter = False if args.no_seccomp else install_seccomp()
+    if args.probe:
+        print(probe_report(second_filter, user_site), flush=True)
+        return
+    preimport(args.preimport)
+    supervise(args.running_oom_score)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import Any
 
 import falcon
 
-from sandbox.resources.health import Health, Ping, UpstreamHealth
+from sandbox.resources.health import Health, Ping, Ready, Report, UpstreamHealth
 from sandbox.resources.run import RunPython, RunStatus
 
 MAX_BODY = 4 << 20
@@ -16,7 +16,7 @@ MAX_BODY = 4 << 20
 class TokenAuth:
     """`Authorization: Token <PYTHON_SANDBOX_AUTH_TOKEN>` on every route but the health probes."""
 
-    OPEN = frozenset({"/ping/", "/_/health", "/health", "/"})
+    OPEN = frozenset({"/ping/", "/_/health", "/health", "/ready", "/"})
 
     def __init__(self, token: str) -> None:
         self.expected = f"Token {token}".encode()
@@ -39,7 +39,7 @@ def json_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError
         resp.set_headers(exc.headers)
 
 
-def create_app(auth_token: str, service: Any, health: Any) -> falcon.App:
+def create_app(auth_token: str, service: Any, health: Report, ready: Report) -> falcon.App:
     app = falcon.App(middleware=[TokenAuth(auth_token)])
     app.add_error_handler(falcon.HTTPError, json_error)
     # JSON only: a form body would otherwise parse into something schema-shaped but wrong.
@@ -50,4 +50,5 @@ def create_app(auth_token: str, service: Any, health: Any) -> falcon.App:
     app.add_route("/", Ping())
     app.add_route("/_/health", UpstreamHealth())
     app.add_route("/health", Health(health))
+    app.add_route("/ready", Ready(ready))
     return app

@@ -7,7 +7,9 @@ sandbox modules (the egress allow list, the CA bundle file).
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +18,17 @@ from pipeline_config import render
 from pipeline_config.registry import ConfigError, Documented, parse_size
 from pipeline_config.variables import NETWORK_MODES, SANDBOX
 from sandbox.egress_policy import EgressPolicy
+from sandbox.timezone import host_time_zone, is_zone_name
+
+log = logging.getLogger(__name__)
 
 __all__ = ["NETWORK_MODES", "VARIABLES", "ConfigError", "SandboxConfig", "markdown_table", "parse_size"]
 
 # The sandbox's rows of the registry (name, default, description), as the docs and env templates show them.
 VARIABLES: tuple[Documented, ...] = SANDBOX.documented()
 
+# What Docker accepts as a network name: upstream's PYTHON_RUNNER_NETWORK=runner-net means the open mode.
+_DOCKER_NETWORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # A Unix socket path is at most 107 bytes: <dir>/<12 hex digits>/proxy.sock.
 MAX_EGRESS_DIR = 107 - 13 - len("/proxy.sock")
 MAX_CA_BUNDLE = 1 << 20
@@ -40,7 +47,11 @@ class SandboxConfig:
     bind: str
     podman_url: str
     node_name: str
+    outbox_max_bytes: int
+    tombstone_secs: int
+    max_body_bytes: int
     image: str
+    runner_files: str
     slots: int
     memory: int
     pids: int
@@ -49,6 +60,7 @@ class SandboxConfig:
     tmpfs_size: int
     network: str
     egress_allow: str
+    runner_dns: tuple[str, ...]
     egress_host_dir: str
     seccomp_profile: str
     warm_pool: int
@@ -56,7 +68,8 @@ class SandboxConfig:
     pool_min_available: int
     log_level: str
     # Derived in from_env from the host and from PYTHON_SANDBOX_STATE_DIR, PYTHON_SANDBOX_EGRESS_DIR,
-    # PYTHON_RUNNER_CA_BUNDLE (the file's text) and the PYTHON_STARTER_*ALTERNATIVE_FILE_SERVER_ROOT pair.
+    # PYTHON_RUNNER_CA_BUNDLE (the file's text) and the PYTHON_STARTER_*ALTERNATIVE_FILE_SERVER_ROOT pair;
+    # network and time_zone are the registry's values after the rules below (Docker network names, host zone).
     state_dir: Path = Path("state")
     egress_dir: Path = Path("state/egress")
     ca_bundle: str = ""
@@ -81,7 +94,9 @@ class SandboxConfig:
         return cls(
             **{**values,
                "podman_url": values["podman_url"] or f"unix:///run/user/{os.getuid()}/podman/podman.sock",
-               "node_name": values["node_name"] or os.uname().nodename},
+               "node_name": values["node_name"] or os.uname().nodename,
+               "network": _network_mode(values["network"]),
+               "time_zone": _time_zone(values["time_zone"])},
             state_dir=state_dir,
             egress_dir=egress_dir,
             ca_bundle=_read_ca_bundle(ca_bundle) if ca_bundle else "",
@@ -98,6 +113,25 @@ def _read_ca_bundle(path: str) -> str:
     if "-----BEGIN CERTIFICATE-----" not in text or len(text) > MAX_CA_BUNDLE:
         raise ConfigError(f"PYTHON_RUNNER_CA_BUNDLE={path}: not a PEM certificate bundle (at most 1 MiB)")
     return text
+
+
+def _network_mode(value: str) -> str:
+    if value in NETWORK_MODES:
+        return value
+    if not _DOCKER_NETWORK.fullmatch(value):
+        raise ConfigError(f"PYTHON_RUNNER_NETWORK={value!r}: use one of {', '.join(NETWORK_MODES)}")
+    log.warning("PYTHON_RUNNER_NETWORK=%s is a Docker network name (upstream's way); runners get the open "
+                "network: internet yes, this host and private addresses no", value)
+    return "open"
+
+
+def _time_zone(raw: str) -> str:
+    """Empty: the host's zone, read now (upstream mounts the host's /etc/localtime)."""
+    if not raw:
+        return host_time_zone()
+    if not is_zone_name(raw):
+        raise ConfigError(f"TIME_ZONE={raw!r} is not a time zone name (like Europe/Berlin)")
+    return raw
 
 
 def markdown_table() -> str:

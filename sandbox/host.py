@@ -15,11 +15,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sandbox import cgroups
 from sandbox.errors import SetupError
+from sandbox.limits import OOM_SCORE_SERVICES
 
 DEFAULT_USER = "seatable-sandbox"
+USER_VARIABLE = "SEATABLE_SANDBOX_USER"  # another sandbox user for ./dev, the tests and benchmarks
+# Container uids 0..SUBID_COUNT-1 of every runner; each live run has one of RUN_UID_FIRST.. of its own.
 SUBID_COUNT = 65536
 SUBID_FIRST = 100000
+
+
+def configured_user() -> str:
+    return os.environ.get(USER_VARIABLE) or DEFAULT_USER
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,9 @@ class HostReport:
     runtime: str
     storage_driver: str
     socket: str
+    mechanism: str = "rlimit"  # cgroup-v2, cgroup-v1-delegated or rlimit
+    concurrent_runs: int = 0  # runner uids: live runs that can each have a host uid of their own
+    services_oom_score_adj: int = 0
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -147,8 +158,14 @@ def choose_runtime() -> str:
     raise SetupError("no OCI runtime found: install runc (apt-get install runc)")
 
 
-def write_podman_config(user: SandboxUser, runtime: str) -> bool:
-    """Write containers.conf and storage.conf; return True when the storage driver changed."""
+@dataclass(frozen=True)
+class ConfigChange:
+    storage: bool  # the storage driver changed: the user's storage must be reset
+    engine: bool  # containers.conf changed: a running Podman service must be restarted
+
+
+def write_podman_config(user: SandboxUser, runtime: str, runtime_path: Path | None = None) -> ConfigChange:
+    """Write containers.conf and storage.conf; `runtime_path` replaces the runtime's binary (the wrapper)."""
     conf_dir = user.home / ".config" / "containers"
     cgroup_manager = "systemd" if has_systemd() else "cgroupfs"
     containers_conf = (
@@ -161,15 +178,21 @@ def write_podman_config(user: SandboxUser, runtime: str) -> bool:
         f'events_logger = "{"journald" if has_systemd() else "file"}"\n'
         "service_timeout = 0\n"
     )
+    if runtime_path is not None:
+        # Same name (Podman keys runtime features by it), another binary: places runners in their cgroups.
+        containers_conf += f'[engine.runtimes]\n{runtime} = ["{runtime_path}"]\n'
     # vfs (the rootless default) copies the whole image for every container.
     storage_conf = '# Written by seatable-sandbox host-setup.\n[storage]\ndriver = "overlay"\n'
     if not _native_overlay_supported():
         storage_conf += '[storage.options.overlay]\nmount_program = "/usr/bin/fuse-overlayfs"\n'
     storage_path = conf_dir / "storage.conf"
+    containers_path = conf_dir / "containers.conf"
     old_storage = storage_path.read_text() if storage_path.exists() else None
-    _write_owned(user, conf_dir / "containers.conf", containers_conf)
+    old_containers = containers_path.read_text() if containers_path.exists() else None
+    _write_owned(user, containers_path, containers_conf)
     _write_owned(user, storage_path, storage_conf)
-    return old_storage is not None and old_storage != storage_conf
+    return ConfigChange(storage=old_storage is not None and old_storage != storage_conf,
+                        engine=old_containers is not None and old_containers != containers_conf)
 
 
 def _native_overlay_supported() -> bool:
@@ -200,6 +223,10 @@ def reset_storage_if_needed(user: SandboxUser, changed: bool) -> None:
 
 def podman_info(user: SandboxUser) -> dict[str, object]:
     result = user.run(["podman", "info", "--format", "json"])
+    if result.returncode != 0 and "system migrate" in result.stderr:
+        # A reboot (or a killed user session) leaves a stale pause-process record; Podman's own remedy.
+        user.run(["podman", "system", "migrate"])
+        result = user.run(["podman", "info", "--format", "json"])
     if result.returncode != 0:
         raise SetupError(f"podman info failed as {user.name}: {_last_line(result.stderr)}")
     info: dict[str, object] = json.loads(result.stdout)
@@ -237,10 +264,61 @@ def start_api_service(user: SandboxUser) -> None:
     subprocess.Popen(
         user.command(["podman", "system", "service", "--time=0", user.socket_url]),
         env=user.env(), cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        # Inherited by the service, its conmons and (until they raise it) the runners: the service outlives runs.
+        preexec_fn=_protect_from_oom if os.geteuid() == 0 else None,
     )
     log.close()
     if not _wait_for_socket(user, 30):
         raise SetupError(f"podman API service did not come up on {user.socket_path}; see {log.name}")
+
+
+def restart_api_service(user: SandboxUser) -> None:
+    """After containers.conf changed: a running service keeps its old configuration until restarted."""
+    if has_systemd() and os.geteuid() == 0:
+        user.run(["systemctl", "--user", "restart", "podman.service"])
+    else:
+        pids = service_pids(user)
+        for pid in pids:
+            os.kill(pid, 15)
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    start_api_service(user)
+
+
+def service_pids(user: SandboxUser) -> list[int]:
+    """The user's `podman system service` processes serving its socket."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != user.uid:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:3] == [b"podman", b"system", b"service"] and user.socket_url.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def _protect_from_oom() -> None:
+    try:
+        Path("/proc/self/oom_score_adj").write_text(str(OOM_SCORE_SERVICES))
+    except OSError:
+        pass  # no CAP_SYS_RESOURCE (a confined root): report() says so
+
+
+def protect_services(user: SandboxUser) -> int:
+    """Lower the oom_score_adj of a service started earlier (only root may lower it); the value now."""
+    for pid in service_pids(user):
+        try:
+            Path(f"/proc/{pid}/oom_score_adj").write_text(str(OOM_SCORE_SERVICES))
+        except OSError:
+            continue
+    pids = service_pids(user)
+    return int(Path(f"/proc/{pids[0]}/oom_score_adj").read_text()) if pids else 0
 
 
 def _wait_for_socket(user: SandboxUser, seconds: float) -> bool:
@@ -253,45 +331,87 @@ def _wait_for_socket(user: SandboxUser, seconds: float) -> bool:
 
 
 def report(user: SandboxUser) -> HostReport:
+    from sandbox.isolation import enforcement_of
+
     info = podman_info(user)
     host = info.get("host", {})
     assert isinstance(host, dict)
     controllers = [str(c) for c in host.get("cgroupControllers") or []]
-    version = cgroup_version()
-    limits = {}
-    for limit, controller in (("memory", "memory"), ("pids", "pids"), ("cpu", "cpu")):
-        limits[limit] = "cgroup" if version == "v2" and controller in controllers else "rlimit"
-    notes = []
-    if version != "v2":
-        notes.append("cgroup v1: rootless Podman cannot apply memory/pids/cpu limits; rlimits are enforced instead")
-    elif set(limits.values()) != {"cgroup"}:
-        notes.append("cgroup v2 without full delegation: add Delegate=memory pids cpu to user@.service")
+    enforcement, mapping, _cgroups = enforcement_of(info)
+    limits = {"memory": enforcement.memory, "pids": enforcement.pids, "cpu": enforcement.cpu}
+    notes = [enforcement.note] if enforcement.note else []
+    if enforcement.memory == "rlimit":
+        notes.append("memory is bounded by RLIMIT_AS only (memfd, shared memory and tmpfs are not counted)")
+    if not open_network_ready():
+        notes.append("PYTHON_RUNNER_NETWORK=open needs nftables and python3-nftables: apt-get install nftables "
+                     "python3-nftables")
     security = host.get("security", {})
     runtime = host.get("ociRuntime", {})
     store = info.get("store", {})
+    service_pid = (service_pids(user) or [0])[0]
+    if service_pid and _oom_score_adj(service_pid) > OOM_SCORE_SERVICES:
+        notes.append(f"the Podman service's oom_score_adj is {_oom_score_adj(service_pid)}, not "
+                     f"{OOM_SCORE_SERVICES}: start it as root with CAP_SYS_RESOURCE (host-setup, or "
+                     "OOMScoreAdjust= in systemd); runners still go first (they raise theirs)")
     return HostReport(
         user=user.name,
-        cgroup_version=version,
+        cgroup_version=cgroup_version(),
         cgroup_controllers=controllers,
         limits=limits,
         seccomp=bool(isinstance(security, dict) and security.get("seccompEnabled")),
         runtime=str(runtime.get("name", "")) if isinstance(runtime, dict) else "",
         storage_driver=str(store.get("graphDriverName", "")) if isinstance(store, dict) else "",
         socket=user.socket_url,
+        mechanism=enforcement.mechanism,
+        concurrent_runs=max(0, len(mapping.run_uids)),
+        services_oom_score_adj=_oom_score_adj(service_pid),
         notes=notes,
     )
 
 
-def setup_host(name: str = DEFAULT_USER) -> HostReport:
+def _oom_score_adj(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/oom_score_adj").read_text()) if pid else 0
+    except OSError:
+        return 0
+
+
+def open_network_ready() -> bool:
+    """The open network's rules helper runs on the system interpreter with Debian's libnftables binding."""
+    result = subprocess.run(["/usr/bin/python3", "-I", "-c", "import nftables; nftables.Nftables()"],
+                            check=False, capture_output=True)
+    return result.returncode == 0 and shutil.which("slirp4netns") is not None
+
+
+def setup_host(name: str = DEFAULT_USER, cgroups_only: bool = False) -> HostReport | None:
+    """Prepare the user, its Podman and (cgroup v1) its delegated runner cgroups; idempotent.
+
+    `cgroups_only`: just the per-boot part (cgroupfs forgets the subtree at reboot)."""
+    if cgroups_only:
+        user = lookup_user(name)
+        if os.geteuid() != 0:
+            raise SetupError("--cgroups-only needs root (it makes cgroups and gives them to the user)")
+        cgroups.delegate_subtree(user.uid, user.gid)
+        return None
     for tool in ("podman", "newuidmap", "newgidmap"):
         if not shutil.which(tool):
             package = "uidmap" if tool.startswith("new") else tool
             raise SetupError(f"{tool} not found: install it with apt-get install {package}")
     user = ensure_user(name)
-    if os.geteuid() == 0:
-        changed = write_podman_config(user, choose_runtime())
-        reset_storage_if_needed(user, changed)
+    if os.geteuid() != 0:
+        start_api_service(user)
+        return report(user)
+    delegated = cgroups.delegate_subtree(user.uid, user.gid)
+    runtime = choose_runtime()
+    wrapper = None
+    if runtime == "runc" and set(cgroups.REQUIRED) <= set(delegated):
+        wrapper = cgroups.install_wrapper(user.name, user.uid, str(shutil.which("runc")))
+    changed = write_podman_config(user, runtime, wrapper)
+    reset_storage_if_needed(user, changed.storage)
+    if changed.engine and socket_alive(user):
+        restart_api_service(user)
     start_api_service(user)
+    protect_services(user)
     return report(user)
 
 

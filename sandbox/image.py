@@ -1,7 +1,9 @@
-"""Build the runner image offline: Debian minbase by mmdebstrap, PyPI wheels by the host's pip.
+"""Build the runner image offline: Debian by mmdebstrap, the locked PyPI packages by the host's pip.
 
-No registry is needed. The image tag is a hash of every input, so an unchanged recipe is
-never rebuilt and the sandbox service can compute which image it must use.
+No registry is needed. The image tag is a hash of every input (the Debian suite and packages, the package lock
+with its hashes, the image's own files), so an unchanged recipe is never rebuilt and the sandbox service can
+compute which image it must use. The trusted entrypoint and egress relay are not part of the image: the sandbox
+mounts them read-only into every runner (any image with a python3 works), so changing them needs no new image.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
+import json
 import os
+import shlex
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -21,62 +25,85 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from runner_rootfs.finish_tree import RUNNER_FILES_MOUNT, RUNNER_UID, SITE_PACKAGES, strip_setid_bits
+
+from sandbox import runner_lock
 from sandbox.errors import SetupError
 from sandbox.host import SandboxUser
 
 IMAGE_NAME = "localhost/seatable-python-runner"
-RECIPE_VERSION = "1"  # bump when the steps below change what ends up in the image
-SUITE = "bookworm"
+RECIPE_VERSION = "2"  # bump when the steps below change what ends up in the image
+SUITE = "trixie"  # Debian 13: python3 is 3.13 (upstream's runner and SeaTable's docs promise 3.12)
 DEFAULT_MIRRORS = (
-    "deb http://deb.debian.org/debian bookworm main",
-    "deb http://deb.debian.org/debian bookworm-updates main",
-    "deb http://deb.debian.org/debian-security bookworm-security main",
+    f"deb http://deb.debian.org/debian {SUITE} main",
+    f"deb http://deb.debian.org/debian {SUITE}-updates main",
+    f"deb http://deb.debian.org/debian-security {SUITE}-security main",
 )
-DEBIAN_PACKAGES = ("python3", "libseccomp2", "tzdata", "ca-certificates")
-PIP_PLATFORM = ("--python-version", "3.11", "--implementation", "cp", "--only-binary=:all:",
-                "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
-                "--platform", "manylinux_2_28_x86_64")
-RUNNER_UID = 1000
-SITE_PACKAGES = "opt/runner/site-packages"
-ENTRYPOINT = "/opt/runner/entrypoint.py"
+# Where the sandbox mounts the trusted entrypoint and relay, and how every runner is started: the image's own python3.
+RUNNER_FILES = "/" + RUNNER_FILES_MOUNT
+ENTRYPOINT = f"{RUNNER_FILES}/entrypoint.py"
+ENTRYPOINT_COMMAND = ("python3", "-I", ENTRYPOINT)
 # Trimmed from the tree: documentation and caches nobody reads in a runner.
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
                  "/usr/share/lintian/*")
 DEFAULT_CACHE = Path("/var/cache/seatable-runner")
+__all__ = ["DEFAULT_CACHE", "ENTRYPOINT_COMMAND", "IMAGE_NAME", "RUNNER_FILES", "RUNNER_UID", "SITE_PACKAGES",
+           "Recipe", "RunnerImageBuilder", "default_image", "packaged_sdist_only", "runner_files_dir",
+           "strip_setid_bits"]
 
 
 @dataclass
 class Recipe:
-    requirements: str
-    sdist_wheels: str
-    entrypoint: str
-    egress_forward: str = ""
+    """Everything that decides the image's content; its digest is the image tag."""
+
+    lock: str  # requirements.lock: every package pinned with its hashes
+    sdist_only: str  # sdist-only.txt
+    debian: str  # debian-packages.txt
+    finish_tree: str  # finish_tree.py: the image's own files
     extra_packages: tuple[str, ...] = ()
     mirrors: tuple[str, ...] = DEFAULT_MIRRORS
 
     @classmethod
-    def packaged(cls, requirements: Path | None = None, extra_packages: tuple[str, ...] = ()) -> Recipe:
+    def packaged(cls, requirements: Path | None = None, extra_packages: tuple[str, ...] = (),
+                 sdist_only: tuple[str, ...] = ()) -> Recipe:
+        """The installed recipe; `requirements` replaces its lock and must itself be a lock (pins and hashes)."""
         files = resources.files("runner_rootfs")
+        if requirements is None:  # the packaged lock (./dev lock-runner refreshes it)
+            lock = files.joinpath("requirements.lock").read_text()
+        else:
+            try:
+                lock = requirements.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SetupError(f"cannot read {requirements}: {exc}") from None
+            if not runner_lock.is_locked(lock):
+                raise SetupError(f"{requirements} is not a lock: every requirement needs ==VERSION and --hash "
+                                 f"(seatable-sandbox lock-runner {requirements} makes one)")
         return cls(
-            requirements=requirements.read_text() if requirements else files.joinpath("requirements.txt").read_text(),
-            sdist_wheels=files.joinpath("sdist-wheels.txt").read_text(),
-            entrypoint=files.joinpath("entrypoint.py").read_text(),
-            egress_forward=files.joinpath("egress_forward.py").read_text(),
+            lock=lock,
+            sdist_only=files.joinpath("sdist-only.txt").read_text() + "".join(f"{name}\n" for name in sdist_only),
+            debian=files.joinpath("debian-packages.txt").read_text(),
+            finish_tree=files.joinpath("finish_tree.py").read_text(),
             extra_packages=extra_packages,
         )
 
     @property
     def debian_packages(self) -> tuple[str, ...]:
-        return DEBIAN_PACKAGES + self.extra_packages
+        return (*runner_lock.names(self.debian), *self.extra_packages)
+
+    @property
+    def sdist_packages(self) -> list[str]:
+        return runner_lock.names(self.sdist_only)
 
     def digest(self) -> str:
         h = hashlib.sha256()
         for part in (RECIPE_VERSION, SUITE, " ".join(self.debian_packages), "\n".join(self.mirrors),
-                     " ".join(PIP_PLATFORM), self.requirements, self.sdist_wheels, self.entrypoint,
-                     self.egress_forward):
+                     " ".join(runner_lock.PIP_TARGET), self.lock, " ".join(self.sdist_packages), self.finish_tree):
             h.update(part.encode())
             h.update(b"\0")
         return h.hexdigest()[:16]
+
+    def lock_digest(self) -> str:
+        return hashlib.sha256(f"{self.lock}\0{self.sdist_packages}".encode()).hexdigest()[:16]
 
     @property
     def tag(self) -> str:
@@ -86,6 +113,19 @@ class Recipe:
 def default_image() -> str:
     """The image the installed recipe produces; what the sandbox runs unless told otherwise."""
     return Recipe.packaged().tag
+
+
+def packaged_sdist_only(extra: tuple[str, ...] = ()) -> list[str]:
+    """The packages that may come as source: the packaged list plus `extra`."""
+    return [*runner_lock.names(resources.files("runner_rootfs").joinpath("sdist-only.txt").read_text()), *extra]
+
+
+def runner_files_dir() -> Path:
+    """The installed directory holding entrypoint.py and egress_forward.py (root-owned in an installation)."""
+    spec = importlib.util.find_spec("runner_rootfs.entrypoint")
+    if spec is None or spec.origin is None:
+        raise SetupError("the runner_rootfs package is not installed")
+    return Path(spec.origin).parent
 
 
 @dataclass
@@ -116,17 +156,17 @@ class RunnerImageBuilder:
 
     def build(self, force: bool = False, prune: bool = False) -> str:
         """Return the image tag, building only what is missing."""
-        progress = Progress(total=6, quiet=self.quiet)
+        progress = Progress(total=7, quiet=self.quiet)
         self._check_tools()
         self._check_cache_dir()
+        progress(f"recipe {self.recipe.digest()}")
         if not force and self.image_exists():  # without the lock: another recipe's build may hold it for minutes
-            progress(f"recipe {self.recipe.digest()}")
             progress(f"image {self.recipe.tag} is present; nothing to build")
             return self.recipe.tag
         with self._lock():
-            progress(f"recipe {self.recipe.digest()}")
             if self.image_exists() and not force:
                 progress(f"image {self.recipe.tag} is present; nothing to build")
+                self._map_ids(progress)
                 return self.recipe.tag
             tarball = self.cache_dir / f"rootfs-{self.recipe.digest()}.tar"
             if force or not tarball.exists():
@@ -135,10 +175,28 @@ class RunnerImageBuilder:
             else:
                 progress(f"root filesystem {tarball.name} is cached")
             self._import(tarball, progress)
+            self._map_ids(progress)
             if prune:
                 self._prune(tarball)
             progress("done")
         return self.recipe.tag
+
+    def wheelhouse(self) -> Path:
+        """Every file of the lock, hash-checked, plus the build tools: what offline installs of it read
+        (build-runner's pip, and Containerfile.runner-registry given it as /wheels)."""
+        self._check_cache_dir()
+        with self._lock():
+            return self._wheelhouse()
+
+    def _wheelhouse(self) -> Path:
+        target = self.cache_dir / f"wheels-{self.recipe.lock_digest()}"
+        if not (target / ".complete").exists():
+            target.mkdir(parents=True, exist_ok=True)
+            lock_file = target / "requirements.lock"
+            lock_file.write_text(self.recipe.lock)
+            runner_lock.download(lock_file, self.recipe.sdist_packages, target, self._pip_env())
+            (target / ".complete").touch()
+        return target
 
     def _check_tools(self) -> None:
         for tool, package in (("mmdebstrap", "mmdebstrap"), ("podman", "podman"), ("tar", "tar")):
@@ -161,67 +219,44 @@ class RunnerImageBuilder:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
+    def _pip_env(self) -> dict[str, str]:
+        return dict(os.environ, PIP_CACHE_DIR=str(self.cache_dir / "pip"), PIP_DISABLE_PIP_VERSION_CHECK="1")
+
     def _build_tree(self, work: Path, tarball: Path, progress: Progress) -> None:
+        progress(f"fetching the locked Python packages for Python {runner_lock.RUNNER_PYTHON} (hash-checked)")
+        wheelhouse = self._wheelhouse()
         site = work / "site-packages"
-        progress("installing the runner's Python packages with pip (host side, wheels only)")
-        self._pip_install(work, site)
+        progress("installing them with pip (host side, from the wheelhouse only)")
+        lock_file = work / "requirements.lock"
+        lock_file.write_text(self.recipe.lock)
+        runner_lock.install(lock_file, self.recipe.sdist_packages, wheelhouse, site, self._pip_env())
         rootfs = work / "rootfs"
-        progress(f"building Debian {SUITE} minbase with mmdebstrap: {' '.join(self.recipe.debian_packages)}")
-        self._mmdebstrap(rootfs)
-        progress("adding packages, entrypoint and runner user; removing setuid bits")
-        shutil.move(str(site), str(rootfs / SITE_PACKAGES))
-        self._finish_tree(rootfs)
+        progress(f"building Debian {SUITE} minbase with mmdebstrap: {' '.join(self.recipe.debian_packages)}; "
+                 "adding packages and runner user, removing setuid bits, byte-compiling")
+        self._mmdebstrap(rootfs, site, work)
+        progress("packing the root filesystem")
         partial = tarball.with_suffix(".partial")
         _run(["tar", "-C", str(rootfs), "--numeric-owner", "--xattrs", "-cf", str(partial), "."],
              "packing the root filesystem")
         partial.replace(tarball)
 
-    def _pip_install(self, work: Path, site: Path) -> None:
-        env = dict(os.environ, PIP_CACHE_DIR=str(self.cache_dir / "pip"), PIP_DISABLE_PIP_VERSION_CHECK="1")
-        pip = [sys.executable, "-m", "pip"]
-        wheelhouse = self.cache_dir / "wheelhouse"
-        sdists = [line.strip() for line in self.recipe.sdist_wheels.splitlines()
-                  if line.strip() and not line.startswith("#")]
-        if sdists:
-            _run([*pip, "wheel", "-q", "--no-deps", "-w", str(wheelhouse), *sdists],
-                 "pip could not build wheels", env=env)
-        requirements = work / "requirements.txt"
-        requirements.write_text(self.recipe.requirements)
-        _run([*pip, "install", "-q", "--no-compile", "--target", str(site), *PIP_PLATFORM,
-              "--find-links", str(wheelhouse), "-r", str(requirements)],
-             "pip could not install the runner's packages", env=env)
-
-    def _mmdebstrap(self, rootfs: Path) -> None:
+    def _mmdebstrap(self, rootfs: Path, site: Path, work: Path) -> None:
+        finish = work / "finish_tree.py"
+        finish.write_text(self.recipe.finish_tree)
+        hooks = [
+            f'mkdir -p "$1/{Path(SITE_PACKAGES).parent}" && mv {shlex.quote(str(site))} "$1/{SITE_PACKAGES}"',
+            f'{shlex.quote(sys.executable)} {shlex.quote(str(finish))} "$1"',
+            # Byte-code by the runner's own Python (the host's is another version); a file that does not compile
+            # (a package's Python 2 test data) just stays without byte-code.
+            f'chroot "$1" /usr/bin/python3 -m compileall -q -j0 /{SITE_PACKAGES} >/dev/null 2>&1 || true',
+        ]
         argv = ["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
                 f"--include={','.join(self.recipe.debian_packages)}",
                 *(f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES),
                 "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+                *(f"--customize-hook={hook}" for hook in hooks),
                 SUITE, str(rootfs), *self.recipe.mirrors]
         _run(argv, "mmdebstrap failed", stdin=subprocess.DEVNULL)
-
-    def _finish_tree(self, rootfs: Path) -> None:
-        runner = rootfs / "opt" / "runner"
-        (runner / "entrypoint.py").write_text(self.recipe.entrypoint)
-        (runner / "egress_forward.py").write_text(self.recipe.egress_forward)
-        # No resolver and no names but loopback: every name is resolved by the egress proxy's policy.
-        (rootfs / "etc/resolv.conf").unlink(missing_ok=True)
-        (rootfs / "etc/resolv.conf").write_text("# names are resolved by the sandbox's egress proxy\n")
-        (rootfs / "etc/hosts").write_text("127.0.0.1\tlocalhost runner\n::1\tlocalhost ip6-localhost\n")
-        # -I ignores PYTHONPATH, but site still reads .pth files from dist-packages.
-        (rootfs / "usr/lib/python3/dist-packages/runner.pth").write_text(f"/{SITE_PACKAGES}\n")
-        _append(rootfs / "etc/passwd", f"seatable:x:{RUNNER_UID}:{RUNNER_UID}:SeaTable script:/tmp:/usr/sbin/nologin\n")
-        _append(rootfs / "etc/group", f"seatable:x:{RUNNER_UID}:\n")
-        _append(rootfs / "etc/shadow", "seatable:!:19000::::::\n")
-        # Upstream's scripts live in /scripts; here that is a directory on the runner's tmpfs.
-        (rootfs / "scripts").symlink_to("/tmp/scripts")
-        for junk in ("var/cache/apt", "var/lib/apt/lists", "var/log"):
-            path = rootfs / junk
-            if path.is_dir():
-                shutil.rmtree(path)
-                path.mkdir()
-        strip_setid_bits(rootfs)
-        subprocess.run([sys.executable, "-m", "compileall", "-q", "-j0", str(runner)], check=False,
-                       capture_output=True)
 
     def _import(self, tarball: Path, progress: Progress) -> None:
         progress(f"importing into {self.user.name}'s Podman storage as {self.recipe.tag}")
@@ -229,8 +264,11 @@ class RunnerImageBuilder:
             f"USER {RUNNER_UID}:{RUNNER_UID}",
             "WORKDIR /tmp",
             "ENV LANG=C.UTF-8",
-            f'ENTRYPOINT ["/usr/bin/python3", "-I", "{ENTRYPOINT}"]',
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            # The sandbox mounts the entrypoint at run time; without that mount this fails with a clear message.
+            "ENTRYPOINT " + json.dumps(list(ENTRYPOINT_COMMAND)),
             f"LABEL io.seatable.runner.recipe={self.recipe.digest()}",
+            f"LABEL io.seatable.runner.python={runner_lock.RUNNER_PYTHON}",
         ]
         argv = ["podman", "import", "--quiet"]
         for change in changes:
@@ -242,29 +280,36 @@ class RunnerImageBuilder:
             raise SetupError(f"podman import failed: {_last_line(stderr)}")
         self.user.run(["podman", "tag", self.recipe.tag, f"{IMAGE_NAME}:latest"])
 
+    def _map_ids(self, progress: Progress) -> None:
+        """Make the one id-shifted copy of the image that every runner's fixed mapping uses.
+
+        Rootless overlay cannot shift ids when mounting, so the first container with a mapping
+        copies and chowns the image (tens of seconds); done here, no run waits for it."""
+        from sandbox.host import podman_info
+        from sandbox.identity import IdMapping
+
+        size = IdMapping.from_podman_info(podman_info(self.user)).size
+        progress(f"preparing the image for the runners' id mapping (0:1:{size}; once per image)")
+        name = f"seatable-idmap-{self.recipe.digest()}-{os.getpid()}"
+        mapping = f"0:1:{size}"
+        created = self.user.run(["podman", "create", "--name", name, "--uidmap", mapping, "--gidmap", mapping,
+                                 "--network", "none", self.recipe.tag])
+        self.user.run(["podman", "rm", "--force", name])
+        if created.returncode != 0:
+            raise SetupError(f"podman create with the runners' id mapping failed: {_last_line(created.stderr)}")
+
     def _prune(self, keep: Path) -> None:
-        """Keep the newest tarball only; drop images of other recipes (a running sandbox may use one)."""
+        """Keep the newest tarball and wheelhouse only; drop images of other recipes (a running sandbox may use one)."""
         for old in self.cache_dir.glob("rootfs-*.tar"):
             if old != keep:
                 old.unlink()
+        for old in self.cache_dir.glob("wheels-*"):
+            if old.name != f"wheels-{self.recipe.lock_digest()}":
+                shutil.rmtree(old, ignore_errors=True)
         listed = self.user.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_NAME])
         for ref in listed.stdout.split():
             if ref not in (self.recipe.tag, f"{IMAGE_NAME}:latest"):
                 self.user.run(["podman", "rmi", "--force", ref])
-
-
-def strip_setid_bits(rootfs: Path) -> None:
-    for dirpath, _dirs, files in os.walk(rootfs):
-        for name in files:
-            path = Path(dirpath, name)
-            mode = path.lstat().st_mode
-            if stat.S_ISREG(mode) and mode & (stat.S_ISUID | stat.S_ISGID):
-                path.chmod(stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
-
-
-def _append(path: Path, line: str) -> None:
-    with open(path, "a") as handle:
-        handle.write(line)
 
 
 def _run(argv: list[str], what: str, **kwargs: object) -> None:

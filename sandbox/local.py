@@ -19,9 +19,12 @@ from sandbox.config import SandboxConfig
 from sandbox.driver import ContainerDriver, Job, RunResult
 from sandbox.egress import EgressPolicy, EgressProxy
 from sandbox.errors import SetupError
-from sandbox.host import DEFAULT_USER, lookup_user
+from sandbox.host import configured_user, lookup_user
 from sandbox.image import default_image
-from sandbox.limits import RunnerLimits, detect
+from sandbox.isolation import probe
+from sandbox.limits import RunnerLimits
+from sandbox.netguard import NetGuardError
+from sandbox.network import start_open_network
 from sandbox.podman_api import PodmanAPI
 from sandbox.seccomp_profile import write_profile
 
@@ -31,15 +34,15 @@ class LocalRun:
     path: Path
     context: object = None
     env: tuple[tuple[str, str], ...] = ()
-    user: str = DEFAULT_USER
+    user: str = ""
 
 
 def run_local(request: LocalRun) -> RunResult:
     try:
-        script = request.path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        script = request.path.read_bytes()  # decoded in the runner as Python decodes a file
+    except OSError as exc:
         raise SetupError(f"cannot read {request.path}: {exc}") from None
-    user = lookup_user(request.user)
+    user = lookup_user(request.user or configured_user())
     # The sandbox's own settings where given (limits, image), without requiring its tokens; the Podman API
     # is the sandbox user's unless PYTHON_SANDBOX_PODMAN_URL says otherwise, whoever runs this.
     config = SandboxConfig.from_env(fallbacks={"PYTHON_SANDBOX_AUTH_TOKEN": "-", "PYTHON_SCHEDULER_AUTH_TOKEN": "-",
@@ -53,30 +56,40 @@ def run_local(request: LocalRun) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="run-local-") as state:
         os.chmod(state, 0o755)  # noqa: S103 - the Podman service (the sandbox user) reads the profile
         egress = None
-        if config.network != "none":
+        if config.network == "seatable":
             egress = EgressProxy(Path(state) / "egress")
             os.chmod(egress.base_dir, 0o755)  # noqa: S103 - the sandbox user's Podman bind-mounts from it
+        node = f"run-local-{os.getpid()}"
+        isolation = probe(api.client.info(), owner=node, state_dir=Path(state))
+        try:
+            network = start_open_network(config) if config.network == "open" else None
+        except NetGuardError as exc:
+            raise SetupError(str(exc)) from None
         driver = ContainerDriver(
-            api=api, image=image, node=f"run-local-{os.getpid()}", output_limit=config.output_limit,
+            api=api, image=image, node=node, output_limit=config.output_limit,
             limits=RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                                 timeout=config.timeout, tmpfs_size=config.tmpfs_size),
-            enforcement=detect(api.client.info()), seccomp_profile=str(write_profile(Path(state))),
-            egress=egress,
+            enforcement=isolation.enforcement, seccomp_profile=str(write_profile(Path(state))),
+            egress=egress, identities=isolation.identities, cgroups=isolation.cgroups, network=network,
         )
         env = {"is_cloud": "1", "TZ": config.time_zone, **dict(request.env)}
         context = "" if request.context is None else json.dumps(request.context)
         containers: list[str] = []
         try:
-            policy = None if egress is None else EgressPolicy.for_run(
+            policy = None if config.network == "none" else EgressPolicy.for_run(
                 config.network, config.egress_allow, env.get("dtable_web_url"))
             job = Job(0, script, context, env, egress=policy, ca_bundle=config.ca_bundle)
             return driver.run(job, config.timeout, containers.append, lambda _t: None)
         finally:
             for container in containers:
                 driver.cleanup(container)
+            if isolation.cgroups is not None:
+                isolation.cgroups.stop()
             api.close()
             if egress is not None:
                 egress.shutdown()
+            if network is not None:
+                network.stop()
 
 
 def print_result(result: RunResult) -> int:
@@ -95,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=json.loads, help='JSON as SeaTable passes it, e.g. \'{"table": "T"}\'')
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the script, e.g. dtable_web_url=... api_token=...")
-    parser.add_argument("--user", default=DEFAULT_USER, help="the sandbox user whose Podman runs the script")
+    parser.add_argument("--user", default=configured_user(), help="the sandbox user whose Podman runs the script")
 
 
 def command(args: argparse.Namespace, _config: object = None) -> int:

@@ -1,50 +1,46 @@
-"""Durable outbox for the scheduler callbacks, plus the ledger of runs in flight.
+"""Durable outbox for the scheduler callbacks, plus the ledger of runs and their tombstones.
 
 A run's result is the one thing the user sees of it, so it is written to SQLite (WAL, synchronous=FULL)
 before any delivery is tried, and retried until the scheduler answers 2xx, across restarts of either side.
-The ledger in the same file lets a restarted service end every run it lost with "sandbox lost": a run is
-always either in the ledger or has its result queued, because `result()` switches the two in one transaction.
+Nothing the scheduler answers drops a result: 401, 403, 404, 5xx and connection errors are deployment
+errors, retried with capped backoff for as long as it takes, logged at ERROR once per cause and shown in
+/health. A result the scheduler refuses as a body (400, 413, 422) is replaced by a minimal failure result
+for the same run, which is then retried like any other. Bodies are bounded in bytes before they are
+queued (PYTHON_SCHEDULER_MAX_BODY_BYTES), so a result always fits.
+
+`sandbox.outbox_store` keeps where each run is (ledger, queue, tombstones) in one file.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import math
 import pathlib
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import requests
+
+from sandbox import texts
+from sandbox.outbox_store import RESULT_KINDS, Entry, InFlight, OutboxStore, pack
+from sandbox.output import encode_body, fit_result
+
+__all__ = ["InFlight", "Outbox", "OutboxStats", "backoff"]
 
 log = logging.getLogger(__name__)
 
 BASE_BACKOFF = 0.5
 IDLE_RECHECK = 5.0  # picks up entries queued by another process on the same file
-PATHS = {"running": "/script-running-callback/", "result": "/script-result/"}
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, script_id INTEGER NOT NULL, kind TEXT NOT NULL,
-    body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, created_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS outbox_script ON outbox (script_id, id);
-CREATE TABLE IF NOT EXISTS ledger (
-    script_id INTEGER PRIMARY KEY, container TEXT NOT NULL DEFAULT '', accepted_at REAL NOT NULL);
-"""
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """A run the service accepted and has not yet queued a result for."""
-
-    script_id: int
-    container: str  # container name, may be "" before creation
-    accepted_at: float
+PRUNE_EVERY = 60.0
+TRUNCATE_EVERY = 5.0  # at most this often the log is cut back when the queue has emptied
+PATHS = {"running": "/script-running-callback/", "result": "/script-result/", "result_minimal": "/script-result/"}
+REFUSED_BODY = (400, 413, 422)  # the scheduler refuses this body; sending it again cannot help
+DEFAULT_MAX_BODY = 8 << 20
+DEFAULT_TOMBSTONE_SECS = 7 * 24 * 3600
 
 
 @dataclass
@@ -53,16 +49,44 @@ class OutboxStats:
 
     delivered: int = 0
     retried: int = 0
-    dropped: int = 0
+    dropped: int = 0  # running callbacks refused as a body (their result still goes)
+    replaced: int = 0  # results refused as a body, replaced by a minimal failure result
 
 
-@dataclass(frozen=True)
-class _Entry:
-    id: int
-    script_id: int
-    kind: str
-    body: str
-    attempts: int
+@dataclass
+class DeliveryTrouble:
+    """Why callbacks are not getting through, for /health; each cause is logged once per episode."""
+
+    failing_since: float | None = None
+    failed_attempts: int = 0
+    last_error: str = ""
+    last_error_at: float | None = None
+    errors_total: int = 0
+    _logged: set[str] = field(default_factory=set)
+
+    def failed(self, cause: str, what: str) -> None:
+        now = time.time()
+        if self.failing_since is None:
+            self.failing_since = now
+        self.failed_attempts += 1
+        self.errors_total += 1
+        self.last_error, self.last_error_at = cause, now
+        if cause not in self._logged:
+            self._logged.add(cause)
+            log.error("outbox: %s not delivered: %s (retried until it is; logged once per cause)", what, cause)
+
+    def succeeded(self) -> None:
+        if self.failing_since is not None:
+            log.info("outbox: callbacks delivered again after %d failed attempts in %.0f s",
+                     self.failed_attempts, time.time() - self.failing_since)
+        self.failing_since = None
+        self.failed_attempts = 0
+        self._logged.clear()
+
+    def as_dict(self) -> dict[str, object]:
+        return {"failing": self.failing_since is not None, "failing_since": self.failing_since,
+                "failed_attempts": self.failed_attempts, "last_error": self.last_error or None,
+                "last_error_at": self.last_error_at, "errors_total": self.errors_total}
 
 
 def backoff(attempts: int, cap: float) -> float:
@@ -72,7 +96,7 @@ def backoff(attempts: int, cap: float) -> float:
 
 
 class Outbox:
-    """Queue of scheduler callbacks and ledger of runs in flight, in one SQLite file shared by all threads."""
+    """Queue of scheduler callbacks and where every accepted run is, in one SQLite file."""
 
     def __init__(
         self,
@@ -82,111 +106,98 @@ class Outbox:
         *,
         max_backoff: float = 30.0,
         timeout: float = 10.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+        tombstone_secs: float = DEFAULT_TOMBSTONE_SECS,
     ) -> None:
-        self.path = pathlib.Path(path)
+        self.store = OutboxStore(path)
+        self.path = self.store.path
         self._base = scheduler_url.rstrip("/")
         self._max_backoff = max_backoff
         self._timeout = timeout
+        self.max_body_bytes = max_body_bytes
+        self.tombstone_secs = tombstone_secs
         self.stats = OutboxStats()
+        self.trouble = DeliveryTrouble()
+        self.write_error = ""  # the last failure to queue a result; the node is unhealthy while set
         self._session = requests.Session()
         self._session.headers["Authorization"] = f"Token {token}"
         self._lock = threading.Lock()
+        self._unsaved: list[tuple[int, bytes]] = []  # results the disk refused, kept until it takes them
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._db = self._open()
+        self._pruned_at = 0.0
+        self._truncated_at = 0.0
 
-    def _open(self) -> sqlite3.Connection:
-        """Create directory (0700) and file (0600) ourselves so the output in it is never world-readable."""
-        if not self.path.parent.exists():
-            self.path.parent.mkdir(mode=0o700, parents=True)
-            os.chmod(self.path.parent, 0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        return db
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction at a time; IMMEDIATE so other processes on the file serialize too."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
-
-    # --- ledger -------------------------------------------------------------------------------------------
+    # --- where a run is ---------------------------------------------------------------------------
 
     def run_accepted(self, script_id: int) -> bool:
-        """Record a run; False if it is in flight or still has callbacks queued (it started: never re-run)."""
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM outbox WHERE script_id = ? LIMIT 1", (script_id,)).fetchone():
-                return False
-            sql = "INSERT OR IGNORE INTO ledger (script_id, accepted_at) VALUES (?, ?)"
-            cur = db.execute(sql, (script_id, time.time()))
-            return cur.rowcount == 1
+        """Record a new run; False if this node holds or has held the id (it may have run: never again)."""
+        return self.store.accept(script_id, time.time())
 
     def run_container(self, script_id: int, container: str) -> None:
         """Remember the container so a restarted service can remove it."""
-        with self._tx() as db:
-            db.execute("UPDATE ledger SET container = ? WHERE script_id = ?", (container, script_id))
+        self.store.set_container(script_id, container)
 
     def in_flight(self) -> list[InFlight]:
         """Runs accepted and not yet ended; after a restart these are the runs that were lost."""
-        rows = self._query("SELECT script_id, container, accepted_at FROM ledger ORDER BY accepted_at")
-        return [InFlight(int(s), str(c), float(a)) for s, c, a in rows]
+        return self.store.in_flight()
 
     def holds(self, script_id: int) -> str | None:
-        """"running" while in the ledger, "reporting" while callbacks wait, else None (not here)."""
+        """"running", "reporting" (result not yet acknowledged), "done" (tombstone) or None (never here)."""
         with self._lock:
-            if self._db.execute("SELECT 1 FROM ledger WHERE script_id = ?", (script_id,)).fetchone():
-                return "running"
-            if self._db.execute("SELECT 1 FROM outbox WHERE script_id = ? LIMIT 1", (script_id,)).fetchone():
+            if any(sid == script_id for sid, _ in self._unsaved):
                 return "reporting"
-        return None
+        return self.store.state(script_id)
 
-    # --- queue --------------------------------------------------------------------------------------------
+    # --- queue --------------------------------------------------------------------------------------
 
     def running(self, script_id: int, started_at: float) -> None:
         """Queue the running callback; the result of the same script waits for it."""
-        body: dict[str, object] = {"script_id": script_id, "started_at": started_at}
-        with self._tx() as db:
-            self._enqueue(db, script_id, "running", body)
+        body = encode_body({"script_id": script_id, "started_at": started_at})
+        self.store.enqueue(script_id, "running", pack(body), time.time())
         self._wake.set()
 
     def result(self, script_id: int, body: dict[str, object]) -> None:
-        """Queue the result and drop the ledger entry atomically, so a crash can never lose the run."""
-        body = {**body, "script_id": script_id}
-        with self._tx() as db:
-            self._enqueue(db, script_id, "result", body)
-            db.execute("DELETE FROM ledger WHERE script_id = ?", (script_id,))
+        """Queue the result (cut to fit the body limit) and end the run's ledger entry in one transaction.
+
+        If the disk refuses it, the result is kept in memory and saved by the delivery thread as soon
+        as it can be, and the node reports itself unhealthy meanwhile: a result is never dropped.
+        """
+        packed = pack(fit_result({**body, "script_id": script_id}, self.max_body_bytes))
+        try:
+            self.store.enqueue(script_id, "result", packed, time.time(), ends_run=True)
+        except sqlite3.Error as exc:
+            log.error("outbox: result for script %d could not be saved (%s); kept in memory", script_id, exc)
+            with self._lock:
+                self.write_error = str(exc)
+                self._unsaved.append((script_id, packed))
         self._wake.set()
 
-    @staticmethod
-    def _enqueue(db: sqlite3.Connection, script_id: int, kind: str, body: dict[str, object]) -> None:
-        now = time.time()
-        db.execute(
-            "INSERT INTO outbox (script_id, kind, body, next_at, created_at) VALUES (?, ?, ?, ?, ?)",
-            (script_id, kind, json.dumps(body), now, now),
-        )
-
     def pending(self) -> int:
-        """Entries not yet acknowledged or dropped."""
-        return int(self._query("SELECT COUNT(*) FROM outbox")[0][0])
+        """Entries not yet acknowledged."""
+        with self._lock:
+            unsaved = len(self._unsaved)
+        return self.store.pending() + unsaved
+
+    def oldest_pending_age(self) -> float | None:
+        oldest = self.store.oldest_pending()
+        return None if oldest is None else max(0.0, time.time() - oldest)
+
+    def disk_bytes(self) -> int:
+        return self.store.disk_bytes()
+
+    def check_writable(self) -> str | None:
+        """None when results can be queued, else why not."""
+        with self._lock:
+            if self.write_error:
+                return self.write_error
+        try:
+            self.store.check_writable()
+        except sqlite3.Error as exc:
+            return str(exc)
+        return None
 
     def flush(self, timeout: float) -> bool:
         """Wait until the queue is empty (tests, graceful shutdown); True if it is."""
@@ -199,7 +210,7 @@ class Outbox:
                 self._changed.wait(min(remaining, 0.2))
         return True
 
-    # --- delivery -----------------------------------------------------------------------------------------
+    # --- delivery -----------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the delivery thread (daemon: entries are on disk, nothing is lost when the process exits)."""
@@ -221,6 +232,8 @@ class Outbox:
         while not self._stop.is_set():
             self._wake.clear()  # before the query: an enqueue after it sets the event again
             try:
+                self._save_unsaved()
+                self._housekeeping()
                 wait = self._deliver_due()
             except Exception:
                 log.exception("outbox: delivery loop error, retrying in 1 s")
@@ -228,74 +241,121 @@ class Outbox:
             if wait > 0:
                 self._wake.wait(wait)
 
+    def _save_unsaved(self) -> None:
+        with self._lock:
+            waiting = list(self._unsaved)
+        for script_id, packed in waiting:
+            try:
+                self.store.enqueue(script_id, "result", packed, time.time(), ends_run=True)
+            except sqlite3.Error as exc:
+                with self._lock:
+                    self.write_error = str(exc)
+                return
+            with self._lock:
+                self._unsaved.remove((script_id, packed))
+                if not self._unsaved:
+                    self.write_error = ""
+            log.info("outbox: result for script %d saved after all", script_id)
+
+    def _housekeeping(self) -> None:
+        now = time.time()
+        if now - self._pruned_at >= PRUNE_EVERY:
+            self._pruned_at = now
+            pruned = self.store.prune_tombstones(now - self.tombstone_secs)
+            if pruned:
+                log.info("outbox: forgot %d runs acknowledged more than %.0f s ago", pruned, self.tombstone_secs)
+
     def _deliver_due(self) -> float:
         """Send the head entry of every script that is due; return how long to sleep until the next one."""
-        rows = self._query(
-            "SELECT id, script_id, kind, body, attempts, next_at FROM outbox"
-            " WHERE id IN (SELECT MIN(id) FROM outbox GROUP BY script_id) ORDER BY next_at, id"
-        )
         wait = IDLE_RECHECK
-        for id_, script_id, kind, body, attempts, next_at in rows:
+        for entry in self.store.heads():
             if self._stop.is_set():
                 return 0.0
             now = time.time()
-            if float(next_at) > now:
-                return min(wait, float(next_at) - now)
-            entry = _Entry(int(id_), int(script_id), str(kind), str(body), int(attempts))
-            if self._claim(entry.id, next_at):
+            if entry.next_at > now:
+                return min(wait, entry.next_at - now)
+            if self.store.claim(entry, time.time() + self._timeout * 2 + 1):
                 self._deliver(entry)
             wait = 0.0  # something may have become due while sending: look again
+        if wait and time.time() - self._truncated_at >= TRUNCATE_EVERY:
+            self._truncated_at = time.time()
+            self.store.reclaim(truncate_log=self.store.pending() == 0)
         return wait
 
-    def _claim(self, entry_id: int, next_at: object) -> bool:
-        """Push next_at past the request timeout, so another process on the same file does not send it too."""
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE outbox SET next_at = ? WHERE id = ? AND next_at = ?",
-                (time.time() + self._timeout * 2 + 1, entry_id, next_at),
-            )
-            return cur.rowcount == 1
-
-    def _deliver(self, entry: _Entry) -> None:
-        what = f"{entry.kind} callback for script {entry.script_id}"
+    def _deliver(self, entry: Entry) -> None:
+        what = f"{entry.kind.split('_')[0]} callback for script {entry.script_id}"
+        body = self.store.body(entry.id)
+        if body is None:
+            return  # taken by another process on the same file
         try:
             with self._session.post(
                 self._base + PATHS[entry.kind],
-                data=entry.body.encode(),
+                data=body,
                 headers={"Content-Type": "application/json"},
                 timeout=self._timeout,
                 allow_redirects=False,  # a redirect would turn the POST into a GET and lose the body
             ) as resp:
                 status, retry_after = resp.status_code, resp.headers.get("Retry-After", "")
         except requests.RequestException as exc:
-            self._retry(entry, what, type(exc).__name__, 0.0)
+            self._retry(entry, what, texts.delivery_cause(None, type(exc).__name__), 0.0)
             return
         if 200 <= status < 300:
-            self._finish(entry.id, "delivered")
-        elif 400 <= status < 500 and status not in (408, 429):
-            log.warning("outbox: dropped %s: HTTP %d (permanent)", what, status)
-            self._finish(entry.id, "dropped")
+            self.store.acknowledged(entry, time.time())
+            with self._lock:
+                self.trouble.succeeded()
+            self._count("delivered")
+            if entry.kind in RESULT_KINDS:
+                self.store.reclaim(truncate_log=False)
+        elif status in REFUSED_BODY and entry.kind == "result":
+            self._replace(entry, body, status)
+        elif status in REFUSED_BODY and entry.kind == "running":
+            # Its result carries the same started_at and goes next; waiting for this one would block it.
+            log.error("outbox: %s refused by the scheduler (HTTP %d); the result follows", what, status)
+            self.store.drop(entry)
+            self._count("dropped")
         else:
             hint = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 0.0
-            self._retry(entry, what, f"HTTP {status}", hint)
+            self._retry(entry, what, texts.delivery_cause(status), hint)
 
-    def _finish(self, entry_id: int, counter: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+    def _replace(self, entry: Entry, body: bytes, status: int) -> None:
+        """A result the scheduler refuses as a body: the same run, ended as a failure that says why."""
+        log.error("outbox: result for script %d refused by the scheduler (HTTP %d, %d bytes); "
+                  "sending a failure result instead", entry.script_id, status, len(body))
+        minimal: dict[str, object] = {"script_id": entry.script_id, "success": False, "return_code": None,
+                                      "output": texts.RESULT_REFUSED.format(status=status)}
+        try:
+            original = json.loads(body)
+        except ValueError:
+            original = {}
+        for key in ("started_at", "spend_time"):
+            value = original.get(key) if isinstance(original, dict) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                    and 0 <= value < 1e11:
+                minimal[key] = value
+        self.store.replace(entry, "result_minimal", pack(encode_body(minimal)), time.time())
+        self._count("replaced")
+        self._wake.set()
+
+    def _count(self, counter: str) -> None:
         with self._lock:
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
         with self._changed:
             self._changed.notify_all()
 
-    def _retry(self, entry: _Entry, what: str, reason: str, hint: float) -> None:
+    def _retry(self, entry: Entry, what: str, cause: str, hint: float) -> None:
         delay = min(self._max_backoff, max(hint, backoff(entry.attempts, self._max_backoff)))
-        with self._tx() as db:
-            db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_at = ? WHERE id = ?",
-                (time.time() + delay, entry.id),
-            )
+        self.store.postpone(entry, time.time() + delay)
         with self._lock:
             self.stats.retried += 1
-        level = logging.WARNING if entry.attempts == 0 else logging.DEBUG
-        msg = "outbox: %s failed: %s (attempt %d), retry in %.1f s"
-        log.log(level, msg, what, reason, entry.attempts + 1, delay)
+            self.trouble.failed(cause, what)
+        log.debug("outbox: %s failed: %s (attempt %d), retry in %.1f s", what, cause, entry.attempts + 1, delay)
+
+    def health(self) -> dict[str, object]:
+        """The outbox's part of /health."""
+        with self._lock:
+            stats = {"delivered": self.stats.delivered, "retried": self.stats.retried,
+                     "running_dropped": self.stats.dropped, "results_replaced": self.stats.replaced}
+            delivery = self.trouble.as_dict()
+        age = self.oldest_pending_age()
+        return {"pending": self.pending(), "oldest_pending_age_s": None if age is None else round(age, 1),
+                "disk_bytes": self.disk_bytes(), "delivery": delivery, **stats}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlparse
 
+import requests
 from podman import PodmanClient
 from podman.errors import APIError, NotFound
 
@@ -29,17 +30,30 @@ class PodmanError(Exception):
 
 
 @dataclass(frozen=True)
+class PingFailure:
+    detail: str
+    slow: bool  # it timed out (a busy service?), rather than: no socket, refused, an error answer
+
+
+@dataclass(frozen=True)
 class Created:
     id: str
     warnings: list[str]
 
 
 class AttachStream:
-    """A container's multiplexed stdin/stdout/stderr after the HTTP upgrade."""
+    """A container's multiplexed stdin/stdout/stderr after the HTTP upgrade.
+
+    Frames are cut from one growing buffer by offset, so each byte is copied a bounded number
+    of times however small the frames are (a flood of one-byte writes costs linear time).
+    """
+
+    RECV_BYTES = 1 << 16
 
     def __init__(self, sock: socket.socket, buffered: bytes) -> None:
         self.sock = sock
-        self.buffer = buffered
+        self.buffer = bytearray(buffered)
+        self.eof = False  # the container closed its end: it is gone
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -56,17 +70,19 @@ class AttachStream:
             ready, _, _ = select.select([self.sock], [], [], remaining)
             if not ready:
                 continue
-            chunk = self.sock.recv(65536)
+            chunk = self.sock.recv(self.RECV_BYTES)
             if not chunk:
+                self.eof = True
                 return
             self.buffer += chunk
 
     def drain(self) -> list[tuple[int, bytes]]:
         """The whole frames that have arrived so far, without waiting (for a runner not yet given a job)."""
         while select.select([self.sock], [], [], 0)[0]:
-            chunk = self.sock.recv(65536)
+            chunk = self.sock.recv(self.RECV_BYTES)
             if not chunk:
-                break  # EOF: the container is gone; the pool's liveness check sees it
+                self.eof = True  # the container is gone
+                break
             self.buffer += chunk
         frames: list[tuple[int, bytes]] = []
         while (frame := self._pop_frame()) is not None:
@@ -77,11 +93,11 @@ class AttachStream:
         """The next whole (stream, payload) frame from the buffer, or None until more arrives."""
         if len(self.buffer) < 8:
             return None
-        kind, size = struct.unpack(">BxxxI", self.buffer[:8])
+        kind, size = struct.unpack_from(">BxxxI", self.buffer)
         if len(self.buffer) < 8 + size:
             return None
-        payload = self.buffer[8:8 + size]
-        self.buffer = self.buffer[8 + size:]
+        payload = bytes(self.buffer[8:8 + size])
+        del self.buffer[:8 + size]  # O(1): CPython moves a bytearray's start instead of copying
         return kind, payload
 
     def close(self) -> None:
@@ -98,10 +114,24 @@ class PodmanAPI:
         self.timeout = timeout
 
     def ping(self) -> bool:
+        return self.ping_error() is None
+
+    def ping_error(self) -> PingFailure | None:
+        """None when the service answers its ping, else what failed."""
         try:
-            return bool(self.client.ping())
-        except Exception:
-            return False
+            if self.client.ping():
+                return None
+            return PingFailure("ping answered with an error", slow=False)
+        except Exception as exc:  # podman-py wraps the transport's error: name the innermost one
+            causes: list[BaseException] = []
+            cause: BaseException | None = exc
+            while cause is not None and len(causes) < 8:
+                causes.append(cause)
+                cause = cause.__cause__ or cause.__context__
+            slow = any(isinstance(c, (TimeoutError, requests.Timeout)) for c in causes)
+            root = causes[-1]
+            text = str(root).splitlines()[0][:160] if str(root) else ""
+            return PingFailure(f"{type(root).__name__}: {text}".rstrip(": "), slow)
 
     def version(self) -> str:
         return str(self.client.version().get("Version", ""))
@@ -136,7 +166,9 @@ class PodmanAPI:
         status = header.split(b"\r\n", 1)[0]
         if b" 101 " not in status and b" 200 " not in status:
             sock.close()
-            raise PodmanError(f"attach refused: {status.decode(errors='replace')}")
+            # e.g. 409 when the runtime cannot create the container (attach prepares it): its reason is in the body.
+            reason = _json(_Body(rest)).get("message", "")
+            raise PodmanError(f"attach refused: {status.decode(errors='replace')}" + (f": {reason}" if reason else ""))
         sock.settimeout(None)
         return AttachStream(sock, rest)
 
@@ -186,6 +218,20 @@ class PodmanAPI:
 
     def close(self) -> None:
         self.client.close()
+
+
+@dataclass(frozen=True)
+class _Body:
+    """The part of a refused attach's response that arrived with its head, read like a response."""
+
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 def _json(response: Any) -> dict[str, Any]:

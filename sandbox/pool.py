@@ -121,6 +121,7 @@ class WarmPool:
                         self._discard(self._idle.pop())  # shrink: memory is short
                         continue
                     self._cond.wait(timeout=5.0)  # re-read the memory situation now and then
+                    self._drop_dead()
                 if self._stopping:
                     return
                 self._starting += 1
@@ -152,6 +153,13 @@ class WarmPool:
                 self._cond.wait(remaining)
             return True
 
+    def _drop_dead(self) -> None:
+        """Idle runners whose container ended before it was ready (entrypoint failed): replace them."""
+        for runner in [r for r in self._idle if not r.check_ready() and r.gone]:
+            log.warning("warm runner %s ended before it was ready; replacing it", runner.container[:12])
+            self._idle.remove(runner)
+            self._discard(runner)
+
     def _discard(self, runner: Runner) -> None:
         runner.stream.close()
         threading.Thread(target=self.driver.cleanup, args=(runner.container,), daemon=True).start()
@@ -168,12 +176,12 @@ class WarmPool:
         for thread in self._threads:
             thread.join(timeout=30)
 
-    def health(self) -> dict[str, Any]:
+    def health(self, rss: bool = True) -> dict[str, Any]:
+        """The pool's state; `rss` asks Podman for each idle runner's pid (kept off the request path)."""
         with self._cond:
             idle = list(self._idle)
             ready = sum(runner.check_ready() for runner in idle)
             starting = self._starting
-        rss = [self._rss(r) for r in idle]
         return {
             "size": self.size,
             "target": self.target(),
@@ -182,12 +190,18 @@ class WarmPool:
             "starting": starting,
             "preimport": self.preimport,
             "idle_runner_preimports": [",".join(sorted(r.preimport)) for r in idle],
-            "idle_runner_rss_bytes": rss,
+            **({"idle_runner_rss_bytes": self.idle_rss(idle)} if rss else {}),
             "memory_available_bytes": mem_available(),
             "served": self.served,
             "misses": self.misses,
             "failures": self.failures,
         }
+
+    def idle_rss(self, idle: list[Runner] | None = None) -> list[int | None]:
+        if idle is None:
+            with self._cond:
+                idle = list(self._idle)
+        return [self._rss(runner) for runner in idle]
 
     def _rss(self, runner: Runner) -> int | None:
         try:

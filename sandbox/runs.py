@@ -2,13 +2,18 @@
 
 Knows nothing of HTTP. Every accepted run ends with exactly one result in the outbox,
 whatever fails on the way; a crash is caught by the outbox's ledger on the next start.
+An id is accepted at most once: one the outbox remembers (running, reporting, or done and
+kept as a tombstone) is refused as a duplicate, and a node that is not healthy refuses new
+runs before it takes a slot, so a refused run provably did not start.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,7 +35,16 @@ class Busy(Exception):
 
 
 class Duplicate(Exception):
-    """This script_id is already held here."""
+    """This script_id is held here or was: `state` is "running", "reporting" or "done"."""
+
+    def __init__(self, script_id: int, state: str) -> None:
+        super().__init__(script_id)
+        self.script_id = script_id
+        self.state = state
+
+
+class Unavailable(Exception):
+    """The node cannot take runs now (Podman, image, outbox); str() says why."""
 
 
 class Driver(Protocol):
@@ -70,6 +84,7 @@ class RunService:
     network: str = "none"  # none, seatable or open (PYTHON_RUNNER_NETWORK)
     egress_allow: str = ""  # PYTHON_RUNNER_EGRESS_ALLOW
     ca_bundle: str = ""  # PEM text of extra CAs for the runners
+    refusal: Callable[[], str | None] = lambda: None  # why the node cannot take runs now, or None
     _active: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: ThreadPoolExecutor | None = None
@@ -83,19 +98,33 @@ class RunService:
         return len(self._active)
 
     def submit(self, request: RunRequest) -> None:
+        """Accept a run, or raise Duplicate (remembered id), Unavailable (unhealthy) or Busy (no slot)."""
+        script_id = request.script_id
         with self._lock:
-            if request.script_id in self._active:
-                raise Duplicate(request.script_id)
-            if len(self._active) >= self.slots:
-                raise Busy()
-            if not self.outbox.run_accepted(request.script_id):
-                raise Duplicate(request.script_id)
-            self._active.add(request.script_id)
+            if script_id in self._active:
+                raise Duplicate(script_id, "running")
+            try:
+                state = self.outbox.holds(script_id)
+                if state is not None:
+                    raise Duplicate(script_id, state)
+                reason = self.refusal()
+                if reason is not None:
+                    raise Unavailable(reason)
+                if len(self._active) >= self.slots:
+                    raise Busy()
+                if not self.outbox.run_accepted(script_id):
+                    raise Duplicate(script_id, self.outbox.holds(script_id) or "running")
+            except sqlite3.Error as exc:
+                raise Unavailable(texts.OUTBOX_UNUSABLE.format(detail=exc)) from None
+            self._active.add(script_id)
         assert self._pool is not None
         self._pool.submit(self._run, request)
 
     def status(self, script_id: int) -> str | None:
-        """What this node knows of a run: "running", "reporting" (result not yet acknowledged) or None."""
+        """What this node knows of a run: "running", "reporting" (result not yet acknowledged),
+        "done" (acknowledged; a tombstone) or None (never accepted here, within the tombstone time)."""
+        if script_id in self._active:
+            return "running"
         return self.outbox.holds(script_id)
 
     def _run(self, request: RunRequest) -> None:
@@ -126,13 +155,15 @@ class RunService:
             return script
         job = Job(request.script_id, script, _input_text(request.context_data), self._env(request.env),
                   egress=self._egress(request.env), ca_bundle=self.ca_bundle)
-        runner = self.pool.take(script) if self.pool is not None else None
+        # The pool picks by the script's import lines, a hint that needs no exact decoding.
+        runner = self.pool.take(script.decode("utf-8", errors="replace")) if self.pool is not None else None
         return self.driver.run(job, self.timeout, remember,
                                lambda started: self.outbox.running(request.script_id, started), runner=runner)
 
-    def _script(self, request: RunRequest) -> str | RunResult:
+    def _script(self, request: RunRequest) -> bytes | RunResult:
+        """The script's bytes: the runner decodes them as Python decodes a file (BOM, coding declaration)."""
         if request.script_content is not None:
-            return request.script_content
+            return request.script_content.encode()
         if not request.script_url:
             return RunResult(None, texts.SCRIPT_URL_MISSING, time.time(), 0.0, "fetch_failed")
         url = self._rewrite(request.script_url)
@@ -145,7 +176,7 @@ class RunService:
             return RunResult(None, texts.FAIL_TO_GET_SCRIPT, time.time(), 0.0, "fetch_failed")
         if response.status_code != 200 or len(body) > SCRIPT_MAX_BYTES:
             return RunResult(None, texts.FAIL_TO_GET_SCRIPT, time.time(), 0.0, "fetch_failed")
-        return body.decode("utf-8", errors="replace")
+        return bytes(body)
 
     def _rewrite(self, url: str) -> str:
         """PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT replaces the URL's scheme and host."""
@@ -172,8 +203,9 @@ class RunService:
         for entry in self.outbox.in_flight():
             if entry.container:
                 self.driver.cleanup(entry.container)
-            self.outbox.result(entry.script_id, RunResult(
-                None, texts.SANDBOX_LOST, entry.accepted_at, 0.0, "lost").body(entry.script_id))
+            body = RunResult(None, texts.SANDBOX_LOST, entry.accepted_at, 0.0, "lost").body(entry.script_id)
+            body["lost"] = True  # no result of its own: the scheduler does not count it (upstream's starter sent none)
+            self.outbox.result(entry.script_id, body)
             lost += 1
         for container in self.driver.orphans():
             self.driver.cleanup(container)

@@ -1,7 +1,10 @@
 """Compose the sandbox from its config and serve it under gunicorn.
 
-One worker process on purpose: slots, the run threads and the outbox live in it. gthread
-gives each request a thread, so a slow client never blocks a run's hand-off.
+One worker process on purpose: slots, the run threads and the outbox live in it. Each request
+gets a thread once its head has arrived; heads are read by the worker's event loop with a
+deadline (httpworker), so slow or hostile clients never hold the threads that hand off runs.
+/ready and /health are built from the background health check (sandbox.health): no Podman
+call per request.
 """
 
 from __future__ import annotations
@@ -9,21 +12,28 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import falcon
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from sandbox.app import create_app
 from sandbox.config import SandboxConfig
 from sandbox.driver import ContainerDriver
 from sandbox.egress import EgressProxy
 from sandbox.egress_policy import allow_entries
-from sandbox.image import default_image
-from sandbox.limits import RunnerLimits, detect
+from sandbox.health import PODMAN_TIMEOUT, NodeHealth
+from sandbox.image import default_image, runner_files_dir
+from sandbox.isolation import Isolation
+from sandbox.isolation import probe as probe_isolation
+from sandbox.limits import Enforcement, RunnerLimits
+from sandbox.netguard import NetGuardError
+from sandbox.network import OpenNetwork, start_open_network
 from sandbox.outbox import Outbox
 from sandbox.podman_api import PodmanAPI
 from sandbox.pool import WarmPool
+from sandbox.runner_probe import ProbeError, RunnerFacts, probe
 from sandbox.runs import RunService
 from sandbox.seccomp_profile import write_profile
 
@@ -39,65 +49,137 @@ class Sandbox:
     service: RunService
     pool: WarmPool
     egress: EgressProxy | None
+    node_health: NodeHealth
+    isolation: Isolation
+    runner: RunnerFacts | None = None
+    network: OpenNetwork | None = None
 
-    def health(self) -> dict[str, object]:
+    def slots(self) -> dict[str, int]:
         busy = self.service.busy
-        return {
-            "status": "ok" if self.api.ping() else "podman unreachable",
+        return {"total": self.config.slots, "busy": busy, "free": max(0, self.config.slots - busy)}
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        """The dispatcher's poll: can this node take runs, and how many."""
+        reason = self.node_health.refusal()
+        if reason is not None:
+            return False, {"error": reason, "node": self.config.node_name}
+        return True, {"node": self.config.node_name, "slots": self.slots()}
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        problems = self.node_health.problems()
+        check = self.node_health.last
+        return not problems, {
+            "status": "unhealthy" if problems else "ok",
+            "problems": problems,
             "node": self.config.node_name,
-            "slots": {"total": self.config.slots, "busy": busy, "free": self.config.slots - busy},
+            "slots": self.slots(),
             "image": self.driver.image,
-            "limits": {**self.driver.enforcement.as_dict(), "memory_bytes": self.config.memory,
-                       "pids_limit": self.config.pids, "timeout_s": self.config.timeout,
-                       "output_chars": self.config.output_limit, "network": self.config.network},
+            "runner": self.runner.as_dict() if self.runner is not None else None,
+            "limits": limits_report(self.driver.enforcement, self.config),
+            "isolation": self.isolation.health(),
             "podman_warnings": list(self.driver.extra_warnings),
-            "outbox": {"pending": self.outbox.pending(), "in_flight": self.service.busy},
+            "outbox": {**self.outbox.health(), "in_flight": self.service.busy,
+                       "max_bytes": self.config.outbox_max_bytes,
+                       "disk_free_bytes": check.disk_free_bytes if check else None},
             "runs_finished": self.service.finished,
-            "warm_pool": self.pool.health(),
+            "warm_pool": {**self.pool.health(rss=False),
+                          "idle_runner_rss_bytes": list(self.node_health.idle_runner_rss)},
             "egress": {"mode": self.config.network,
                        "allow": allow_entries(self.config.egress_allow),
-                       **(self.egress.stats() if self.egress is not None else {})},
+                       **(self.egress.stats() if self.egress is not None else {}),
+                       **(self.network.stats() if self.network is not None else {})},
         }
 
     def stop(self) -> None:
+        self.node_health.stop()
         self.pool.stop()
         self.service.shutdown(wait=True)
         self.outbox.flush(timeout=5)
         self.outbox.stop()
         if self.egress is not None:
             self.egress.shutdown()
+        if self.isolation.cgroups is not None:
+            self.isolation.cgroups.stop()
+        if self.network is not None:
+            self.network.stop()
         self.api.close()
+
+
+def limits_report(enforcement: Enforcement, config: SandboxConfig) -> dict[str, object]:
+    """/health's "limits": what is enforced and how (mechanism: cgroup-v2, cgroup-v1-delegated or rlimit)."""
+    return {**enforcement.as_dict(), "memory_bytes": config.memory, "pids_limit": config.pids,
+            "timeout_s": config.timeout, "output_chars": config.output_limit, "network": config.network}
 
 
 def build(config: SandboxConfig) -> Sandbox:
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     api = PodmanAPI(config.podman_url)
+    unreachable = api.ping_error()
+    if unreachable is not None:
+        _fatal(f"no Podman API at {config.podman_url} ({unreachable.detail}); "
+               "run 'seatable-sandbox host-setup' as root")
     image = config.image or default_image()
     if not api.image_exists(image):
-        raise SystemExit(f"seatable-sandbox serve: runner image {image} is missing; "
-                         "run 'seatable-sandbox build-runner'")
-    enforcement = detect(api.client.info())
+        _fatal(f"runner image {image} is missing; run 'seatable-sandbox build-runner'")
+    isolation = probe_isolation(api.client.info(), owner=config.node_name, state_dir=config.state_dir)
     limits = RunnerLimits(memory=config.memory, pids=config.pids, cpus=config.cpus,
                           timeout=config.timeout, tmpfs_size=config.tmpfs_size)
     profile = config.seccomp_profile or str(write_profile(config.state_dir))
-    egress = None if config.network == "none" else EgressProxy(config.egress_dir, clear=True)
-    driver = ContainerDriver(api=api, image=image, limits=limits, enforcement=enforcement,
+    egress = EgressProxy(config.egress_dir, clear=True) if config.network == "seatable" else None
+    network = open_network(config) if config.network == "open" else None
+    driver = ContainerDriver(api=api, image=image, limits=limits, enforcement=isolation.enforcement,
                              node=config.node_name, output_limit=config.output_limit,
                              seccomp_profile=profile, time_zone=config.time_zone,
-                             egress=egress, egress_host_dir=config.egress_host_dir)
-    outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token)
+                             egress=egress, egress_host_dir=config.egress_host_dir,
+                             runner_files=config.runner_files or str(runner_files_dir()),
+                             identities=isolation.identities, cgroups=isolation.cgroups, network=network)
+    took = driver.prepare_id_mapping()
+    if took > 2:
+        log.info("made the runner image's copy for the runners' id mapping in %.0f s (once per image)", took)
+    try:
+        runner = probe(driver)
+    except ProbeError as exc:
+        _fatal(str(exc))
+    if not runner.second_filter:
+        log.warning("runner image %s has no pyseccomp: runs are filtered by Podman's profile alone", image)
+    outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token,
+                    max_body_bytes=config.max_body_bytes, tombstone_secs=config.tombstone_secs)
     pool = WarmPool(driver, config.warm_pool, config.preimport, config.pool_min_available)
+    node_health = NodeHealth(PodmanAPI(config.podman_url, timeout=PODMAN_TIMEOUT), image, outbox,
+                             config.state_dir, config.outbox_max_bytes,
+                             min_free_bytes=max(2 * config.max_body_bytes, 64 << 20),
+                             pool_rss=pool.idle_rss if config.warm_pool else None)
     service = RunService(driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
                          time_zone=config.time_zone,
                          alternative_file_server_root=config.alternative_file_server_root,
                          pool=pool if config.warm_pool else None, network=config.network,
-                         egress_allow=config.egress_allow, ca_bundle=config.ca_bundle)
+                         egress_allow=config.egress_allow, ca_bundle=config.ca_bundle,
+                         refusal=node_health.refusal)
     lost = service.recover()
     if lost:
         log.warning("%d run(s) were in flight when the sandbox stopped; reported as lost", lost)
+    driver.reclaim()
+    log.info("runners: %s limits, a host uid of their own each (%d available)",
+             isolation.enforcement.mechanism, isolation.identities.capacity)
     outbox.start()
     pool.start()
-    return Sandbox(config, api, driver, outbox, service, pool, egress)
+    node_health.check_now()  # the first answer of /ready is already a real one
+    node_health.start()
+    return Sandbox(config, api, driver, outbox, service, pool, egress, node_health, isolation, runner, network)
+
+
+def _fatal(message: str) -> NoReturn:
+    """One line, then gunicorn's boot-error exit status: the master stops instead of starting worker after worker."""
+    print(f"seatable-sandbox serve: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def open_network(config: SandboxConfig) -> OpenNetwork:
+    """The open mode's rules helper, started now: a host that cannot run it stops the service with one line."""
+    try:
+        return start_open_network(config)
+    except NetGuardError as exc:
+        _fatal(str(exc))
 
 
 class SandboxServer(BaseApplication):
@@ -116,7 +198,7 @@ class SandboxServer(BaseApplication):
         settings = {
             "bind": self.config.bind,
             "workers": 1,
-            "worker_class": "gthread",
+            "worker_class": "httpworker.HeadFirstWorker",
             "threads": self.config.slots + 8,
             "timeout": 0,
             "graceful_timeout": self.config.timeout + 10,
@@ -131,7 +213,7 @@ class SandboxServer(BaseApplication):
 
     def load(self) -> falcon.App:
         self.sandbox = build(self.config)
-        return create_app(self.config.auth_token, self.sandbox.service, self.sandbox.health)
+        return create_app(self.config.auth_token, self.sandbox.service, self.sandbox.health, self.sandbox.ready)
 
 
 def serve() -> None:

@@ -11,6 +11,9 @@ Podman service, which runs OUTSIDE that namespace (the seccomp profile; the runn
 needs no namespace works in a user unit and is used: no_new_privs and seccomp (NoNewPrivileges,
 SystemCallFilter, RestrictAddressFamilies, RestrictNamespaces, MemoryDenyWriteExecute, ...). The runners
 themselves are confined by Podman (user namespace, seccomp profile, read-only root, no capabilities).
+Namespaces: the open network's rules helper (sandbox/netguard_helper.py) joins the user's own rootless user
+namespace and then each runner's network namespace (setns), and speaks nftables over netlink; creating
+namespaces, and joining any other kind, stays forbidden.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TextIO
 
 from pipeline_config import render
 from pipeline_config.variables import SANDBOX
+from sandbox.limits import OOM_SCORE_SERVICES
 
 DEFAULT_USER = "seatable-sandbox"
 DEFAULT_VENV = Path("/opt/seatable-pipeline/venv")
@@ -39,8 +43,8 @@ DOCS = "https://github.com/seatable/python-pipeline"
 # Hardening that works in a per-user service manager (see the module docstring).
 USER_HARDENING = """\
 NoNewPrivileges=yes
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
-RestrictNamespaces=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+RestrictNamespaces=user net
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
@@ -89,15 +93,24 @@ def user_unit(settings: Settings = Settings()) -> str:
     )
 
 
-def delegate_dropin() -> str:
-    """Drop-in for user@<uid>.service: cgroup v2 controllers rootless Podman may then use for runners."""
+def delegate_dropin(settings: Settings = Settings()) -> str:
+    """Drop-in for user@<uid>.service: what the sandbox user's manager needs from root, at every start.
+
+    cgroup v2: delegated controllers rootless Podman then uses for runners. cgroup v1: the runners' cgroup
+    subtree (cgroupfs forgets it at reboot). Both: the services' oom_score_adj, which only root may lower."""
     return (
-        "# Written by seatable-sandbox install-systemd. On cgroup v2 hosts systemd delegates only memory and\n"
-        "# pids to user managers; with cpu as well, rootless Podman can enforce PYTHON_RUNNER_CONTAINER_CPUS.\n"
-        "# Check: cat /sys/fs/cgroup/user.slice/user-<uid>.slice/user@<uid>.service/cgroup.controllers\n"
-        "# (no effect on cgroup v1 hosts: there the sandbox falls back to rlimits and says so in /health).\n"
+        "# Written by seatable-sandbox install-systemd for the sandbox user's manager (and so for the sandbox,\n"
+        "# its Podman API service and conmon).\n"
+        "# cgroup v2: systemd delegates only memory and pids to user managers; with cpu as well, rootless\n"
+        "# Podman enforces PYTHON_RUNNER_CONTAINER_CPUS too. Check:\n"
+        "#   cat /sys/fs/cgroup/user.slice/user-<uid>.slice/user@<uid>.service/cgroup.controllers\n"
+        "# cgroup v1/hybrid: Delegate= has no effect; ExecStartPre= (as root, '+') recreates the runners' cgroup\n"
+        "# subtree that host-setup delegated, which cgroupfs forgets at reboot (a no-op on cgroup v2).\n"
+        "# OOMScoreAdjust=: under memory pressure the kernel kills runners (which raise theirs), not the services.\n"
         "[Service]\n"
         "Delegate=memory pids cpu\n"
+        f"ExecStartPre=+{settings.venv}/bin/seatable-sandbox host-setup --cgroups-only --user {settings.user}\n"
+        f"OOMScoreAdjust={OOM_SCORE_SERVICES}\n"
     )
 
 
@@ -119,7 +132,7 @@ def install(settings: Settings, root: Path, enable: bool = False, out: TextIO = 
     written = [_write(unit_dir / UNIT, user_unit(settings), 0o644, entry if owned else None)]
     dropin_dir = root / "etc/systemd/system" / f"user@{entry.pw_uid}.service.d"
     dropin_dir.mkdir(parents=True, exist_ok=True)
-    written.append(_write(dropin_dir / DELEGATE_DROPIN, delegate_dropin(), 0o644))
+    written.append(_write(dropin_dir / DELEGATE_DROPIN, delegate_dropin(settings), 0o644))
     env_file = root / settings.env_file.relative_to("/")
     if not env_file.exists():  # never overwrite an operator's secrets
         env_file.parent.mkdir(parents=True, exist_ok=True)

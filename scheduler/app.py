@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import falcon
+from falcon.routing import CompiledRouter
 
 from scheduler import texts
 from scheduler.auth import TokenAuth
@@ -13,13 +14,16 @@ from scheduler.config import Config
 from scheduler.db import Store, open_store
 from scheduler.resources.callbacks import ResultCallback, RunningCallback
 from scheduler.resources.common import ApiError, Context, render_error
+from scheduler.resources.health import Health
 from scheduler.resources.logs import TaskLog, TaskLogs
 from scheduler.resources.ping import Ping
+from scheduler.resources.routing import SlashRedirect, add_route
 from scheduler.resources.runs import RunDraftScript, RunScript, RunStatus
 from scheduler.resources.statistics import AdminRuns, GroupedStatistics, MonthlyStatistics, RunningCount
 from scheduler.seatable import SeaTable
 
 log = logging.getLogger(__name__)
+TARGETS = ("user", "org", "base")  # the monthly statistics' /by-{target}/ routes
 
 
 def _api_error(req: falcon.Request, resp: falcon.Response, ex: ApiError, params: dict[str, Any]) -> None:
@@ -42,22 +46,28 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
         max_body_bytes=config.max_body_bytes,
         accept_unauthenticated_callbacks=config.accept_unauthenticated_callbacks,
     )
-    app = falcon.App()
+    router = CompiledRouter()
+    app = falcon.App(router=router)
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(ApiError, _api_error)
 
-    app.add_route("/ping/", Ping())
-    app.add_route("/run-script/", RunScript(ctx, store, seatable))
-    app.add_route("/run-draft-script/", RunDraftScript(ctx, store, seatable))
-    app.add_route("/run-script/{script_id}/", RunStatus(ctx, store))
-    app.add_route("/tasks/{dtable_uuid}/{script_name}/logs/", TaskLogs(ctx, store))
-    app.add_route("/tasks/{dtable_uuid}/{script_name}/logs/{log_id}/", TaskLog(ctx, store))
-    app.add_route("/scripts-running-count/", RunningCount(ctx, store))
-    for target in ("user", "org", "base"):
-        app.add_route(f"/admin/statistics/scripts-running/by-{target}/", MonthlyStatistics(ctx, store, target))
-    app.add_route("/admin/runs/", AdminRuns(ctx, store))
-    app.add_route("/admin/statistics/by-base/", GroupedStatistics(ctx, store, "base"))
-    app.add_route("/admin/statistics/by-day/", GroupedStatistics(ctx, store, "day"))
-    app.add_route("/script-running-callback/", RunningCallback(ctx, store))
-    app.add_route("/script-result/", ResultCallback(ctx, store))
+    routes: list[tuple[str, object]] = [
+        ("/ping/", Ping()),
+        ("/health", Health(store)),
+        ("/run-script/", RunScript(ctx, store, seatable)),
+        ("/run-draft-script/", RunDraftScript(ctx, store, seatable)),
+        ("/run-script/{script_id}/", RunStatus(ctx, store)),
+        ("/tasks/{dtable_uuid}/{script_name}/logs/", TaskLogs(ctx, store)),
+        ("/tasks/{dtable_uuid}/{script_name}/logs/{log_id}/", TaskLog(ctx, store)),
+        ("/scripts-running-count/", RunningCount(ctx, store)),
+        *((f"/admin/statistics/scripts-running/by-{t}/", MonthlyStatistics(ctx, store, t)) for t in TARGETS),
+        ("/admin/runs/", AdminRuns(ctx, store)),
+        ("/admin/statistics/by-base/", GroupedStatistics(ctx, store, "base")),
+        ("/admin/statistics/by-day/", GroupedStatistics(ctx, store, "day")),
+        ("/script-running-callback/", RunningCallback(ctx, store)),
+        ("/script-result/", ResultCallback(ctx, store)),
+    ]
+    for template, resource in routes:
+        add_route(app, template, resource)
+    app.add_sink(SlashRedirect(router), prefix="/")
     return app

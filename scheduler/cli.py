@@ -32,8 +32,9 @@ class SchedulerServer(BaseApplication):
         settings: dict[str, Any] = {
             "bind": [f"{self.config.bind_host}:{self.config.port}"],
             "workers": self.config.workers,
-            # gthread keeps connections alive (dtable-web polls) and lets a slow query not block a worker.
-            "worker_class": "gthread",
+            # gthread keeps connections alive (dtable-web polls) and lets a slow query not block a worker;
+            # this one reads request heads in its event loop, so slow clients hold no thread (httpworker).
+            "worker_class": "httpworker.HeadFirstWorker",
             "threads": self.config.threads,
             "keepalive": 30,
             "timeout": 60,

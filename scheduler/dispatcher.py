@@ -1,9 +1,11 @@
 """`seatable-scheduler dispatch`: claim pending runs by fair share and hand them to sandbox nodes.
 
 One loop per process; several processes may run against one database. A batch goes through:
-claim (one transaction) -> rate limit -> task/file from SeaTable, in parallel -> pick nodes ->
-mark "handing off" (one transaction, committed before any POST) -> POST, in parallel -> release what
-provably never arrived, end what was refused. SIGTERM stops claiming; the batch in hand is finished
+claim (one transaction) -> rate limit -> task/file from SeaTable, in parallel -> pick ready nodes ->
+mark "handing off" (one transaction, committed before any POST) -> POST, in parallel, each retried at once
+on its node after a reset or timeout (nodes.py) -> release what provably never arrived (the next batch may
+give it to another node), end what was refused. Only a hand-off whose retries all stayed uncertain is left
+to the sweeper. SIGTERM stops claiming; the batch in hand is finished
 (hand-offs complete, unprepared claims released) and the process exits 0.
 """
 

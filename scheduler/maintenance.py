@@ -1,10 +1,12 @@
 """`seatable-scheduler maintain`: the sweeps that make every run end, and retention.
 
 - Hand-off sweep: for each run handed to a node and not finished, ask the node (GET /function/runs/{id}).
-  "Here" renews the node's deadline. "Gone" once no POST can still be on its way (PYTHON_DISPATCH_HANDOFF_SECS)
-  means the node never received it or already delivered the result: a run that never reported running
-  provably never started and goes back to the queue; one that started ends as "sandbox lost". No answer
-  past the deadline (PYTHON_PROCESS_TIMEOUT + PYTHON_SANDBOX_LOST_GRACE_SECS) ends the run as "sandbox lost".
+  "running" or "reporting" renews the node's deadline (a result waiting for an unreachable scheduler is never
+  given up; a run "running" far past any time limit is). "Never accepted" (404) once no POST can still be on
+  its way (PYTHON_DISPATCH_HANDOFF_SECS) means the node never had it: a run that never reported running goes
+  back to the queue; one that did ends as "sandbox lost". "done" for a run not finished here means its result
+  was acknowledged but not recorded: it ends as "sandbox lost" saying so. No answer past the deadline
+  (PYTHON_PROCESS_TIMEOUT + PYTHON_SANDBOX_LOST_GRACE_SECS) ends the run as "sandbox lost".
 - Stale sweep: runs reported running by a starter this scheduler did not dispatch, and runs queued longer
   than PYTHON_SCHEDULER_QUEUE_TIMEOUT, end with a text saying so.
 - Retention: script_log past DELETE_LOG_DAYS and statistics past DELETE_STATISTICS_DAYS, deleted in
@@ -87,14 +89,20 @@ class Maintenance:
         for (run_id, node, dispatched, started, deadline), answer in zip(rows, answers, strict=True):
             dispatched_at, deadline_at = _as_datetime(dispatched), _as_datetime(deadline)
             assert dispatched_at is not None
-            if answer is Status.HERE:
+            if answer is Status.REPORTING:
+                renew.append(int(run_id))  # the node holds the result and keeps offering it
+            elif answer is Status.RUNNING:
                 if now - dispatched_at > hard_cap:
                     report.lost += self._lost(
                         run_id, texts.SANDBOX_LOST_NO_RESULT.format(seconds=int(hard_cap.total_seconds()))
                     )
                 else:
                     renew.append(int(run_id))
-            elif answer is Status.GONE:
+            elif answer is Status.DONE:
+                # Results are stored before they are acknowledged: unless one arrived since the read above
+                # (then this conditional write changes nothing), it was acknowledged without being recorded.
+                report.lost += self._lost(run_id, texts.SANDBOX_LOST_NOT_RECORDED)
+            elif answer is Status.NEVER:
                 if now - dispatched_at < timedelta(seconds=self.config.handoff_secs):
                     continue  # the POST may still be on its way to the node
                 if started is None and queue.release_unsent(self.store, [int(run_id)], str(node)):

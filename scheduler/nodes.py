@@ -1,13 +1,17 @@
-"""Sandbox nodes as the dispatcher sees them: estimated free slots, backoff, and the two calls it makes.
+"""Sandbox nodes as the dispatcher sees them: readiness, estimated free slots, backoff, and the two calls it makes.
 
-The estimate comes from each node's /health (refreshed at most once a second) and is lowered by every
-hand-off; a 429 or no answer takes the node out for a while. Several dispatchers share the nodes, so the
-estimate can be wrong: a 429 is the correction, never a failure of the run.
+Readiness comes from each node's cheap `GET /ready` (polled at most once a second): 200 gives the free slots,
+503 or no answer takes the node out until a later poll says it recovered. A node without /ready (404: an
+older sandbox or upstream's starter) is read as before, from /health or as DEFAULT_SLOTS. Every hand-off
+lowers the estimate; several dispatchers share the nodes, so it can be wrong: a 429 is the correction,
+never a failure of the run.
 
-The one question that matters for at-most-once is which failures of the POST prove the sandbox never
-received it: only a refused or timed-out connect, and the answers the sandbox gives before accepting
-(429, 403, a missing route). Anything after the request may have been sent is "uncertain" and left to the
-sweeper, which asks the node.
+At-most-once hinges on one question: which failures of the POST prove the sandbox never received it? Only
+a refused or timed-out connect and the answers a sandbox gives instead of accepting (429, 503, 403, a
+missing route), and only when no earlier attempt for the run may have arrived. Anything else (a reset,
+a read timeout, a 5xx) is retried at once on the same node, on a fresh connection: the POST is idempotent
+by script_id, so 409 ("already here") means accepted. Only when the retries run out is the run left
+"uncertain" for the sweeper, which asks the node.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import enum
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -28,40 +33,55 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 10.0
-HEALTH_INTERVAL = 1.0
-DEFAULT_SLOTS = 10  # a node without /health slots (an upstream starter) is assumed to take this many
-MAX_BACKOFF = 30.0
+READY_TIMEOUT = (1.0, 2.0)  # /ready answers from memory; a node slower than this is not ready
+READY_INTERVAL = 1.0
+DEFAULT_SLOTS = 10  # a node that reports no slots (upstream's starter) is assumed to take this many
+MAX_BUSY_BACKOFF = 30.0  # longest Retry-After honoured
+MAX_POLL_BACKOFF = 5.0  # a silent node is asked again at least this often, so its recovery is seen soon
+# Pauses before the retries of one hand-off on the same node, and the most time all attempts may take.
+RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+RETRY_BUDGET = 20.0
 
 
 class Sent(enum.Enum):
     ACCEPTED = "accepted"  # 202 (or 200 from an upstream starter), or 409: the node already holds the run
-    NOT_SENT = "not sent"  # provably never reached a sandbox: release the run
-    REJECTED = "rejected"  # the sandbox refused this body (400/413): retrying cannot help
-    UNCERTAIN = "uncertain"  # may have arrived: only the node can tell (sweeper)
+    NOT_SENT = "not sent"  # provably never reached a sandbox: release the run (it may go to another node)
+    REJECTED = "rejected"  # the sandbox refused this body (400/413/422): retrying cannot help
+    UNCERTAIN = "uncertain"  # may have arrived and the retries did not tell: only the node can (sweeper)
 
 
 @dataclass(frozen=True)
 class HandOff:
     sent: Sent
     reason: str = ""
+    attempts: int = 1
 
 
 class Status(enum.Enum):
-    HERE = "here"  # the node runs it or still holds its result
-    GONE = "gone"  # the node has neither: it never got it, or its result was acknowledged
+    """A node's answer to GET /function/runs/{id} (the contract's states, plus no answer)."""
+
+    RUNNING = "running"  # executing
+    REPORTING = "reporting"  # ended; its result waits on the node until the scheduler acknowledges it
+    DONE = "done"  # its result was acknowledged (a tombstone)
+    NEVER = "never"  # the node has no record of it: never accepted there (within the tombstone time)
     NO_ANSWER = "no answer"
+
+
+_STATES = {"running": Status.RUNNING, "reporting": Status.REPORTING, "done": Status.DONE}
 
 
 @dataclass
 class Node:
     url: str
-    free: int = DEFAULT_SLOTS
-    available_at: float = 0.0
-    failures: int = 0
-    checked_at: float = field(default=-1e9)
+    free: int = 0
+    ready: bool = False  # the last readiness poll said it takes runs
+    reason: str = ""  # why it is out, while it is (logged once per cause)
+    check_at: float = 0.0  # monotonic time of the next readiness poll
+    busy_until: float = 0.0  # after a 429 no POST goes there before this
+    failures: int = 0  # readiness polls in a row without an answer
 
     def usable(self, now: float) -> bool:
-        return now >= self.available_at
+        return self.ready and now >= self.busy_until
 
 
 def _never_sent(exc: requests.RequestException) -> bool:
@@ -85,37 +105,86 @@ class Nodes:
         self._lock = threading.Lock()
         self._sessions = ThreadSessions()
         self._rotation = 0
+        self._pollers: ThreadPoolExecutor | None = None
 
     @property
     def session(self) -> requests.Session:
         return self._sessions.get()
 
-    def refresh(self) -> None:
-        """Re-read /health of nodes whose estimate is older than a second (and whose backoff is over)."""
-        now = time.monotonic()
-        for node in list(self.nodes.values()):
-            if node.usable(now) and now - node.checked_at >= HEALTH_INTERVAL:
-                self._health(node)
+    # --- readiness ----------------------------------------------------------------------------------------
 
-    def _health(self, node: Node) -> None:
+    def refresh(self) -> None:
+        """Poll /ready of every node whose next check is due, in parallel (a silent node delays none other)."""
+        now = time.monotonic()
+        due = [node for node in list(self.nodes.values()) if now >= node.check_at]
+        if len(due) == 1:
+            self._check(due[0])
+        elif due:
+            if self._pollers is None:
+                self._pollers = ThreadPoolExecutor(max_workers=min(8, len(self.nodes)), thread_name_prefix="ready")
+            list(self._pollers.map(self._check, due))
+
+    def _check(self, node: Node) -> None:
+        legacy = False
         try:
-            response = self.session.get(f"{node.url}/health", timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
-            free = DEFAULT_SLOTS
-            if response.status_code == 200:
-                slots = (
-                    response.json().get("slots")
-                    if response.headers.get("content-type", "").startswith("application/json")
-                    else None
-                )
-                if isinstance(slots, dict) and isinstance(slots.get("free"), int):
-                    free = max(0, int(slots["free"]))
-            elif response.status_code != 404:  # 404: an upstream starter without /health
-                raise requests.RequestException(f"health answered {response.status_code}")
-        except (requests.RequestException, ValueError) as exc:
-            self.down(node.url, f"health: {exc}")
+            # /ready needs no token, but an older sandbox guards unknown paths: with it, it answers 404.
+            response = self.session.get(f"{node.url}/ready", headers=self.headers, timeout=READY_TIMEOUT)
+            if response.status_code == 404:  # no /ready: an older sandbox (/health) or upstream's starter
+                legacy = True
+                response = self.session.get(f"{node.url}/health", timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        except requests.RequestException as exc:
+            self._silent(node, f"no answer to /ready: {type(exc).__name__}")
             return
+        code = response.status_code
+        if code == 200:
+            self._ready(node, _free_slots(response))
+        elif code == 404 and legacy:
+            self._ready(node, DEFAULT_SLOTS)
+        elif code == 503:
+            self._unhealthy(node, f"unhealthy: {_error_text(response)}")
+        else:
+            self._silent(node, f"/ready answered {code}")
+
+    def _ready(self, node: Node, free: int) -> None:
         with self._lock:
-            node.free, node.checked_at, node.failures = free, time.monotonic(), 0
+            was_out = node.reason
+            node.ready, node.free, node.failures, node.reason = True, free, 0, ""
+            node.check_at = time.monotonic() + READY_INTERVAL
+        if was_out:
+            log.info("sandbox node %s is ready again (%d free slots)", node.url, free)
+
+    def _unhealthy(self, node: Node, reason: str) -> None:
+        """The node says it cannot run anything now: out until a poll a second later says otherwise."""
+        self._out(node, reason, time.monotonic() + READY_INTERVAL)
+
+    def _silent(self, node: Node, reason: str) -> None:
+        """No usable answer: out, asked again after a growing but short pause."""
+        with self._lock:
+            node.failures += 1
+            pause = min(MAX_POLL_BACKOFF, 0.25 * 2 ** min(node.failures, 6))
+        self._out(node, reason, time.monotonic() + pause)
+
+    def _out(self, node: Node, reason: str, check_at: float) -> None:
+        with self._lock:
+            changed = reason != node.reason
+            node.ready, node.free, node.reason, node.check_at = False, 0, reason, check_at
+        if changed:
+            log.warning("sandbox node %s skipped until it recovers: %s", node.url, reason)
+
+    def unhealthy(self, url: str, reason: str) -> None:
+        self._unhealthy(self.nodes[url], reason)
+
+    def down(self, url: str, reason: str) -> None:
+        self._silent(self.nodes[url], reason)
+
+    def busy(self, url: str, retry_after: float) -> None:
+        with self._lock:
+            node = self.nodes[url]
+            node.free = 0
+            node.busy_until = time.monotonic() + max(0.2, min(retry_after, MAX_BUSY_BACKOFF))
+            node.check_at = node.busy_until
+
+    # --- choosing a node ----------------------------------------------------------------------------------
 
     def capacity(self) -> int:
         now = time.monotonic()
@@ -123,10 +192,11 @@ class Nodes:
             return sum(n.free for n in self.nodes.values() if n.usable(now))
 
     def next_ready_in(self) -> float:
-        """Seconds until some node is usable again (0 when one is)."""
+        """Seconds until some node may be usable again (0 when one is)."""
         now = time.monotonic()
         with self._lock:
-            return max(0.0, min((n.available_at for n in self.nodes.values()), default=now) - now)
+            soonest = min((max(n.busy_until, n.check_at) for n in self.nodes.values()), default=now)
+        return max(0.0, soonest - now)
 
     def take(self) -> str | None:
         """A node with a free slot (the most free first, rotating among equals), its estimate lowered."""
@@ -142,63 +212,101 @@ class Nodes:
             node.free -= 1
             return node.url
 
-    def busy(self, url: str, retry_after: float) -> None:
-        with self._lock:
-            node = self.nodes[url]
-            node.free = 0
-            node.available_at = time.monotonic() + max(0.2, min(retry_after, MAX_BACKOFF))
-            node.checked_at = -1e9
-
-    def down(self, url: str, reason: str) -> None:
-        with self._lock:
-            node = self.nodes[url]
-            node.failures += 1
-            node.free = 0
-            node.available_at = time.monotonic() + min(MAX_BACKOFF, 0.5 * 2 ** min(node.failures, 6))
-            node.checked_at = -1e9
-        log.warning("sandbox node %s skipped: %s", url, reason)
+    # --- the hand-off ---------------------------------------------------------------------------------------
 
     def post(self, url: str, body: dict[str, Any]) -> HandOff:
-        """POST one run; the answer is classified, the node's estimate adjusted."""
-        try:
-            response = self.session.post(
-                f"{url}/function/run-python", json=body, headers=self.headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
-            )
-        except requests.RequestException as exc:
-            if _never_sent(exc):
-                self.down(url, f"connect: {exc}")
-                return HandOff(Sent.NOT_SENT, "node not reachable")
-            log.warning("hand-off of run %s to %s uncertain: %s", body.get("script_id"), url, exc)
-            self.down(url, f"post: {type(exc).__name__}")
-            return HandOff(Sent.UNCERTAIN, type(exc).__name__)
+        """POST one run, retrying what may have arrived on the same node; the node's estimate is adjusted."""
+        run_id = body.get("script_id")
+        may_have_arrived = False  # once true, no answer can prove the run is not on this node
+        reason = ""
+        started = time.monotonic()
+        for attempt in range(1, len(RETRY_DELAYS) + 2):
+            if attempt > 1:
+                time.sleep(RETRY_DELAYS[attempt - 2])
+            try:
+                response = self.session.post(
+                    f"{url}/function/run-python",
+                    json=body,
+                    headers=self.headers,
+                    timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+                )
+            except requests.RequestException as exc:
+                self._sessions.reset()  # the retry must not reuse a connection from the same pool
+                if _never_sent(exc):
+                    reason = f"connect: {type(exc).__name__}"
+                    if not may_have_arrived:
+                        self.down(url, reason)
+                        return HandOff(Sent.NOT_SENT, "node not reachable", attempt)
+                else:
+                    may_have_arrived = True
+                    reason = _exception_text(exc)
+                    log.info("hand-off of run %s to %s: %s; retrying (attempt %d)", run_id, url, reason, attempt)
+            else:
+                code = response.status_code
+                if code in (200, 202, 409):
+                    if attempt > 1:
+                        log.info("hand-off of run %s to %s accepted on attempt %d (%d)", run_id, url, attempt, code)
+                    return HandOff(Sent.ACCEPTED, f"HTTP {code}", attempt)
+                reason = f"HTTP {code}"
+                if not may_have_arrived and code in (429, 503, 403, 404, 405, 400, 413, 422):
+                    return self._refused(url, response, attempt)
+                may_have_arrived = True  # a 5xx, or a refusal after an attempt that may have been accepted
+            if attempt > 1 and time.monotonic() - started > RETRY_BUDGET:
+                break  # at least one retry, however slow the first attempt was
+        log.warning("hand-off of run %s to %s uncertain after %d attempts (%s): the sweeper asks the node",
+                    run_id, url, attempt, reason)
+        self.down(url, f"hand-off uncertain: {reason}")
+        return HandOff(Sent.UNCERTAIN, reason, attempt)
+
+    def _refused(self, url: str, response: requests.Response, attempt: int) -> HandOff:
+        """Answers that mean "not accepted" when nothing earlier for the run may have arrived."""
         code = response.status_code
-        if code in (200, 202, 409):
-            return HandOff(Sent.ACCEPTED)
         if code == 429:
             self.busy(url, _retry_after(response))
-            return HandOff(Sent.NOT_SENT, "busy")
+            return HandOff(Sent.NOT_SENT, "busy", attempt)
+        if code == 503:
+            self.unhealthy(url, f"unhealthy: {_error_text(response)}")
+            return HandOff(Sent.NOT_SENT, "node unhealthy", attempt)
         if code in (403, 404, 405):
             # Refused before the run is looked at: wrong token or not a sandbox at this URL.
-            self.down(url, f"answered {code}")
-            return HandOff(Sent.NOT_SENT, f"HTTP {code}")
-        if code in (400, 413, 422):
-            return HandOff(Sent.REJECTED, _error_text(response))
-        self.down(url, f"answered {code}")
-        return HandOff(Sent.UNCERTAIN, f"HTTP {code}")
+            self.down(url, f"answered {code} to a hand-off")
+            return HandOff(Sent.NOT_SENT, f"HTTP {code}", attempt)
+        return HandOff(Sent.REJECTED, _error_text(response), attempt)
 
     def status(self, url: str, run_id: int) -> Status:
-        """GET /function/runs/{id}. Only the sandbox's own JSON 404 counts as "gone"."""
+        """GET /function/runs/{id}. Only the sandbox's own JSON 404 counts as "never accepted"."""
         try:
             response = self.session.get(
                 f"{url}/function/runs/{run_id}", headers=self.headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
             )
         except requests.RequestException:
+            self._sessions.reset()
             return Status.NO_ANSWER
+        is_json = response.headers.get("content-type", "").startswith("application/json")
         if response.status_code == 200:
-            return Status.HERE
-        if response.status_code == 404 and response.headers.get("content-type", "").startswith("application/json"):
-            return Status.GONE
+            try:
+                state = response.json().get("state") if is_json else None
+            except (ValueError, AttributeError):
+                state = None
+            # An unknown state still means the node holds the run; it is treated as executing.
+            return _STATES.get(state, Status.RUNNING) if isinstance(state, str) else Status.RUNNING
+        if response.status_code == 404 and is_json:
+            return Status.NEVER
         return Status.NO_ANSWER
+
+
+def _free_slots(response: requests.Response) -> int:
+    try:
+        slots = (
+            response.json().get("slots")
+            if response.headers.get("content-type", "").startswith("application/json")
+            else None
+        )
+    except (ValueError, AttributeError):
+        slots = None
+    if isinstance(slots, dict) and isinstance(slots.get("free"), int):
+        return max(0, int(slots["free"]))
+    return DEFAULT_SLOTS
 
 
 def _retry_after(response: requests.Response) -> float:
@@ -206,6 +314,17 @@ def _retry_after(response: requests.Response) -> float:
         return float(response.headers.get("Retry-After", "1"))
     except ValueError:
         return 1.0
+
+
+def _exception_text(exc: requests.RequestException) -> str:
+    """The innermost cause's name ("ConnectionResetError", "RemoteDisconnected", "ReadTimeoutError"...)."""
+    cause: BaseException = exc
+    for _ in range(5):  # requests wraps urllib3's error, which wraps the socket's
+        inner = next((arg for arg in cause.args if isinstance(arg, BaseException)), None)
+        if inner is None:
+            break
+        cause = inner
+    return type(cause).__name__
 
 
 def _error_text(response: requests.Response) -> str:

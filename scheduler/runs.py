@@ -3,6 +3,11 @@
 Plain functions over a `Store`, callable without HTTP, so the dispatcher and maintenance loops change
 state exactly the way the callbacks do. State changes are single conditional UPDATEs, which makes them
 idempotent and race-free: a result for a finished run changes nothing and counts nothing.
+
+Counting follows upstream: the monthly count (the quota) and the statistics tables grow only by runs whose
+sandbox reported a result. Runs the scheduler ends itself (rate limit, task-file failure, refusal, "sandbox
+lost", queue time-out) are finished in script_log without being counted, and so is a run the sandbox reports
+as lost after its own restart: upstream's starter sends nothing for such a run, even when it had started.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class RunResult:
     output: str | None
     started_at: datetime | None = None
     spend_time: float | None = None
+    counted: bool = True  # False: finished without a result of its own, so not in the quota or statistics
 
 
 def create_run(store: Store, run: NewRun) -> int:
@@ -196,7 +202,7 @@ def mark_running(store: Store, run_id: int, started_at: datetime | None = None) 
 
 
 def record_result(store: Store, run_id: int, result: RunResult) -> Outcome:
-    """Finish the run and count it in the statistics, in one transaction, at most once."""
+    """Finish the run and (when `result.counted`) count it in the statistics, in one transaction, at most once."""
 
     def tx() -> Outcome:
         lock = " FOR UPDATE" if store.mysql else ""  # SQLite: Pony already holds BEGIN IMMEDIATE
@@ -232,15 +238,20 @@ def record_result(store: Store, run_id: int, result: RunResult) -> Outcome:
         )
         if not cursor.rowcount:
             return Outcome.ALREADY_FINISHED
-        stats.count_run(store, row.dtable_uuid, row.owner, row.org_id, spend or 0.0, now)
+        if result.counted:
+            stats.count_run(store, row.dtable_uuid, row.owner, row.org_id, spend or 0.0, now)
         return Outcome.APPLIED
 
     return store.write(tx)
 
 
 def fail_run(store: Store, run_id: int, output: str, return_code: int | None = None) -> Outcome:
-    """End a run as failed with a text the user reads (timeout, sandbox lost, fetch failure...)."""
-    return record_result(store, run_id, RunResult(success=False, return_code=return_code, output=output))
+    """End a run as failed with a text the user reads (rate limit, sandbox lost, fetch failure...).
+
+    The scheduler ends the run, not a sandbox's result: it is not counted (upstream's rule).
+    """
+    result = RunResult(success=False, return_code=return_code, output=output, counted=False)
+    return record_result(store, run_id, result)
 
 
 def _as_datetime(value: datetime | str | None) -> datetime | None:

@@ -16,3 +16,13 @@ class ThreadSessions:
         if session is None:
             session = self._local.session = requests.Session()
         return session
+
+    def reset(self) -> None:
+        """Drop this thread's session and its kept-alive connections: the next request opens a fresh one.
+
+        A connection the peer closed or reset may have company in the pool; a retry must not meet it.
+        """
+        session: requests.Session | None = getattr(self._local, "session", None)
+        self._local.session = None
+        if session is not None:
+            session.close()

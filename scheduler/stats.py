@@ -91,7 +91,7 @@ class Page:
 def by_month(
     store: Store, target: str, month: date, order_by: str | None, descending: bool, page: Page
 ) -> tuple[int, list[dict[str, Any]]]:
-    """Per user, org or base totals of one month (admin statistics)."""
+    """Per user, org or base totals of one month (admin statistics); the total is 0 past the last page."""
     table, label, column = TARGETS[target]
     first, following = month_bounds(month)
     params = {"first": first, "following": following, "limit": page.limit, "offset": page.offset}
@@ -104,7 +104,9 @@ def by_month(
             f"FROM {table} WHERE {where} GROUP BY {column} ORDER BY {order} LIMIT $limit OFFSET $offset",
             params,
         )
-        total = store.db.select(f"SELECT COUNT(DISTINCT {column}) FROM {table} WHERE {where}", params)[0]
+        total = 0  # upstream counts only when the page has results: a page past the end answers count 0
+        if rows:
+            total = store.db.select(f"SELECT COUNT(DISTINCT {column}) FROM {table} WHERE {where}", params)[0]
     results = [{label: row[0], "total_run_count": int(row[1] or 0), "total_run_time": int(row[2] or 0)} for row in rows]
     return int(total or 0), results
 

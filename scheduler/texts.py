@@ -10,13 +10,11 @@ NOT_FOUND = "Not found"
 INTERNAL_ERROR = "Internal server error"
 BODY_TOO_LARGE = "Request body too large"
 ORDER_BY_INVALID = "order_by invalid."
-DIRECTION_INVALID = "direction invalid."
 MONTH_INVALID = "month invalid."
-PAGE_INVALID = "page invalid."
-PER_PAGE_INVALID = "per_page invalid."
 USERNAME_OR_ORG_INVALID = "username or org_id invalid."
 ORG_ID_INVALID = "org_id invalid."
 SCRIPT_LOG_NOT_FOUND = "Script log not found"
+SCRIPT_NOT_FOUND_ERROR = "Script not found"  # the callbacks' 404, as {"error_msg": ...}
 
 # /admin/ endpoints answer with {"error": ...}
 START_INVALID = "Invalid value for start parameter"
@@ -30,6 +28,10 @@ PER_PAGE_NOT_INTEGER = "per_page must be an integer"
 PER_PAGE_NOT_POSITIVE = "per_page must be greater than 0"
 PER_PAGE_TOO_LARGE = "per_page cannot be greater than 1000"
 
+# GET /health of the scheduler
+HEALTH_OK = "ok"
+HEALTH_UNHEALTHY = "unhealthy"
+
 # Outputs stored on a run that ended without its own output.
 TIMEOUT_OUTPUT = "The script's running time exceeded the limit and the execution was aborted."
 
@@ -41,6 +43,10 @@ SCRIPT_FETCH_FAILED = "Fail to get script: {reason}"
 # The sandbox says "sandbox lost" in its own words (sandbox/texts.py); the scheduler's cases are its own.
 SANDBOX_LOST = "sandbox lost: the sandbox node stopped answering about this run; its result is unknown"
 SANDBOX_LOST_NODE_FORGOT = "sandbox lost: the sandbox node no longer knows this run after it started"
+SANDBOX_LOST_NOT_RECORDED = (
+    "sandbox lost: the sandbox node says the scheduler acknowledged this run's result, but no result was recorded"
+)
 SANDBOX_LOST_NO_RESULT = "sandbox lost: no result arrived within {seconds} s of the start"
 SANDBOX_REJECTED = "sandbox error: the sandbox refused the run ({reason})"
+RESULT_MALFORMED = "[the sandbox reported this run's result with invalid fields, so it is stored as failed: {problems}]"
 QUEUE_TIMEOUT = "Not started: no sandbox had a free slot within {seconds} s"

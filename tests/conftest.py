@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.support.mariadb",
     "tests.support.databases",
     "tests.support.podman",
+    "tests.support.netlab",
 ]
 
 # fixture -> the markers of every test that uses it. The root fixtures of each real service are enough:
@@ -29,6 +30,8 @@ FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     "sandbox_account": ("podman",),  # the sandbox user host-setup makes (./dev setup), and its rootless Podman
     "runner_image": ("podman",),
     "compose_host": ("compose", "podman"),  # tests/deployment/conftest.py: images and compose stacks
+    "own_mariadb": ("mariadb",),  # tests/scheduler/test_health.py: a private server it stops and starts
+    "chaos": ("mariadb", "podman", "slow"),  # tests/chaos: its own MariaDB, Podman service and processes
     # Real service processes (gunicorn schedulers, dispatchers): seconds each, so not in the fast lane.
     "serve": ("slow",),
     "dispatchers": ("slow",),

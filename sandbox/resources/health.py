@@ -1,10 +1,13 @@
-"""Liveness and capability probes."""
+"""Liveness, readiness and the detailed health report."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import falcon
+
+# (healthy, body): the node's report, built from the last background check (no Podman call).
+Report = Callable[[], tuple[bool, dict[str, object]]]
 
 
 class Ping:
@@ -21,11 +24,31 @@ class UpstreamHealth:
         resp.text = "OK"
 
 
-class Health:
-    """Slots, image, enforced limits and outbox state, for operators and the dispatcher."""
+class Ready:
+    """GET /ready, polled by the dispatcher about once a second: cheap, no Podman call.
 
-    def __init__(self, report: Callable[[], dict[str, object]]) -> None:
+    200 {"node", "slots": {"total", "busy", "free"}} when the node takes runs; 503 {"error": reason, "node"}.
+    """
+
+    def __init__(self, report: Report) -> None:
         self.report = report
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self.report()
+        healthy, body = self.report()
+        resp.status = falcon.HTTP_200 if healthy else falcon.HTTP_503
+        resp.media = body
+
+
+class Health:
+    """GET /health: slots, image, limits, outbox (pending, delivery errors), pool, egress, for operators.
+
+    "status": "ok" with 200, or "unhealthy" with the "problems" and 503.
+    """
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        healthy, body = self.report()
+        resp.status = falcon.HTTP_200 if healthy else falcon.HTTP_503
+        resp.media = body

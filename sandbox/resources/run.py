@@ -7,7 +7,8 @@ from typing import Any
 import falcon
 from falcon.media.validators import jsonschema
 
-from sandbox.runs import Busy, Duplicate, RunRequest, RunService
+from sandbox import texts
+from sandbox.runs import Busy, Duplicate, RunRequest, RunService, Unavailable
 
 SCRIPT_MAX_BYTES = 1 << 20
 
@@ -26,11 +27,12 @@ def _no_nul(value: Any, where: str = "body") -> None:
 
 
 class RunStatus:
-    """GET /function/runs/{script_id}: whether this node holds a run.
+    """GET /function/runs/{script_id}: whether this node holds or has held a run.
 
-    200 {"script_id", "state": "running"|"reporting"}; 404 when the node has neither run
-    it nor a result waiting for it. The dispatcher uses this to tell a run that may have
-    started from one that provably never did.
+    200 {"script_id", "state": "running"|"reporting"|"done"}: executing; result queued, not yet
+    acknowledged; result acknowledged (a tombstone, kept PYTHON_SANDBOX_TOMBSTONE_SECS). 404 when
+    the node has no record of the id: within the tombstone time, it was provably never accepted
+    here, so the dispatcher may hand it out again.
     """
 
     def __init__(self, service: RunService) -> None:
@@ -39,15 +41,17 @@ class RunStatus:
     def on_get(self, req: falcon.Request, resp: falcon.Response, script_id: int) -> None:
         state = self.service.status(script_id)
         if state is None:
-            raise falcon.HTTPNotFound(description=f"script_id {script_id} is not here")
+            raise falcon.HTTPNotFound(description=texts.NOT_HERE.format(script_id=script_id))
         resp.media = {"script_id": script_id, "state": state}
 
 
 class RunPython:
     """Accept a run and answer at once; the result goes to the scheduler's callbacks.
 
-    202 {"accepted": true}; 400 bad body; 403 bad token; 409 script_id already here;
-    429 every slot busy (with Retry-After).
+    Idempotent by script_id. 202 {"accepted": true}; 409 {"error", "state"} the node holds or has
+    held this id (the caller counts it as accepted; it never runs twice); 429 every slot busy
+    (with Retry-After) and 503 {"error": reason} node unhealthy: not accepted, provably not
+    started; 400/413 body refused; 403 bad token.
     """
 
     SCHEMA = {
@@ -88,9 +92,13 @@ class RunPython:
         )
         try:
             self.service.submit(request)
-        except Duplicate:
-            raise falcon.HTTPConflict(description=f"script_id {request.script_id} is already here") from None
+        except Duplicate as dup:
+            resp.status = falcon.HTTP_409
+            resp.media = {"error": texts.ALREADY_HERE.format(script_id=dup.script_id), "state": dup.state}
+            return
+        except Unavailable as exc:
+            raise falcon.HTTPServiceUnavailable(description=str(exc)) from None
         except Busy:
-            raise falcon.HTTPTooManyRequests(description="every slot is busy", retry_after=1) from None
+            raise falcon.HTTPTooManyRequests(description=texts.SLOTS_BUSY, retry_after=1) from None
         resp.status = falcon.HTTP_202
         resp.media = {"accepted": True}

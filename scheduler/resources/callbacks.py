@@ -2,6 +2,8 @@
 
 Both require the shared token unless PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS is set for old
 starters. Both are idempotent: a duplicate or late call for a finished run is acknowledged and ignored.
+A body that names a valid run but is otherwise malformed is salvaged, never refused: a refused result is a
+lost result (the sandbox would have to give it up), so it is stored as a failed run saying what was wrong.
 """
 
 from __future__ import annotations
@@ -17,6 +19,23 @@ from scheduler.resources.common import MAX_ID, ApiError, Context, validate
 
 _SCRIPT_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 _EPOCH = {"type": ["number", "null"], "minimum": 0, "maximum": 1e11}
+_NAMES_A_RUN = jsonschema.Draft202012Validator(
+    {"type": "object", "required": ["script_id"], "properties": {"script_id": _SCRIPT_ID}}
+)
+MAX_PROBLEMS = 5
+MAX_PROBLEM_CHARS = 160
+
+
+def problems(validator: jsonschema.protocols.Validator, data: dict[str, Any]) -> list[str]:
+    """What is wrong with the body, one short line per field ("success: 'yes' is not of type ...")."""
+    found = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path))):
+        where = ".".join(map(str, error.path)) or "body"
+        message = error.message
+        if len(message) > MAX_PROBLEM_CHARS:
+            message = message[: MAX_PROBLEM_CHARS - 3] + "..."
+        found.append(f"{where}: {message}")
+    return found[:MAX_PROBLEMS]
 
 
 class _Callback:
@@ -24,22 +43,32 @@ class _Callback:
         self.ctx = ctx
         self.store = store
 
-    def read(self, req: falcon.Request, validator: jsonschema.protocols.Validator) -> dict[str, Any]:
+    def read(self, req: falcon.Request) -> dict[str, Any]:
+        """The body, which must at least name a run; 400 otherwise (there is no run to store anything on)."""
         if not self.ctx.accept_unauthenticated_callbacks:
             self.ctx.require_auth(req)
         data = self.ctx.read_json_object(req)
-        validate(validator, data)
+        validate(_NAMES_A_RUN, data)
         return data
 
     @staticmethod
     def answer(resp: falcon.Response, outcome: runs.Outcome) -> None:
         if outcome is runs.Outcome.NOT_FOUND:
-            raise ApiError(404, texts.NOT_FOUND)
+            raise ApiError(404, {"error_msg": texts.SCRIPT_NOT_FOUND_ERROR})
         resp.media = {"success": True}
 
 
+def _valid(validator: jsonschema.protocols.Validator, data: dict[str, Any], name: str) -> Any:
+    """The field's value when it alone is valid, else None."""
+    value = data.get(name)
+    return value if value is not None and validator.is_valid({"script_id": 1, name: value}) else None
+
+
 class RunningCallback(_Callback):
-    """POST /script-running-callback/ {script_id*, started_at (epoch seconds)}: {"success": true}; 404."""
+    """POST /script-running-callback/ {script_id*, started_at (epoch seconds)}: {"success": true}; 404.
+
+    A malformed started_at is replaced by the time of arrival.
+    """
 
     SCHEMA: dict[str, Any] = {
         "type": "object",
@@ -49,8 +78,8 @@ class RunningCallback(_Callback):
     validator = jsonschema.Draft202012Validator(SCHEMA)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = self.read(req, self.validator)
-        started = data.get("started_at")
+        data = self.read(req)
+        started = _valid(self.validator, data, "started_at")
         started_at = self.store.clock.from_epoch(started) if started is not None else None
         self.answer(resp, runs.mark_running(self.store, data["script_id"], started_at))
 
@@ -59,6 +88,8 @@ class ResultCallback(_Callback):
     """POST /script-result/ {script_id*, success, return_code, output, started_at, spend_time}.
 
     {"success": true} also for a run that already finished (nothing changes then); 404 unknown run.
+    A result with invalid fields is stored as failed: the valid fields are kept, and the output says
+    which fields were wrong.
     """
 
     SCHEMA: dict[str, Any] = {
@@ -71,18 +102,27 @@ class ResultCallback(_Callback):
             "output": {"type": ["string", "null"]},
             "started_at": _EPOCH,
             "spend_time": {"type": ["number", "null"], "minimum": 0, "maximum": 1e9},
+            "lost": {"type": ["boolean", "null"]},  # the sandbox lost the run (its restart): not counted
         },
     }
     validator = jsonschema.Draft202012Validator(SCHEMA)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = self.read(req, self.validator)
-        started = data.get("started_at")
-        result = runs.RunResult(
-            success=bool(data.get("success")),
-            return_code=data.get("return_code"),
-            output=data.get("output"),
+        data = self.read(req)
+        self.answer(resp, runs.record_result(self.store, data["script_id"], self.result(data)))
+
+    def result(self, data: dict[str, Any]) -> runs.RunResult:
+        wrong = problems(self.validator, data)
+        started = _valid(self.validator, data, "started_at")
+        output = _valid(self.validator, data, "output")
+        if wrong:
+            notice = texts.RESULT_MALFORMED.format(problems="; ".join(wrong))
+            output = f"{output}\n{notice}" if output else notice
+        return runs.RunResult(
+            success=bool(data.get("success")) and not wrong,
+            return_code=_valid(self.validator, data, "return_code"),
+            output=output,
             started_at=self.store.clock.from_epoch(started) if started is not None else None,
-            spend_time=data.get("spend_time"),
+            spend_time=_valid(self.validator, data, "spend_time"),
+            counted=_valid(self.validator, data, "lost") is not True,
         )
-        self.answer(resp, runs.record_result(self.store, data["script_id"], result))

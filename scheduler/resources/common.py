@@ -22,6 +22,7 @@ from scheduler.clock import Clock
 
 TEXT_TYPE = "text/html; charset=utf-8"  # what upstream's Flask sends for plain-word answers
 MAX_ID = 2**31 - 1  # int(11) columns
+MAX_PER_PAGE = 1000  # upstream has no bound on the lenient routes; a larger per_page is cut to this
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\Z")
 _DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 _ID_RE = re.compile(r"^[0-9]{1,10}\Z")
@@ -103,6 +104,17 @@ def int_param(req: falcon.Request, name: str, default: int, error: ApiError, lo:
     if not lo <= value <= hi:
         raise error
     return value
+
+
+def lenient_page_param(req: falcon.Request, name: str, default: int, cap: int = MAX_ID) -> int:
+    """page/per_page as upstream's Flask reads them on the routes dtable-web does not check: a value that is
+    not a whole number >= 1 falls back to the default (dtable-web would show a 400 as a 500 page), and one
+    above `cap` is cut to it instead of being refused."""
+    raw = param(req, name)
+    if raw is None or not _INT_RE.match(raw.strip()):
+        return default
+    value = int(raw.strip())
+    return default if value < 1 else min(value, cap)
 
 
 def parse_id(raw: str) -> int | None:

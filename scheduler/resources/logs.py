@@ -7,10 +7,11 @@ import falcon
 from scheduler import runs, texts
 from scheduler.db import Store
 from scheduler.resources.common import (
+    MAX_PER_PAGE,
     ApiError,
     Context,
     bad,
-    int_param,
+    lenient_page_param,
     param,
     parse_id,
     same_uuid,
@@ -23,7 +24,8 @@ _NOT_FOUND = ApiError(404, {"error_msg": texts.SCRIPT_LOG_NOT_FOUND})
 class TaskLogs:
     """GET /tasks/{dtable_uuid}/{script_name}/logs/?page=1&per_page=20&org_by=-id (sic: org_by).
 
-    {"task_logs": [ScriptLog], "count": n}; 400 "order_by invalid.", bad page/per_page or uuid.
+    {"task_logs": [ScriptLog], "count": n}; 400 "order_by invalid." or a bad uuid (upstream: 500). A bad
+    page/per_page falls back to 1/20 as upstream (where it answered 500); per_page above 1000 is cut to 1000.
     """
 
     def __init__(self, ctx: Context, store: Store) -> None:
@@ -32,8 +34,8 @@ class TaskLogs:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, dtable_uuid: str, script_name: str) -> None:
         self.ctx.require_auth(req, texts.FORBIDDEN_SHORT)
-        page = int_param(req, "page", 1, bad(texts.PAGE_INVALID))
-        per_page = int_param(req, "per_page", 20, bad(texts.PER_PAGE_INVALID), hi=1000)
+        page = lenient_page_param(req, "page", 1)
+        per_page = lenient_page_param(req, "per_page", 20, MAX_PER_PAGE)
         order_by = param(req, "org_by") or "-id"
         if order_by.strip("-") != "id":
             raise bad(texts.ORDER_BY_INVALID)

@@ -84,26 +84,24 @@ class RunScript:
 class RunDraftScript(RunScript):
     """POST /run-draft-script/ (upstream PR #95): run unsaved code from the script editor.
 
-    Body as /run-script/ plus script_content* and temp_api_token*; script_name may be omitted and
+    Body as /run-script/ plus script_content* (may be empty, as in the PR) and temp_api_token*;
     operate_from defaults to "draft". The token cannot be fetched again later (the draft is not stored
     in SeaTable), so it is kept with the pending run and erased when the run starts or ends.
     """
 
     SCHEMA: dict[str, Any] = {
         "type": "object",
-        "required": ["dtable_uuid", "owner", "script_content", "temp_api_token"],
+        "required": ["dtable_uuid", "script_name", "owner", "script_content", "temp_api_token"],
         "properties": {
             **RunScript.SCHEMA["properties"],
-            "script_content": {"type": "string", "minLength": 1},
+            "script_content": {"type": "string"},
             "temp_api_token": {"type": "string", "minLength": 1, "maxLength": 8192},
         },
     }
     DEFAULT_OPERATE_FROM = "draft"
-    DEFAULT_SCRIPT_NAME = "draft.py"
     validator = jsonschema.Draft202012Validator(SCHEMA)
 
     def new_run(self, data: dict[str, Any]) -> runs.NewRun:
-        data = {"script_name": self.DEFAULT_SCRIPT_NAME, **data}
         return dataclasses.replace(
             super().new_run(data), script_content=data["script_content"], draft_api_token=data["temp_api_token"]
         )

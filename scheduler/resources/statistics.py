@@ -8,10 +8,12 @@ from scheduler import runs, stats, texts
 from scheduler.db import Store
 from scheduler.resources.common import (
     MAX_ID,
+    MAX_PER_PAGE,
     Context,
     admin_error,
     bad,
     int_param,
+    lenient_page_param,
     param,
     parse_bound,
     parse_month,
@@ -45,8 +47,11 @@ class RunningCount(_Reader):
 class MonthlyStatistics(_Reader):
     """GET /admin/statistics/scripts-running/by-user|by-org|by-base/.
 
-    month=YYYY-MM, order_by=total_run_time|total_run_count ("-" prefix or direction=desc: descending),
+    month=YYYY-MM, order_by=total_run_time|total_run_count ("-" in it, or direction=desc: descending),
     page=1, per_page=25 -> {"month", "count", "results": [{username|org_id|base_uuid, totals}]}.
+    dtable-web reads results/count without checking the status, so only what upstream refuses is refused
+    (month, order_by); direction, page and per_page fall back as upstream reads them. count is 0 on a page
+    past the end, as upstream.
     """
 
     def __init__(self, ctx: Context, store: Store, target: str) -> None:
@@ -59,12 +64,10 @@ class MonthlyStatistics(_Reader):
         order_by = param(req, "order_by")
         if order_by is not None and order_by.strip("-") not in stats.ORDER_FIELDS:
             raise bad(texts.ORDER_BY_INVALID)
-        direction = param(req, "direction")
-        if direction is not None and direction.lower() not in ("asc", "desc"):
-            raise bad(texts.DIRECTION_INVALID)
-        descending = bool(order_by and order_by.startswith("-")) or (direction or "").lower() == "desc"
-        page = int_param(req, "page", 1, bad(texts.PAGE_INVALID))
-        per_page = int_param(req, "per_page", 25, bad(texts.PER_PAGE_INVALID), hi=1000)
+        # Upstream: "-" anywhere in order_by, or direction exactly "desc"; neither matters without order_by.
+        descending = order_by is not None and ("-" in order_by or param(req, "direction") == "desc")
+        page = lenient_page_param(req, "page", 1)
+        per_page = lenient_page_param(req, "per_page", 25, MAX_PER_PAGE)
         total, results = stats.by_month(
             self.store,
             self.target,

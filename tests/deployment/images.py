@@ -1,8 +1,9 @@
 """Images for the offline compose test: a local Debian base made with mmdebstrap, then `podman build`.
 
 No registry is reachable here, so the Containerfiles' `BASE_IMAGE` is a base we build ourselves,
-with the runner recipe's pieces (suite, mirrors, trimmed paths, setid stripping). Every image is tagged
-with a hash of its inputs, so a second run rebuilds nothing that did not change.
+with the runner recipe's pieces (mirrors, trimmed paths, setid stripping). The services' base is Debian bookworm
+(their Python is the host's 3.11); the runner's registry variant gets a trixie base with the runner's Debian
+packages. Every image is tagged with a hash of its inputs, so a second run rebuilds nothing that did not change.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.host import SandboxUser
-from sandbox.image import DEFAULT_MIRRORS, DPKG_EXCLUDES, SUITE, _run, strip_setid_bits
+from sandbox.image import DPKG_EXCLUDES, _run, strip_setid_bits
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/seatable-deploy-test")
@@ -25,8 +26,15 @@ LABEL = "io.seatable.deploy-test"  # on every image and container this test make
 BASE_NAME = "localhost/seatable-deploy-base"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "tzdata")
 BASE_VERSION = "1"
+SERVICES_SUITE = "bookworm"
+
+
+def mirrors(suite: str) -> tuple[str, ...]:
+    return (f"deb http://deb.debian.org/debian {suite} main", f"deb http://deb.debian.org/debian {suite}-updates main",
+            f"deb http://deb.debian.org/debian-security {suite}-security main")
 # What each Containerfile needs from the repository (the build context is a staging copy of these).
-CONTEXT_PATHS = ("pyproject.toml", "README.md", "pipeline_config", "scheduler", "sandbox", "runner-rootfs",
+CONTEXT_PATHS = ("pyproject.toml", "README.md", "pipeline_config", "scheduler", "sandbox", "httpworker",
+                 "runner-rootfs",
                  "containers")
 
 
@@ -76,19 +84,20 @@ class Podman:
         return data
 
 
-def build_base(podman: Podman, say: object = print) -> str:
-    """Debian minbase + python3 + python3-venv, imported into the sandbox user's storage."""
-    tag = f"{BASE_NAME}:{digest(BASE_VERSION, SUITE, ' '.join(BASE_PACKAGES), *DEFAULT_MIRRORS, *DPKG_EXCLUDES)}"
+def build_base(podman: Podman, suite: str = SERVICES_SUITE, packages: tuple[str, ...] = BASE_PACKAGES,
+               name: str = BASE_NAME) -> str:
+    """Debian minbase + `packages` (python3 + python3-venv ...), imported into the sandbox user's storage."""
+    tag = f"{name}:{digest(BASE_VERSION, suite, ' '.join(packages), *mirrors(suite), *DPKG_EXCLUDES)}"
     if podman.exists(tag):
         return tag
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE, prefix="base-") as work:
         rootfs = Path(work) / "rootfs"
         _run(["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
-              f"--include={','.join(BASE_PACKAGES)}",
+              f"--include={','.join(packages)}",
               *(f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES),
               "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-              SUITE, str(rootfs), *DEFAULT_MIRRORS], "mmdebstrap failed", stdin=subprocess.DEVNULL)
+              suite, str(rootfs), *mirrors(suite)], "mmdebstrap failed", stdin=subprocess.DEVNULL)
         # apt stays usable (images built on this base install packages), but without its caches.
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
             shutil.rmtree(rootfs / junk, ignore_errors=True)

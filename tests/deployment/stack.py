@@ -226,7 +226,7 @@ class ComposeStack:
         return f"--- {name}\n{result.stdout}{result.stderr}"
 
     def all_logs(self) -> str:
-        return "\n".join(self.logs(s) for s in ("mariadb", "scheduler", "dispatcher", "sandbox"))
+        return "\n".join(self.logs(s) for s in ("mariadb", "python-scheduler", "dispatcher", "sandbox"))
 
     def wait_healthy(self, services: tuple[str, ...], timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout

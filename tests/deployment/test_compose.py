@@ -93,17 +93,38 @@ def test_stack_runs_a_script_end_to_end(stack: ComposeStack, stub: StubServer) -
         raise
     assert final["state"] == "finished", (final, stack.all_logs())
     assert final["success"] is True and final["return_code"] == 0, (final, stack.all_logs())
-    assert final["output"].startswith("hello from compose 3.11"), final["output"]
+    assert final["output"].startswith("hello from compose 3.13"), final["output"]  # the runner's Python
 
 
 def test_every_service_passes_its_health_check(stack: ComposeStack) -> None:
     # Podman 4.3 schedules health checks with systemd timers, absent here: run each check once by hand.
-    for service in ("mariadb", "scheduler", "sandbox"):
+    for service in ("mariadb", "python-scheduler", "sandbox"):
         name = f"{PROJECT}_{service}_1"
         deadline = time.monotonic() + 60
         while stack.podman.run("healthcheck", "run", name, check=False).returncode != 0:
             assert time.monotonic() < deadline, f"{name} unhealthy\n{stack.logs(service)}"
             time.sleep(1)
+
+
+def test_seatable_finds_the_scheduler_where_it_looks(stack: ComposeStack) -> None:
+    """SeaTable's default PYTHON_SCHEDULER_URL (http://python-scheduler, port 80) and its gatus check
+    (http://python-scheduler/ping/) answer from another container on the stack's network, and what answers
+    there is neither root nor holds a capability: port 80 comes from the container's own port floor."""
+    probe = (
+        "import urllib.request as u\n"
+        "for url in ('http://python-scheduler/ping/', 'http://python-scheduler/ping'):\n"
+        "    with u.urlopen(url, timeout=10) as r:\n"
+        "        print(r.status, r.read().decode())\n"
+    )
+    answer = stack.podman.run("exec", f"{PROJECT}_dispatcher_1", "python3", "-c", probe, check=False)
+    assert answer.stdout.split() == ["200", "Pong", "200", "Pong"], (answer.stderr, stack.all_logs())
+    name = f"{PROJECT}_python-scheduler_1"
+    status = stack.podman.run("exec", name, "cat", "/proc/1/status").stdout
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert fields["Uid"].split()[0] != "0" and fields["CapEff"].strip() == "0000000000000000", status
+    assert "NoNewPrivs:\t1" in status
+    listening = stack.podman.run("exec", name, "cat", "/proc/net/tcp").stdout
+    assert any(line.split()[1] == "00000000:0050" and line.split()[3] == "0A" for line in listening.splitlines()[1:])
 
 
 def test_sandbox_container_gets_only_the_rootless_socket(stack: ComposeStack) -> None:

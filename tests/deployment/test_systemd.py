@@ -32,7 +32,9 @@ SYSTEM_HARDENING = {
 }
 # Namespace-free hardening: what a per-user manager can apply (sandbox/systemd.py says why).
 USER_HARDENING = {
-    "NoNewPrivileges": "yes", "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6", "RestrictNamespaces": "yes",
+    # user net: the open network's rules helper joins the rootless user namespace and runners' network namespaces
+    "NoNewPrivileges": "yes", "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+    "RestrictNamespaces": "user net",
     "SystemCallArchitectures": "native", "LockPersonality": "yes", "MemoryDenyWriteExecute": "yes",
 }
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")

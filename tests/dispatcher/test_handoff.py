@@ -1,10 +1,11 @@
-"""What a hand-off sends, and which POST failures count as "never arrived"."""
+"""What a hand-off sends; which POST failures count as "never arrived"; resets retried at once; readiness."""
 
 from __future__ import annotations
 
 import socket
+import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from pony.orm import db_session
@@ -15,9 +16,21 @@ from scheduler.db import Store
 from scheduler.dispatcher import Dispatcher
 from scheduler.nodes import Nodes, Sent
 from scheduler.seatable import SeaTable
-from tests.dispatcher.conftest import SANDBOX_TOKEN, SeaTableStub, free_port, row
+from tests.dispatcher.conftest import (
+    SANDBOX_TOKEN,
+    TOKEN,
+    DispatcherProcess,
+    SeaTableStub,
+    enqueue,
+    free_port,
+    row,
+    wait_for,
+)
 from tests.dispatcher.test_dispatch import dispatch_env
+from tests.scheduler.conftest import RunningServer
 from tests.support.stub_sandbox import StubSandbox
+
+BOTH = pytest.mark.parametrize("backend", ["sqlite", "mariadb"], indirect=True)
 
 
 @pytest.fixture
@@ -44,13 +57,70 @@ def hangs_up() -> Iterator[str]:
     listener.close()
 
 
+@pytest.fixture
+def resets_once_then_dies() -> Iterator[str]:
+    """A node that reads one request, resets the connection and stops listening (connections then refused)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        listener.close()
+        conn.recv(65536)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield url
+    thread.join(timeout=5)
+
+
+BODY = {"script_id": 1, "script_content": "print(1)", "env": {}}
+
+
 def test_a_post_that_may_have_arrived_is_uncertain_a_refused_connect_is_not_sent(hangs_up: str) -> None:
     refused = f"http://127.0.0.1:{free_port()}"
     nodes = Nodes((hangs_up, refused), SANDBOX_TOKEN)
-    body = {"script_id": 1, "script_content": "print(1)", "env": {}}
-    assert nodes.post(hangs_up, body).sent is Sent.UNCERTAIN
-    assert nodes.post(refused, body).sent is Sent.NOT_SENT
+    uncertain = nodes.post(hangs_up, BODY)
+    assert uncertain.sent is Sent.UNCERTAIN and uncertain.attempts > 1  # retried before giving up
+    not_sent = nodes.post(refused, BODY)
+    assert not_sent.sent is Sent.NOT_SENT and not_sent.attempts == 1  # may go to another node at once
     assert nodes.capacity() == 0  # both are skipped for a while
+
+
+def test_a_refused_connect_after_a_reset_does_not_prove_anything(resets_once_then_dies: str) -> None:
+    """The first POST may have been accepted before the reset: later refusals leave the run to the node."""
+    nodes = Nodes((resets_once_then_dies,), SANDBOX_TOKEN)
+    outcome = nodes.post(resets_once_then_dies, BODY)
+    assert outcome.sent is Sent.UNCERTAIN and outcome.attempts > 1
+
+
+@pytest.mark.parametrize("mode", ["before", "after"])
+def test_a_reset_is_retried_at_once_on_the_same_node(mode: str) -> None:
+    with StubSandbox(SANDBOX_TOKEN) as node:
+        nodes = Nodes((node.url,), SANDBOX_TOKEN)
+        node.reset_next(mode, 2)
+        outcome = nodes.post(node.url, BODY)
+        assert (outcome.sent, outcome.attempts) == (Sent.ACCEPTED, 3)
+        # "after": the first attempt was accepted; the retries were answered 409 "already here".
+        assert node.posts[1] == 3 and node.accepted[1] == 1
+        assert outcome.reason == ("HTTP 409" if mode == "after" else "HTTP 202")
+
+
+def test_the_node_answers_503_or_429_before_anything_was_sent_not_sent() -> None:
+    with StubSandbox(SANDBOX_TOKEN) as node:
+        nodes = Nodes((node.url,), SANDBOX_TOKEN)
+        nodes.refresh()
+        assert nodes.capacity() > 0
+        node.refuse_posts = True
+        assert nodes.post(node.url, BODY).sent is Sent.NOT_SENT
+        assert nodes.capacity() == 0 and nodes.take() is None  # skipped until /ready is asked again
+        node.refuse_posts = False
+        wait_for(lambda: nodes.refresh() or nodes.capacity() > 0, 10, "the next /ready poll")
+        node.busy = True
+        assert nodes.post(node.url, BODY).sent is Sent.NOT_SENT
+        assert node.accepted[1] == 0
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "mariadb"], indirect=True)
@@ -83,3 +153,88 @@ def test_a_draft_is_handed_off_with_its_own_code_and_token_which_are_then_erased
         )
     assert content is None and token is None
     assert row(store, run_id)["sandbox_node"] == node.url
+
+
+def _in_process(
+    db_env: dict[str, str], seatable: SeaTableStub, store: Store, *nodes: StubSandbox, **extra: str
+) -> Dispatcher:
+    config = Config.from_env(dispatch_env(db_env, seatable, *nodes, **extra))
+    seatable_client = SeaTable(config.seatable_server_url, config.auth_token)
+    return Dispatcher(config, store, seatable_client, Nodes(config.sandbox_urls, SANDBOX_TOKEN))
+
+
+def _settle(dispatcher: Dispatcher, done: Callable[[], bool], what: str) -> None:
+    wait_for(lambda: dispatcher.step() is not None and done(), 30, what, interval=0.05)
+
+
+@BOTH
+def test_an_unhealthy_node_gets_nothing_until_it_recovers(
+    backend: str, db_env: dict[str, str], store: Store, seatable: SeaTableStub
+) -> None:
+    with StubSandbox(SANDBOX_TOKEN) as sick, StubSandbox(SANDBOX_TOKEN) as well:
+        sick.unhealthy = True
+        dispatcher = _in_process(db_env, seatable, store, sick, well)
+        first = enqueue(store, seatable.base, 6)
+        _settle(dispatcher, lambda: all(well.accepted[i] for i in first), "runs on the healthy node")
+        assert not sick.posts  # /ready said 503: not one POST went there
+        well.unhealthy, sick.unhealthy = True, False
+        second = enqueue(store, seatable.base, 6)
+        _settle(dispatcher, lambda: all(sick.accepted[i] for i in second), "runs on the recovered node")
+        # Until its next poll the dispatcher may still think it ready: a POST then meets a 503 (not accepted).
+        assert not any(well.accepted[i] for i in second)
+        assert all(row(store, i)["attempt"] == 1 for i in first)  # nothing of the first batch was released
+
+
+@BOTH
+def test_a_503_to_a_post_sends_the_run_to_another_node_at_once(
+    backend: str, db_env: dict[str, str], store: Store, seatable: SeaTableStub
+) -> None:
+    with StubSandbox(SANDBOX_TOKEN) as refusing, StubSandbox(SANDBOX_TOKEN) as other:
+        refusing.refuse_posts = True  # its /ready still says 200: the node turned unhealthy a moment ago
+        dispatcher = _in_process(db_env, seatable, store, refusing, other)
+        ids = enqueue(store, seatable.base, 4)
+        _settle(dispatcher, lambda: all(other.accepted[i] for i in ids), "every run on the other node")
+        assert not refusing.accepted and sum(refusing.posts.values()) >= 1
+        assert all(row(store, i)["sandbox_node"] == other.url for i in ids)
+
+
+@BOTH
+def test_a_node_without_ready_is_read_from_health_as_before(
+    backend: str, db_env: dict[str, str], store: Store, seatable: SeaTableStub
+) -> None:
+    with StubSandbox(SANDBOX_TOKEN, without_ready=True, slots=3) as old:
+        dispatcher = _in_process(db_env, seatable, store, old)
+        ids = enqueue(store, seatable.base, 5)
+        _settle(dispatcher, lambda: len(old.accepted) == 3, "three runs (its three free slots)")
+        assert dispatcher.nodes.nodes[old.url].free == 0
+        assert sum(row(store, i)["dispatched_at"] is None for i in ids) == 2
+
+
+@BOTH
+def test_no_run_waits_for_the_sweep_because_of_resets(
+    backend: str,
+    db_env: dict[str, str],
+    store: Store,
+    seatable: SeaTableStub,
+    serve: Callable[[dict[str, str]], RunningServer],
+    dispatchers: Callable[..., DispatcherProcess],
+) -> None:
+    """Half the hand-offs end in a reset, before or after the node accepted. With a one-hour hand-off window,
+    a run that needed the sweeper could not finish within this test: every run finishes, each ran once."""
+    server = serve({**db_env, "SEATABLE_SERVER_URL": seatable.url})
+    with StubSandbox(SANDBOX_TOKEN, scheduler_url=server.url, scheduler_token=TOKEN) as node:
+        for _ in range(10):
+            node.reset_next("before")
+            node.reset_next("after")
+        proc = dispatchers(dispatch_env(db_env, seatable, node, PYTHON_DISPATCH_HANDOFF_SECS="3600"), "--maintain")
+        ids = enqueue(store, seatable.base, 40)
+        wait_for(lambda: all(row(store, i)["state"] == "finished" for i in ids), 120, "every run to finish")
+        log = proc.log()
+        assert "back in the queue" not in log and "uncertain" not in log and "Traceback" not in log, log
+        assert not node.resets  # every planned reset happened
+        assert set(node.accepted.values()) == {1} and sorted(node.accepted) == sorted(ids)
+        assert sum(node.posts.values()) == len(ids) + 20, node.answers  # one retry per reset
+        for run_id in ids:
+            done = row(store, run_id)
+            assert done["output"] == f"stub ran {run_id}\n" and done["attempt"] == 1, done
+        assert proc.terminate() == 0

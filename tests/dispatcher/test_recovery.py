@@ -155,8 +155,8 @@ def test_refused_and_busy_nodes_release_the_run_without_a_trace(
     dispatcher, _ = _in_process(db_env, seatable, node, store)
     dispatcher.nodes = Nodes((dead.url, node.url), SANDBOX_TOKEN)
     for n in dispatcher.nodes.nodes.values():
-        n.free = 5  # as if /health had said so a moment ago
-        n.checked_at = 1e18
+        n.free, n.ready = 5, True  # as if /ready had said so a moment ago
+        n.check_at = 1e18
     [run_id] = enqueue(store, seatable.base, 1)
     dispatcher.dispatch(dispatcher.claims.claim(1))
     dispatcher.dispatch(dispatcher.claims.claim(1))
@@ -179,3 +179,39 @@ def test_sigterm_releases_claims_not_yet_handed_off(
     assert report.released == 3 and not node.accepted
     assert all(row(store, i)["claimed_by"] is None for i in ids)
     assert report.handed_off == 0
+
+
+def test_done_for_a_run_without_a_stored_result_ends_it_as_sandbox_lost_saying_so(
+    backend: str, db_env: dict[str, str], store: Store, seatable: SeaTableStub, node: StubSandbox
+) -> None:
+    dispatcher, maintenance = _in_process(db_env, seatable, node, store)
+    [run_id] = enqueue(store, seatable.base, 1)
+    assert dispatcher.step()
+    runs.mark_running(store, run_id)
+    node.set_state(run_id, "done")  # the node says its result was acknowledged; this scheduler has none
+    wait_for(lambda: maintenance.sweep_handed_off().lost == 1, 10, "the sweeper")
+    ended = row(store, run_id)
+    assert ended["state"] == "finished" and ended["output"] == texts.SANDBOX_LOST_NOT_RECORDED
+    assert not ended["success"] and node.accepted[run_id] == 1
+
+
+def test_a_result_waiting_on_the_node_is_never_given_up_a_run_running_far_too_long_is(
+    backend: str, db_env: dict[str, str], store: Store, seatable: SeaTableStub, node: StubSandbox
+) -> None:
+    """"reporting" (the scheduler was unreachable, or refused the token, for a long time) renews however old
+    the hand-off; "running" past twice the deadline plus the hand-off window ends as "sandbox lost"."""
+    dispatcher, maintenance = _in_process(db_env, seatable, node, store)
+    reporting, running = enqueue(store, seatable.base, 2)
+    assert dispatcher.step()
+    node.set_state(reporting, "reporting")
+    long_ago = store.clock.now() - timedelta(hours=1)  # far past the hard cap of 2 * (2 + 1) + 1 s
+    store.write(
+        lambda: store.db.execute(
+            "UPDATE script_log SET dispatched_at = $t WHERE id IN ($a, $b)",
+            {"t": long_ago, "a": reporting, "b": running},
+        )
+    )
+    report = maintenance.sweep_handed_off()
+    assert (report.renewed, report.lost) == (1, 1)
+    assert row(store, reporting)["state"] == "pending" and lease(store, reporting) > store.clock.now()
+    assert row(store, running)["output"] == texts.SANDBOX_LOST_NO_RESULT.format(seconds=7)

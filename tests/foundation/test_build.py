@@ -1,4 +1,4 @@
-"""seatable-sandbox build-runner: offline build, content-hash cache, one-line errors."""
+"""seatable-sandbox build-runner: offline build, content-hash cache, hash-pinned packages, one-line errors."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from sandbox.host import SandboxUser
 from sandbox.image import IMAGE_NAME, Recipe
 from sandbox.podman_api import PodmanAPI
+from sandbox.runner_lock import is_locked
 from tests.support.podman import VENV_BIN
 
 
@@ -51,32 +52,40 @@ def fresh_cache() -> Iterator[Path]:
 @pytest.mark.timeout(2 * 900 + 60)  # the whole offline build, then the cached one (each may take build()'s 900 s)
 def test_build_from_scratch_then_cached(fresh_cache: Path, tmp_path: Path, podman: PodmanAPI,
                                         sandbox_user: SandboxUser) -> None:
-    """A new recipe (one more Debian package) in an empty cache: the whole offline build.
+    """A plain requirements list and one more Debian package, in an empty cache: the list is locked with hashes
+    for the runner's Python, then the whole offline build; the printed lock pins it again.
 
-    Every step runs (pip, mmdebstrap, the tree's fix-ups, tar, podman import) on a small recipe: one wheel instead
-    of the runner's 200 MB, which only made this test unpack, pack and import that much more. `./dev setup` builds
-    the real recipe.
+    Every step runs (lock, pip, mmdebstrap, the tree's fix-ups, tar, podman import) on a small recipe: one wheel
+    instead of the runner's 200 MB, which only made this test unpack, pack and import that much more. `./dev setup`
+    builds the real recipe (and tests/deployment/test_runner_recipe.py checks what it holds).
     """
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("six\n")
-    tag = Recipe.packaged(requirements=requirements, extra_packages=("file",)).tag
-    argv = ("--cache-dir", str(fresh_cache), "--extra-package", "file", "--requirements", str(requirements))
+    first = build("--cache-dir", str(fresh_cache), "--requirements", str(requirements), "--extra-package", "file")
+    tag = first.stdout.strip().splitlines()[-1] if first.returncode == 0 else ""
     try:
-        first = build(*argv)
         assert first.returncode == 0, first.stderr
-        for step in ("pip", "mmdebstrap", "setuid", "importing", "done"):
+        locked = next(line for line in first.stdout.splitlines() if line.startswith("locked "))
+        lock = Path(locked.split(" into ")[1].split(" (")[0])
+        assert is_locked(lock.read_text()) and "six==" in lock.read_text()
+        for step in ("hash-checked", "pip", "mmdebstrap", "setuid", "importing", "done"):
             assert step in first.stdout, first.stdout
-        assert first.stdout.strip().splitlines()[-1] == tag
+        assert tag == Recipe.packaged(requirements=lock, extra_packages=("file",)).tag
         assert podman.image_exists(tag)
         assert list(fresh_cache.glob("rootfs-*.tar"))
+        check = sandbox_user.run(["podman", "run", "--rm", "--network", "none", "--entrypoint", "python3", tag, "-I",
+                                  "-c", "import sys, six; print(sys.version_info[:2])"])
+        assert check.stdout.strip() == "(3, 13)", check.stderr
 
         started = time.monotonic()
-        second = build(*argv)
+        second = build("--cache-dir", str(fresh_cache), "--requirements", str(lock), "--extra-package", "file")
         assert second.returncode == 0, second.stderr
-        assert "nothing to build" in second.stdout
+        assert "nothing to build" in second.stdout and "locked " not in second.stdout
+        assert second.stdout.strip().splitlines()[-1] == tag
         assert time.monotonic() - started < 15
     finally:
-        sandbox_user.run(["podman", "rmi", "--force", tag])
+        if tag:
+            sandbox_user.run(["podman", "rmi", "--force", tag])
         # the build tags :latest too; point it back at the image in use
         from sandbox.image import default_image
         sandbox_user.run(["podman", "tag", default_image(), f"{IMAGE_NAME}:latest"])
@@ -92,11 +101,21 @@ def test_missing_debian_package_is_one_clear_line(sandbox_account: SandboxUser, 
     assert_one_line_error(result, "mmdebstrap failed", "no-such-package-seatable-xyz")
 
 
-def test_failed_pip_install_is_one_clear_line(sandbox_account: SandboxUser, tmp_path: Path) -> None:
+def test_a_list_that_cannot_be_locked_is_one_clear_line(sandbox_account: SandboxUser, tmp_path: Path) -> None:
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("no-such-distribution-seatable-xyz==1.0\n")
     result = build("--requirements", str(requirements))
-    assert_one_line_error(result, "pip could not install", "no-such-distribution-seatable-xyz")
+    assert_one_line_error(result, "could not lock", "no-such-distribution-seatable-xyz")
+
+
+def test_a_file_that_does_not_match_the_locks_hash_is_refused(sandbox_account: SandboxUser, tmp_path: Path,
+                                                              fresh_cache: Path) -> None:
+    """--require-hashes: a package whose file is not the one the lock names never reaches the image."""
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("idna==3.7 \\\n    --hash=sha256:" + "0" * 64 + "\n")
+    result = build("--cache-dir", str(fresh_cache), "--requirements", str(lock))
+    assert_one_line_error(result, "pip could not download", "idna")
+    assert "hash" in result.stderr.lower()
 
 
 def test_unwritable_cache_dir_is_one_clear_line(sandbox_account: SandboxUser, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sandbox.driver import ContainerDriver, Job
 from sandbox.host import SandboxUser
+from sandbox.identity import RUN_UID_FIRST
 from sandbox.podman_api import PodmanAPI
 from tests.foundation.conftest import RunFn
 
@@ -59,7 +60,9 @@ def test_dangerous_syscalls_fail_with_eperm(run_script: RunFn) -> None:
     lines = result.output.splitlines()
     for name in ("ptrace", "mount", "unshare", "io_uring_setup", "keyctl", "bpf"):
         assert f"{name} -1 Operation not permitted" in lines, result.output
-    assert "uid 1000 1000 1000" in lines
+    uid_line = next(line for line in lines if line.startswith("uid "))
+    uid, euid, gid = (int(x) for x in uid_line.split()[1:])
+    assert uid == euid == gid >= RUN_UID_FIRST, uid_line  # a uid of its own (sandbox.identity), never root
     assert "nnp 1 filters 2" in lines  # Podman's profile and the entrypoint's filter
     assert "caps 0000000000000000" in lines
 
@@ -88,20 +91,25 @@ def test_no_setuid_or_setgid_files_in_the_image(run_script: RunFn) -> None:
 def test_no_runner_process_is_root_on_the_host(driver: ContainerDriver, sandbox_user: SandboxUser) -> None:
     containers: list[str] = []
     seen: dict[str, str] = {}
+    runner_uid: list[int | None] = []
 
     def look() -> None:
         while not containers:
             time.sleep(0.02)
-        time.sleep(1.0)  # the script is asleep by now
+        runner_uid.append(driver.runner_uid(containers[0]))
         pid = driver.api.inspect(containers[0])["State"]["Pid"]
-        tree = [pid, *Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        deadline = time.monotonic() + 10
+        while not children.read_text().split() and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the script has started its child (slow on a loaded machine)
+        tree = [pid, *children.read_text().split()]
         for p in tree:
             status = dict(line.split(":", 1) for line in Path(f"/proc/{p}/status").read_text().splitlines())
             seen[str(p)] = status["Uid"].split()[0] + "/" + status["Gid"].split()[0]
 
     watcher = threading.Thread(target=look)
     watcher.start()
-    job = Job(2, "import subprocess, time\np = subprocess.Popen(['sleep', '3'])\ntime.sleep(3)\n", "", {})
+    job = Job(2, "import subprocess, time\np = subprocess.Popen(['sleep', '5'])\ntime.sleep(5)\n", "", {})
     result = driver.run(job, 30, containers.append, lambda _s: None)
     watcher.join()
     driver.cleanup(containers[0])
@@ -109,10 +117,13 @@ def test_no_runner_process_is_root_on_the_host(driver: ContainerDriver, sandbox_
     assert len(seen) == 2, seen  # the interpreter and its child
     subuid_start = int(next(line.split(":")[1] for line in Path("/etc/subuid").read_text().splitlines()
                             if line.startswith(sandbox_user.name + ":")))
+    assert runner_uid and runner_uid[0] is not None and runner_uid[0] >= RUN_UID_FIRST
     for pid, ids in seen.items():
         uid, gid = (int(x) for x in ids.split("/"))
         assert uid != 0 and gid != 0, f"pid {pid} runs as {ids} on the host"
-        assert uid == subuid_start + 999, f"pid {pid}: uid {uid} is not the runner's mapped uid"
+        # Container uid N maps to the user's N+1st subordinate id (container 0 is a subordinate id too).
+        assert uid == gid == subuid_start + runner_uid[0], f"pid {pid}: {ids} is not the run's own host uid"
+        assert uid != sandbox_user.uid
 
 
 def test_token_is_not_in_container_config(driver: ContainerDriver) -> None:

@@ -14,7 +14,7 @@ import pytest
 from falcon import testing
 
 from sandbox.app import MAX_BODY, create_app
-from sandbox.runs import Busy, Duplicate, RunRequest
+from sandbox.runs import Busy, Duplicate, RunRequest, Unavailable
 
 TOKEN = "sandbox-test-token"
 AUTH = {"Authorization": f"Token {TOKEN}"}
@@ -42,9 +42,27 @@ def service() -> FakeService:
     return FakeService()
 
 
+@dataclass
+class FakeNode:
+    """Stands in for the node's health reports (sandbox.server.Sandbox.health and .ready)."""
+
+    healthy: bool = True
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        return self.healthy, {"status": "ok" if self.healthy else "unhealthy"}
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        return (True, {"node": "n", "slots": {"free": 1}}) if self.healthy else (False, {"error": "disk full"})
+
+
 @pytest.fixture
-def client(service: FakeService) -> testing.TestClient:
-    return testing.TestClient(create_app(TOKEN, service, lambda: {"status": "ok"}))
+def node() -> FakeNode:
+    return FakeNode()
+
+
+@pytest.fixture
+def client(service: FakeService, node: FakeNode) -> testing.TestClient:
+    return testing.TestClient(create_app(TOKEN, service, node.health, node.ready))
 
 
 BAD_BODIES: list[tuple[str, Any, int]] = [
@@ -111,16 +129,19 @@ def test_a_good_body_is_handed_over_once(client: testing.TestClient, service: Fa
 
 def test_busy_and_duplicate_answers(client: testing.TestClient, service: FakeService) -> None:
     body = {"script_id": 120, "script_content": "x", "env": {}}
-    service.refuse = Duplicate()
+    service.refuse = Duplicate(120, "done")
     duplicate = client.simulate_post("/function/run-python", json=body, headers=AUTH)
-    assert duplicate.status_code == 409 and "120" in duplicate.json["error"]
+    assert duplicate.status_code == 409 and "120" in duplicate.json["error"] and duplicate.json["state"] == "done"
+    service.refuse = Unavailable("outbox full")
+    unavailable = client.simulate_post("/function/run-python", json=body, headers=AUTH)
+    assert unavailable.status_code == 503 and unavailable.json == {"error": "outbox full"}
     service.refuse = Busy()
     busy = client.simulate_post("/function/run-python", json=body, headers=AUTH)
     assert busy.status_code == 429 and busy.headers["Retry-After"] == "1"
     assert busy.json == {"error": "every slot is busy"}
 
 
-def test_run_status_and_open_probes(client: testing.TestClient, service: FakeService) -> None:
+def test_run_status_and_open_probes(client: testing.TestClient, service: FakeService, node: FakeNode) -> None:
     service.held[130] = "reporting"
     assert client.simulate_get("/function/runs/130", headers=AUTH).json == {"script_id": 130, "state": "reporting"}
     gone = client.simulate_get("/function/runs/131", headers=AUTH)
@@ -129,3 +150,9 @@ def test_run_status_and_open_probes(client: testing.TestClient, service: FakeSer
     assert client.simulate_get("/ping/").text == "Pong"
     assert client.simulate_get("/_/health").status_code == 200
     assert client.simulate_get("/health").json == {"status": "ok"}
+    assert client.simulate_get("/ready").json["slots"] == {"free": 1}
+    node.healthy = False  # the probes need no token, and say 503 with the reason
+    assert (client.simulate_get("/health").status_code, client.simulate_get("/health").json) \
+        == (503, {"status": "unhealthy"})
+    assert (client.simulate_get("/ready").status_code, client.simulate_get("/ready").json) \
+        == (503, {"error": "disk full"})

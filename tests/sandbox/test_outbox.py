@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from sandbox import texts
 from sandbox.outbox import InFlight, Outbox
 
 TOKEN = "s3cret-token"
@@ -29,6 +30,7 @@ class Call:
     content_type: str
     body: dict[str, object]
     status: int
+    size: int = 0
 
 
 class Receiver:
@@ -41,6 +43,7 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.port}"
         self.calls: list[Call] = []
         self.answer: Callable[[str, dict[str, object]], int] = lambda path, body: 200
+        self.max_body = 0  # like the scheduler: 413 for a body over this many bytes (0: no limit)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -49,12 +52,15 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                body = json.loads(raw)
                 status = receiver.answer(self.path, body)
+                if receiver.max_body and len(raw) > receiver.max_body:
+                    status = 413
                 with receiver._lock:
                     receiver.calls.append(
                         Call(self.path, self.headers.get("Authorization", ""),
-                             self.headers.get("Content-Type", ""), body, status)
+                             self.headers.get("Content-Type", ""), body, status, len(raw))
                     )
                 payload = b'{"success": true}'
                 self.send_response(status)
@@ -253,36 +259,167 @@ def test_result_and_ledger_switch_atomically(
     assert box.in_flight() == [] and box.pending() == 300
 
 
-@pytest.mark.parametrize("transient", [500, 502, 408, 429])
-def test_permanent_4xx_dropped_transient_retried(
-    receiver: Receiver, make_outbox: Callable[..., Outbox], caplog: pytest.LogCaptureFixture, transient: int
+@pytest.mark.parametrize("failure", [401, 403, 404, 500, 502, 408, 429])
+def test_deployment_errors_are_retried_until_fixed_and_logged_once(
+    receiver: Receiver, make_outbox: Callable[..., Outbox], caplog: pytest.LogCaptureFixture, failure: int
 ) -> None:
-    tries: dict[int, int] = {}
-
-    def answer(path: str, body: dict[str, object]) -> int:
-        sid = int(body["script_id"])  # type: ignore[call-overload]
-        tries[sid] = tries.get(sid, 0) + 1
-        if sid == 7:
-            return 404  # unknown run
-        if sid == 8 and tries[sid] <= 3:
-            return transient
-        return 200
-
-    receiver.answer = answer
+    """No answer drops a callback: the run must never look "never arrived" (issue 12: re-runs on a wrong token)."""
+    fixed = threading.Event()
+    receiver.answer = lambda path, body: 200 if fixed.is_set() else failure
     caplog.set_level(logging.DEBUG, logger="sandbox.outbox")
     box = make_outbox()
     box.start()
     for sid in (7, 8):
+        assert box.run_accepted(sid)
         box.running(sid, 3.0)
         box.result(sid, result_body(sid))
-    assert box.flush(5)
-    assert tries[7] == 2  # each entry tried once; the dropped running callback releases the result
-    assert [c.body["script_id"] for c in receiver.ok("/script-result/")] == [8]
-    assert (box.stats.delivered, box.stats.retried, box.stats.dropped) == (2, 3, 2)
-    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
-    assert drops == ["outbox: dropped running callback for script 7: HTTP 404 (permanent)",
-                     "outbox: dropped result callback for script 7: HTTP 404 (permanent)"]
+    assert wait_until(lambda: box.stats.retried >= 8, timeout=10)
+    assert box.pending() == 4 and box.holds(7) == "reporting"
+    assert not box.run_accepted(7)
+    delivery = box.health()["delivery"]
+    assert isinstance(delivery, dict) and delivery["failing"] is True
+    assert str(delivery["last_error"]).startswith(f"HTTP {failure}")
+    assert int(delivery["failed_attempts"]) >= 8  # type: ignore[call-overload]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]  # once per cause, not per attempt
+    assert f"HTTP {failure}" in errors[0].getMessage()
+    fixed.set()
+    assert box.flush(10)
+    assert sorted(c.body["script_id"] for c in receiver.ok("/script-result/")) == [7, 8]  # type: ignore[type-var]
+    assert {c.body["script_id"]: c.body for c in receiver.ok("/script-result/")}[7] == result_body(7)
+    assert box.holds(7) == "done" and box.holds(8) == "done" and not box.run_accepted(8)
+    assert box.health()["delivery"]["failing"] is False  # type: ignore[index]
     assert TOKEN not in caplog.text and SECRET_OUTPUT not in caplog.text
+
+
+def test_connection_errors_are_one_cause(make_outbox: Callable[..., Outbox], receiver: Receiver,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    receiver.stop()
+    box = make_outbox()
+    box.start()
+    box.result(3, result_body(3))
+    assert wait_until(lambda: box.stats.retried >= 4, timeout=10)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "unreachable" in errors[0] and "ConnectionError" in errors[0]
+    receiver.start()
+    assert box.flush(10)
+    assert box.holds(3) == "done"
+
+
+@pytest.mark.parametrize("refusal", [400, 413, 422])
+def test_a_refused_result_is_replaced_by_a_minimal_failure(
+    receiver: Receiver, make_outbox: Callable[..., Outbox], refusal: int
+) -> None:
+    receiver.answer = lambda path, body: refusal if "refused by the scheduler" not in str(body.get("output")) \
+        and path.endswith("result/") else 200
+    box = make_outbox()
+    box.start()
+    assert box.run_accepted(12)
+    box.running(12, 5.0)
+    box.result(12, result_body(12))
+    assert box.flush(10)
+    results = receiver.ok("/script-result/")
+    assert len(results) == 1
+    assert results[0].body == {"script_id": 12, "success": False, "return_code": None,
+                               "output": texts.RESULT_REFUSED.format(status=refusal),
+                               "started_at": 1700000000.5, "spend_time": 1.25}
+    assert box.stats.replaced == 1 and box.holds(12) == "done"
+
+
+def test_a_refused_running_callback_does_not_hold_back_the_result(
+    receiver: Receiver, make_outbox: Callable[..., Outbox]
+) -> None:
+    receiver.answer = lambda path, body: 422 if path.endswith("running-callback/") else 200
+    box = make_outbox()
+    box.start()
+    box.running(13, 5.0)
+    box.result(13, result_body(13))
+    assert box.flush(10)
+    assert [c.body for c in receiver.ok()] == [result_body(13)]
+    assert box.stats.dropped == 1
+
+
+def test_result_bodies_fit_the_schedulers_limit(receiver: Receiver, make_outbox: Callable[..., Outbox]) -> None:
+    """700,000 emoji are 8.4 MB as ASCII-escaped JSON: sent as UTF-8 and cut to fit, never refused."""
+    limit = 2_000_000
+    receiver.max_body = limit
+    box = make_outbox(max_body_bytes=limit)
+    box.start()
+    emoji = "\U0001F600" * 700_000 + "\n"
+    box.result(20, {**result_body(20), "output": emoji})
+    box.result(21, {**result_body(21), "output": "\U0001F600" * 400_000})  # 1.6 MB: fits whole
+    assert box.flush(20)
+    got = {c.body["script_id"]: c for c in receiver.ok("/script-result/")}
+    cut = str(got[20].body["output"])
+    kept = cut.index("\n[")
+    assert cut[:kept] == "\U0001F600" * kept  # intact up to the cut, whole characters
+    assert cut[kept:] == texts.notice(texts.BODY_LIMIT.format(kept=kept, limit=limit))
+    assert limit - 8 <= got[20].size <= limit  # as much as fits
+    assert got[21].body["output"] == "\U0001F600" * 400_000
+    assert box.stats.replaced == 0
+
+
+def test_tombstones_answer_done_until_pruned(receiver: Receiver, make_outbox: Callable[..., Outbox],
+                                             tmp_path: pathlib.Path) -> None:
+    box = make_outbox()
+    box.start()
+    assert box.holds(30) is None
+    assert box.run_accepted(30)
+    assert box.holds(30) == "running"
+    box.result(30, result_body(30))
+    assert box.flush(5)
+    assert box.holds(30) == "done" and not box.run_accepted(30)
+    box.stop()
+    again = make_outbox(tombstone_secs=0.5)
+    assert again.holds(30) == "done"  # remembered across restarts
+    time.sleep(0.6)
+    again.start()
+    assert wait_until(lambda: again.holds(30) is None, timeout=5)
+    assert again.run_accepted(30)  # past the tombstone time the id is new here
+
+
+def test_disk_stays_small_after_200_results(receiver: Receiver, make_outbox: Callable[..., Outbox],
+                                            tmp_path: pathlib.Path) -> None:
+    """Compressed while queued, space given back once delivered (issue 12: no 12 MB per result)."""
+    receiver.stop()
+    box = make_outbox()
+    lines = "".join(f"row {i}: customer {i * 7919 % 10007} paid {i * 31 % 997}.{i % 100:02d} EUR\n"
+                    for i in range(4000))  # 170 KB of ordinary script output
+    for sid in range(1, 201):
+        assert box.run_accepted(sid)
+        box.running(sid, 1.0)
+        box.result(sid, {**result_body(sid), "output": f"run {sid}\n" + lines})
+    queued = box.disk_bytes()
+    assert queued < 200 * len(lines) / 2, f"{queued} bytes on disk for 200 queued results"  # compressed
+    receiver.start()
+    box.start()
+    assert box.flush(60)
+    assert len(receiver.ok("/script-result/")) == 200
+    assert wait_until(lambda: box.disk_bytes() < 512 << 10, timeout=15), box.disk_bytes()
+
+
+def test_a_result_the_disk_refuses_is_kept_and_saved_later(
+    receiver: Receiver, make_outbox: Callable[..., Outbox], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the first write of a result fails as on a full disk."""
+    box = make_outbox()
+    assert box.run_accepted(40)
+    real = box.store.enqueue
+    failures = [sqlite3.OperationalError("database or disk is full")]
+
+    def enqueue(*args: object, **kwargs: object) -> None:
+        if failures:
+            raise failures.pop()
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(box.store, "enqueue", enqueue)
+    box.result(40, result_body(40))
+    assert box.check_writable() == "database or disk is full"
+    assert box.holds(40) == "reporting" and box.pending() == 1
+    box.start()
+    assert box.flush(5)
+    assert receiver.ok("/script-result/")[0].body == result_body(40)
+    assert box.check_writable() is None and box.holds(40) == "done"
 
 
 def test_stuck_script_does_not_block_others(receiver: Receiver, make_outbox: Callable[..., Outbox]) -> None:
@@ -320,3 +457,29 @@ def test_file_and_directory_modes(tmp_path: pathlib.Path, make_outbox: Callable[
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     for extra in path.parent.iterdir():
         assert stat.S_IMODE(extra.stat().st_mode) == 0o600, extra.name
+
+
+def test_a_file_from_before_compression_is_adopted(receiver: Receiver, make_outbox: Callable[..., Outbox],
+                                                    tmp_path: pathlib.Path) -> None:
+    """An upgrade finds plain JSON bodies, no tombstone table and no incremental vacuum: all keep working."""
+    path = tmp_path / "outbox.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, script_id INTEGER NOT NULL, kind TEXT NOT NULL,
+            body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, created_at REAL NOT NULL);
+        CREATE TABLE ledger (script_id INTEGER PRIMARY KEY, container TEXT NOT NULL DEFAULT '',
+            accepted_at REAL NOT NULL);
+        INSERT INTO ledger VALUES (52, 'seatable-run-52', 1.0);
+    """)
+    db.execute("INSERT INTO outbox (script_id, kind, body, next_at, created_at) VALUES (51, 'result', ?, 0, 0)",
+               (json.dumps(result_body(51)),))
+    db.commit()
+    db.close()
+    box = make_outbox(path)
+    assert box.holds(51) == "reporting" and box.holds(52) == "running"
+    assert [f.script_id for f in box.in_flight()] == [52]
+    box.start()
+    assert box.flush(5)
+    assert receiver.ok("/script-result/")[0].body == result_body(51)
+    assert box.holds(51) == "done"
+    assert sqlite3.connect(path).execute("PRAGMA auto_vacuum").fetchone()[0] == 2

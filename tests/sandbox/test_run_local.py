@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 
 
-def run_local(*argv: str, cli: str = "sandbox.cli") -> subprocess.CompletedProcess[str]:
+def run_local(*argv: str, cli: str = "sandbox.cli", network: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **({"PYTHON_RUNNER_NETWORK": network} if network else {})}
     return subprocess.run([sys.executable, "-m", cli, "run-local", *argv],
-                          capture_output=True, text=True, timeout=180, check=False)
+                          capture_output=True, text=True, timeout=180, check=False, env=env)
 
 
 @pytest.mark.parametrize("cli", ["sandbox.cli", "scheduler.cli"])
@@ -26,13 +28,27 @@ def test_runs_a_script_with_context_and_env(runner_image: str, tmp_path: Path, c
     assert result.stderr.startswith("--- succeeded: exited, return code 0,")
 
 
+def test_the_open_network_applies(runner_image: str, tmp_path: Path) -> None:
+    """As in a real run of the default mode: an interface, its rules, and the report of what they refused."""
+    script = tmp_path / "net.py"
+    script.write_text("import socket\n"
+                      "try:\n"
+                      "    socket.create_connection(('169.254.169.254', 80), timeout=10)\n"
+                      "except OSError as e:\n"
+                      "    print('refused', type(e).__name__)\n")
+    result = run_local(str(script), "--env", "dtable_web_url=http://seatable.test")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ("refused ConnectionRefusedError\n"
+                             "[egress refused: 169.254.169.254:80 (link-local address)]\n")
+
+
 def test_the_egress_policy_applies(runner_image: str, tmp_path: Path) -> None:
-    """As in a real run: the script's own server is allowed, anything else refused and reported."""
+    """The seatable mode, as in a real run: the script's own server is allowed, anything else refused and reported."""
     script = tmp_path / "net.py"
     script.write_text("import requests\n"
                       "r = requests.get('http://169.254.169.254/', timeout=10)\n"
                       "print(r.status_code, r.headers['X-Egress-Refused'])\n")
-    result = run_local(str(script), "--env", "dtable_web_url=http://seatable.test")
+    result = run_local(str(script), "--env", "dtable_web_url=http://seatable.test", network="seatable")
     assert result.returncode == 0, result.stderr
     assert result.stdout == ("403 not on the allow list\n"
                              "[egress refused: 169.254.169.254:80 (not on the allow list)]\n")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
+import pytest
 from falcon import testing
 from pony.orm import db_session
 
@@ -64,10 +66,11 @@ def test_duplicate_and_late_results_are_acknowledged_not_counted(client: testing
     assert base_stats(store) == (1, 3.0)
 
 
-def test_unknown_run_is_404(client: testing.TestClient) -> None:
+def test_unknown_run_is_404_with_upstreams_json(client: testing.TestClient) -> None:
     for path in ("/script-running-callback/", "/script-result/"):
         result = client.simulate_post(path, json={"script_id": 424242}, headers=AUTH)
-        assert (result.status_code, result.text) == (404, texts.NOT_FOUND)
+        assert (result.status_code, result.json) == (404, {"error_msg": "Script not found"})
+        assert result.headers["content-type"].startswith("application/json")
 
 
 def test_result_without_running_callback_or_times(client: testing.TestClient, store: Store) -> None:
@@ -105,4 +108,72 @@ def test_fail_run_is_callable_without_http(client: testing.TestClient, store: St
     assert runs.fail_run(store, 999999, "x") is runs.Outcome.NOT_FOUND
     script = runs.get_run(store, run_id)
     assert script is not None and (script["output"], script["success"]) == ("sandbox lost", False)
+    assert base_stats(store)[0] == 0  # ended by the scheduler, not by a result of its own: not counted
+
+
+MALFORMED = [
+    ("started_at", "yesterday"),
+    ("started_at", 1e300),
+    ("started_at", -5),
+    ("spend_time", "long"),
+    ("spend_time", -1),
+    ("output", 5),
+    ("output", {"text": "x"}),
+    ("return_code", "0"),
+    ("return_code", 2**40),
+    ("success", "yes"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), MALFORMED)
+def test_a_malformed_result_is_stored_as_failed_saying_what_was_wrong(
+    client: testing.TestClient, store: Store, field: str, value: Any
+) -> None:
+    """Refusing it would lose the run's result; it is kept, as a failure that names the bad field."""
+    run_id = new_run(client)
+    body = {"script_id": run_id, "success": True, "return_code": 0, "output": "partial output",
+            "started_at": 1_750_000_000, "spend_time": 2, field: value}  # fmt: skip
+    result = client.simulate_post("/script-result/", json=body, headers=AUTH)
+    assert (result.status_code, result.json) == (200, {"success": True})
+    script = runs.get_run(store, run_id)
+    assert script is not None and script["state"] == "finished" and script["success"] is False
+    assert f"{field}: " in script["output"] and "invalid fields" in script["output"], script["output"]
+    if field != "output":
+        assert script["output"].startswith("partial output\n[")  # the valid fields are kept
+    if field != "return_code":
+        assert script["return_code"] == 0
     assert base_stats(store)[0] == 1
+    # Still idempotent: the proper result arriving later changes nothing and counts nothing.
+    assert finish(client, run_id, output="late and valid", spend_time=1).json == {"success": True}
+    assert runs.get_run(store, run_id)["output"] == script["output"]  # type: ignore[index]
+    assert base_stats(store)[0] == 1
+
+
+def test_a_malformed_result_for_a_finished_run_changes_nothing(client: testing.TestClient, store: Store) -> None:
+    run_id = new_run(client)
+    finish(client, run_id, output="first", spend_time=3)
+    again = client.simulate_post("/script-result/", json={"script_id": run_id, "success": "yes"}, headers=AUTH)
+    assert (again.status_code, again.json) == (200, {"success": True})
+    script = runs.get_run(store, run_id)
+    assert script is not None and (script["output"], script["success"]) == ("first", True)
+    assert base_stats(store) == (1, 3.0)
+
+
+def test_a_huge_bad_field_is_named_not_copied(client: testing.TestClient, store: Store) -> None:
+    run_id = new_run(client)
+    body = {"script_id": run_id, "output": "ok", "return_code": ["x" * 100_000]}
+    assert client.simulate_post("/script-result/", json=body, headers=AUTH).status_code == 200
+    output = runs.get_run(store, run_id)["output"]  # type: ignore[index]
+    assert "return_code: " in output and len(output) < 1000
+
+
+@pytest.mark.parametrize("started_at", ["yesterday", 1e300, -5, [1]])
+def test_a_malformed_running_callback_marks_the_run_running_at_arrival(
+    client: testing.TestClient, store: Store, started_at: Any
+) -> None:
+    run_id = new_run(client)
+    body = {"script_id": run_id, "started_at": started_at}
+    result = client.simulate_post("/script-running-callback/", json=body, headers=AUTH)
+    assert (result.status_code, result.json) == (200, {"success": True})
+    script = runs.get_run(store, run_id)
+    assert script is not None and script["state"] == "running" and script["started_at"] != ""

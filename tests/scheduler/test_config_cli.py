@@ -18,7 +18,7 @@ from tests.scheduler.conftest import REPO, TOKEN
 def test_defaults_follow_upstream() -> None:
     config = Config.from_env({})
     assert config.port == 5055
-    assert config.process_timeout == 900
+    assert config.process_timeout == 60  # as SeaTable's release compose sets it, in both services
     assert (config.delete_log_days, config.delete_statistics_days) == (30, 90)
     assert (config.window_secs, config.rate_limit_percent, config.total_thread_count) == (300, 0.25, 10)
     assert config.database_name == "scheduler"

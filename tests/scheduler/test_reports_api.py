@@ -49,8 +49,6 @@ def test_task_logs_pages_newest_first(client: testing.TestClient) -> None:
 def test_task_logs_errors(client: testing.TestClient) -> None:
     bad_order = get(client, f"/tasks/{BASE}/a.py/logs/", org_by="script_name")
     assert (bad_order.status_code, bad_order.text) == (400, texts.ORDER_BY_INVALID)
-    assert get(client, f"/tasks/{BASE}/a.py/logs/", page=0).status_code == 400
-    assert get(client, f"/tasks/{BASE}/a.py/logs/", per_page="x").status_code == 400
     assert get(client, "/tasks/not-a-uuid/a.py/logs/").status_code == 400
     forbidden = client.simulate_get(f"/tasks/{BASE}/a.py/logs/")
     assert (forbidden.status_code, forbidden.text) == (403, texts.FORBIDDEN_SHORT)
@@ -121,8 +119,6 @@ def test_monthly_admin_statistics(client: testing.TestClient, store: Store) -> N
     for params, text in (
         ({"order_by": "username"}, texts.ORDER_BY_INVALID),
         ({"month": "2024-1-1"}, texts.MONTH_INVALID),
-        ({"direction": "sideways"}, texts.DIRECTION_INVALID),
-        ({"page": "-1"}, texts.PAGE_INVALID),
     ):
         result = get(client, "/admin/statistics/scripts-running/by-org/", **params)
         assert (result.status_code, result.text) == (400, text), params

@@ -157,17 +157,18 @@ def test_group_owned_base_without_team_is_never_limited(
 
 
 def test_draft_run(client: testing.TestClient, store: Store) -> None:
-    body = {"dtable_uuid": BASE, "owner": "alice@auth.local", "org_id": 7, "script_content": "print(1)",
-            "temp_api_token": "eyJ.jwt.sig"}  # fmt: skip
+    """As upstream's PR #95: script_name required, an empty script_content allowed (an empty editor runs)."""
+    body = {"dtable_uuid": BASE, "script_name": "x.py", "owner": "alice@auth.local", "org_id": 7,
+            "script_content": "print(1)", "temp_api_token": "eyJ.jwt.sig"}  # fmt: skip
     result = client.simulate_post("/run-draft-script/", json=body, headers=AUTH)
     assert result.status_code == 200, result.text
     run_id = result.json["script_id"]
-    script = status(client, run_id, script_name="draft.py").json["script"]
+    script = status(client, run_id, script_name="x.py").json["script"]
     assert script["operate_from"] == "draft" and script["state"] == "pending"
     assert "temp_api_token" not in script and "script_content" not in script
-    with_name = client.simulate_post("/run-draft-script/", json={**body, "script_name": "x.py"}, headers=AUTH)
-    assert status(client, with_name.json["script_id"], script_name="x.py").status_code == 200
-    for missing in ("script_content", "temp_api_token", "owner", "dtable_uuid"):
+    empty = client.simulate_post("/run-draft-script/", json={**body, "script_content": ""}, headers=AUTH)
+    assert empty.status_code == 200, empty.text
+    for missing in ("script_name", "script_content", "temp_api_token", "owner", "dtable_uuid"):
         partial = {k: v for k, v in body.items() if k != missing}
         bad = client.simulate_post("/run-draft-script/", json=partial, headers=AUTH)
         assert (bad.status_code, bad.text) == (400, texts.PARAMETERS_INVALID)
@@ -183,3 +184,5 @@ def test_draft_run(client: testing.TestClient, store: Store) -> None:
     finish(client, run_id)
     with db_session:
         assert store.db.select(token_sql, {"run_id": run_id})[0] == (None, None)
+        # the empty draft is stored as empty code, not as "no code": it is dispatched as a draft
+        assert store.db.select(token_sql, {"run_id": empty.json["script_id"]})[0] == ("eyJ.jwt.sig", "")

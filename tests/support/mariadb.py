@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pymysql
@@ -65,6 +65,19 @@ class MariaDBServer:
     base: Path
     process: subprocess.Popen[bytes]
     settings: DatabaseSettings
+    argv: list[str] = field(default_factory=list)
+
+    def shutdown(self) -> None:
+        """Stop mariadbd cleanly (SIGTERM), keeping its data, so `start_again()` brings the same server back."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+
+    def start_again(self, timeout: float = 60.0) -> None:
+        """Start mariadbd on the same datadir and port after `shutdown()`; returns once it answers."""
+        assert self.argv and self.process.poll() is not None
+        self.process = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_until_up(self.process, Path(self.settings.socket), self.base / "run" / "error.log", timeout).close()
 
     def create_database(self, name: str | None = None) -> DatabaseSettings:
         name = name or f"t_{secrets.token_hex(6)}"
@@ -132,38 +145,27 @@ def start_server(extra_args: tuple[str, ...] = (), timeout: float = 60.0) -> Mar
         shutil.rmtree(base, ignore_errors=True)
         raise RuntimeError(f"mariadb-install-db failed:\n{install.stdout}\n{install.stderr}")
     sock, port, error_log = run / "mysqld.sock", _free_port(), run / "error.log"
-    process = subprocess.Popen(
-        [
-            MARIADBD,
-            "--no-defaults",
-            f"--datadir={datadir}",
-            f"--socket={sock}",
-            f"--port={port}",
-            "--bind-address=127.0.0.1",
-            f"--pid-file={run / 'mysqld.pid'}",
-            f"--log-error={error_log}",
-            "--skip-name-resolve",
-            "--max-connections=1000",
-            "--character-set-server=utf8mb4",
-            *user_args,
-            *extra_args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            shutil.rmtree(base, ignore_errors=True)
-            raise RuntimeError(f"mariadbd exited with {process.returncode}:\n{_log_tail(error_log)}")
-        try:
-            root = pymysql.connect(unix_socket=str(sock), user="root", password="", autocommit=True)
-            break
-        except pymysql.err.OperationalError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"mariadbd did not answer in {timeout} s:\n{_log_tail(error_log)}") from None
-            time.sleep(0.1)
+    argv = [
+        MARIADBD,
+        "--no-defaults",
+        f"--datadir={datadir}",
+        f"--socket={sock}",
+        f"--port={port}",
+        "--bind-address=127.0.0.1",
+        f"--pid-file={run / 'mysqld.pid'}",
+        f"--log-error={error_log}",
+        "--skip-name-resolve",
+        "--max-connections=1000",
+        "--character-set-server=utf8mb4",
+        *user_args,
+        *extra_args,
+    ]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        root = _wait_until_up(process, sock, error_log, timeout)
+    except RuntimeError:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     password = secrets.token_urlsafe(16)
     with contextlib.closing(root), root.cursor() as cursor:
         cursor.execute("CREATE DATABASE scheduler CHARACTER SET utf8mb4")
@@ -171,7 +173,24 @@ def start_server(extra_args: tuple[str, ...] = (), timeout: float = 60.0) -> Mar
         # A throwaway server: the test user may create the fresh databases each test needs.
         cursor.execute("GRANT ALL PRIVILEGES ON *.* TO 'scheduler'@'127.0.0.1'")
     settings = DatabaseSettings("127.0.0.1", port, "scheduler", password, "scheduler", str(sock))
-    return MariaDBServer(base, process, settings)
+    return MariaDBServer(base, process, settings, argv)
+
+
+def _wait_until_up(
+    process: subprocess.Popen[bytes], sock: Path, error_log: Path, timeout: float
+) -> pymysql.connections.Connection:
+    """A root connection over the socket once mariadbd answers; RuntimeError if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"mariadbd exited with {process.returncode}:\n{_log_tail(error_log)}")
+        try:
+            return pymysql.connect(unix_socket=str(sock), user="root", password="", autocommit=True)
+        except pymysql.err.OperationalError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"mariadbd did not answer in {timeout} s:\n{_log_tail(error_log)}") from None
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from sandbox.host import DEFAULT_USER, lookup_user
+from sandbox.host import configured_user, lookup_user
 from tests.seatable_stub import StubServer
 from tests.seatable_stub.button import RunScriptButton
 from tests.support.podman import SandboxProcess, free_port
@@ -121,7 +121,7 @@ class Pipeline:
         return service
 
     def _start_sandbox(self) -> SandboxProcess:
-        user = lookup_user(DEFAULT_USER)
+        user = lookup_user(configured_user())
         state = self.workdir / "sandbox"
         state.mkdir()
         os.chown(state, user.uid, user.gid)
@@ -133,6 +133,9 @@ class Pipeline:
             "PYTHON_SANDBOX_BIND": f"127.0.0.1:{port}",
             "PYTHON_SANDBOX_STATE_DIR": str(state),
             "PYTHON_SANDBOX_NODE_NAME": f"pipeline-{port}",
+            # The stand-in listens on loopback, which runners of the open network never reach (nor did
+            # upstream's); the egress proxy of the seatable mode runs on the host and does.
+            "PYTHON_RUNNER_NETWORK": "seatable",
             **self.sandbox_env,
         }
         proc = SandboxProcess(user, env, port, state, token=self.sandbox_token)

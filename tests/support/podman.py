@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from sandbox.host import DEFAULT_USER, SandboxUser, lookup_user, socket_alive, start_api_service
+from sandbox.host import SandboxUser, configured_user, lookup_user, socket_alive, start_api_service
 from sandbox.image import default_image
 from sandbox.podman_api import PodmanAPI
 
@@ -40,7 +40,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def sandbox_account() -> SandboxUser:
     """The sandbox user as host-setup (./dev setup) made it; nothing started."""
-    return lookup_user(DEFAULT_USER)
+    return lookup_user(configured_user())
 
 
 @pytest.fixture(scope="session")
@@ -73,14 +73,25 @@ class Callback:
     path: str
     auth: str
     body: dict[str, Any]
+    status: int = 200
+    size: int = 0
 
 
 @dataclass
 class CallbackReceiver:
-    """A real HTTP server for /script-running-callback/ and /script-result/; can go down and up."""
+    """A real HTTP server for /script-running-callback/ and /script-result/; can go down and up.
+
+    Like the scheduler it can refuse: `token` (401 for any other), `max_body` (413 above it, as
+    PYTHON_SCHEDULER_MAX_BODY_BYTES does), or `answer(path, body)` for any status. `received`
+    holds the acknowledged (2xx) callbacks, `attempts` every one.
+    """
 
     port: int = field(default_factory=free_port)
     received: list[Callback] = field(default_factory=list)
+    attempts: list[Callback] = field(default_factory=list)
+    token: str = ""  # "" accepts any
+    max_body: int = 0  # 0: no limit
+    answer: Callable[[str, dict[str, Any]], int] | None = None
     _server: ThreadingHTTPServer | None = None
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -88,18 +99,34 @@ class CallbackReceiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def status_for(self, path: str, auth: str, raw: bytes, body: dict[str, Any]) -> int:
+        if self.token and auth != f"Token {self.token}":
+            return 401
+        if self.max_body and len(raw) > self.max_body:
+            return 413
+        return self.answer(path, body) if self.answer is not None else 200
+
     def start(self) -> None:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                body = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    body = {}
+                auth = self.headers.get("Authorization", "")
+                status = receiver.status_for(self.path, auth, raw, body)
+                call = Callback(self.path, auth, body, status, len(raw))
                 with receiver._cond:
-                    receiver.received.append(Callback(self.path, self.headers.get("Authorization", ""), body))
+                    receiver.attempts.append(call)
+                    if 200 <= status < 300:
+                        receiver.received.append(call)
                     receiver._cond.notify_all()
-                payload = b'{"success": true}'
-                self.send_response(200)
+                payload = b'{"success": true}' if status < 300 else b'{"error_msg": "refused"}'
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
@@ -121,6 +148,21 @@ class CallbackReceiver:
     def results(self) -> dict[int, dict[str, Any]]:
         with self._cond:
             return {c.body["script_id"]: c.body for c in self.received if c.path == "/script-result/"}
+
+    def tries(self, script_id: int, path: str | None = "/script-result/") -> list[Callback]:
+        """Every attempt to deliver this script's callbacks on `path` (None: any), acknowledged or not."""
+        with self._cond:
+            return [c for c in self.attempts
+                    if (path is None or c.path == path) and c.body.get("script_id") == script_id]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"not within {timeout} s")
+                self._cond.wait(remaining)
 
     def result(self, script_id: int, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -220,11 +262,22 @@ class SandboxProcess:
                           "context_data": context})
 
     def health(self) -> dict[str, Any]:
+        """The /health report (also when it answers 503: the body says why)."""
         result: dict[str, Any] = requests.get(self.url + "/health", timeout=10).json()
         return result
 
+    def ready(self) -> tuple[int, dict[str, Any]]:
+        response = requests.get(self.url + "/ready", timeout=10)
+        return response.status_code, response.json()
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def state(self, script_id: int) -> tuple[int, Any]:
+        """GET /function/runs/{id}: (status, body)."""
+        response = requests.get(f"{self.url}/function/runs/{script_id}",
+                                headers={"Authorization": f"Token {self.token}"}, timeout=10)
+        return response.status_code, response.json()
+
+
+    def wait_ready(self, timeout: float = 120) -> None:
         """Until no slot is busy and the warm pool is full of runners done with their pre-imports: the warm
         path as designed. (The pool hands out a runner still importing too, and on a busy machine that import
         alone can outlast the tests' 5 s time limit.)"""
@@ -284,8 +337,7 @@ class SandboxStarter:
                 proc.wait_ready(timeout=30)
                 return proc
             except AssertionError:
-                # Not as a new one would be (a pooled runner that never finished its imports, e.g. one started
-                # while another run held every process the runners' shared host uid may have): replace it.
+                # Not as a new one would be (e.g. a pooled runner that never finished its imports): replace it.
                 proc.stop()
         proc = self.by_path[path] = self(PYTHON_SANDBOX_WARM_POOL=PATHS[path])
         return proc

@@ -1,10 +1,14 @@
 """A stand-in sandbox node: a real HTTP server that accepts runs at once and counts them per script_id.
 
-Speaks the sandbox API the dispatcher uses (POST /function/run-python, GET /function/runs/{id}, GET /health,
-same token rule) and, when given a scheduler URL, reports like the real sandbox: a running callback, then
-the result, retried until the scheduler answers 2xx. Knobs for the failure tests: `busy` (429 to every POST),
-`forget_all()` (the node loses its runs: 404 and no result, as after a wiped state directory), `report=False`
-(accept and hold forever). Run in-process (`with StubSandbox(...) as node:`) or as a process for benchmarks:
+Speaks the sandbox API of the scheduler <-> sandbox contract (POST /function/run-python, idempotent by script_id;
+GET /function/runs/{id} with running/reporting/done and tombstones; GET /ready; GET /health; same token rule) and,
+when given a scheduler URL, reports like the real sandbox: a running callback, then the result, retried until the
+scheduler answers 2xx. Knobs for the failure tests: `busy` (429 to every POST), `refuse` (400 to every POST, as the
+real sandbox refuses a body it cannot run), `unhealthy` (503 from /ready and to every POST), `refuse_posts` (503 to
+POSTs while /ready still says 200), `without_ready` (no /ready: an older node), `reset_next(mode, n)` (the next n
+POSTs end in a connection reset, "before" the run is accepted or "after"), `forget_all()` (the node loses its runs:
+404 and no result, as after a wiped state directory), `report=False` (accept and hold forever), `set_state()`. Run
+in-process (`with StubSandbox(...) as node:`) or as a process for benchmarks:
 `python -m tests.support.stub_sandbox --port P --token T [--scheduler-url U --scheduler-token S]`.
 """
 
@@ -15,6 +19,8 @@ import json
 import queue
 import re
 import signal
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -40,8 +46,16 @@ class StubSandbox:
     port: int = 0
     host: str = "127.0.0.1"
     busy: bool = False
+    refuse: bool = False
+    unhealthy: bool = False
+    refuse_posts: bool = False
+    without_ready: bool = False
     forget: bool = False
     accepted: Counter[int] = field(default_factory=Counter)
+    posts: Counter[int] = field(default_factory=Counter)  # every POST that reached the handler, per script_id
+    resets: list[str] = field(default_factory=list)  # modes of the next POSTs to end in a reset
+    answers: list[tuple[int, str]] = field(default_factory=list)  # (script_id, answer) of every POST, in order
+    states: dict[int, str] = field(default_factory=dict)  # running, reporting, done (a tombstone)
     order: list[int] = field(default_factory=list)
     accepted_at: dict[int, float] = field(default_factory=dict)  # epoch of the first acceptance
     bodies: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -57,26 +71,42 @@ class StubSandbox:
 
     # --- the API ----------------------------------------------------------------------------------------
 
-    def submit(self, body: dict[str, Any]) -> int:
-        """202, 409 or 429, as the real RunService decides."""
+    def submit(self, body: dict[str, Any]) -> tuple[int, str]:
+        """202, 409 (with the state), 429 or 503, as the contract says."""
         script_id = int(body["script_id"])
         with self._lock:
+            if script_id in self.states:
+                return 409, self.states[script_id]
+            if self.unhealthy or self.refuse_posts:
+                return 503, ""
             if self.busy or len(self.held) >= self.slots:
-                return 429
-            if script_id in self.held:
-                return 409
+                return 429, ""
             self.held.add(script_id)
+            self.states[script_id] = "running"
             self.accepted[script_id] += 1
             self.accepted_at.setdefault(script_id, time.time())
             self.order.append(script_id)
             self.bodies[script_id] = body
         if self.report and self.scheduler_url:
             self._jobs.put(script_id)
-        return 202
+        return 202, ""
 
-    def status(self, script_id: int) -> bool:
+    def status(self, script_id: int) -> str | None:
         with self._lock:
-            return script_id in self.held
+            return self.states.get(script_id)
+
+    def set_state(self, script_id: int, state: str) -> None:
+        """Put a run in a state by hand ("done": as if its result had been acknowledged)."""
+        with self._lock:
+            self.states[script_id] = state
+            if state == "done":
+                self.held.discard(script_id)
+
+    def reset_next(self, mode: str, count: int = 1) -> None:
+        """The next `count` POSTs end in a TCP reset: "before" accepting the run, or "after" accepting it."""
+        assert mode in ("before", "after")
+        with self._lock:
+            self.resets.extend([mode] * count)
 
     def health(self) -> dict[str, Any]:
         with self._lock:
@@ -89,6 +119,7 @@ class StubSandbox:
         with self._lock:
             self.forget = True
             self.held.clear()
+            self.states.clear()
 
     def duplicates(self) -> dict[int, int]:
         with self._lock:
@@ -128,9 +159,14 @@ class StubSandbox:
                 "started_at": started,
                 "spend_time": time.time() - started,
             }
+            with self._lock:
+                if self.states.get(script_id) == "running":
+                    self.states[script_id] = "reporting"
             if self._deliver("/script-result/", result):
                 with self._lock:
                     self.held.discard(script_id)
+                    if script_id in self.states:
+                        self.states[script_id] = "done"
 
     # --- serving ----------------------------------------------------------------------------------------
 
@@ -156,6 +192,12 @@ class StubSandbox:
                     return False
                 return True
 
+            def _reset(self) -> None:
+                """End the connection with a TCP RST, as a peer that crashed or dropped a kept-alive socket."""
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.connection.close()
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
@@ -166,7 +208,7 @@ class StubSandbox:
                     return
                 try:
                     body = json.loads(raw)
-                    int(body["script_id"])
+                    script_id = int(body["script_id"])
                     if not isinstance(body.get("env"), dict):
                         raise ValueError("env")
                     if "script_url" not in body and "script_content" not in body:
@@ -174,12 +216,39 @@ class StubSandbox:
                 except (ValueError, KeyError, TypeError):
                     self._answer(400, {"error": "bad body"})
                     return
-                code = stub.submit(body)
-                self._answer(code, {"accepted": True} if code == 202 else {"error": str(code)})
+                if stub.refuse:
+                    self._answer(400, {"error": "refused by the stub"})
+                    return
+                with stub._lock:
+                    stub.posts[script_id] += 1
+                    reset = stub.resets.pop(0) if stub.resets else None
+                if reset == "before":
+                    stub.answers.append((script_id, "reset before"))
+                    self._reset()
+                    return
+                code, state = stub.submit(body)
+                stub.answers.append((script_id, f"reset after {code}" if reset == "after" else str(code)))
+                if reset == "after":
+                    self._reset()
+                    return
+                if code == 202:
+                    self._answer(202, {"accepted": True})
+                elif code == 409:
+                    self._answer(409, {"error": f"script_id {script_id} is already here", "state": state})
+                elif code == 503:
+                    self._answer(503, {"error": "stub told to be unhealthy"})
+                else:
+                    self._answer(code, {"error": str(code)})
 
             def do_GET(self) -> None:
+                if self.path == "/ready" and not stub.without_ready:
+                    if stub.unhealthy:
+                        self._answer(503, {"error": "stub told to be unhealthy", "node": "stub"})
+                    else:
+                        self._answer(200, {"node": "stub", **stub.health()})
+                    return
                 if self.path == "/health":
-                    self._answer(200, stub.health())
+                    self._answer(503 if stub.unhealthy else 200, stub.health())
                     return
                 if self.path == "/_stub/counts":
                     with stub._lock:
@@ -193,8 +262,9 @@ class StubSandbox:
                     self._answer(404, {"error": "Not Found"})
                     return
                 script_id = int(match.group(1))
-                if stub.status(script_id):
-                    self._answer(200, {"script_id": script_id, "state": "running"})
+                state = stub.status(script_id)
+                if state is not None:
+                    self._answer(200, {"script_id": script_id, "state": state})
                 else:
                     self._answer(404, {"error": f"script_id {script_id} is not here"})
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline_config.registry import (
+    Addresses,
     ConfigError,
     Flag,
     Int,
@@ -23,8 +25,9 @@ from pipeline_config.registry import (
     Zone,
     services,
 )
-from pipeline_config.variables import SANDBOX, SCHEDULER, VARIABLES
+from pipeline_config.variables import SANDBOX, SCHEDULER, TOOL_VARIABLES, VARIABLES
 from sandbox.config import SandboxConfig
+from sandbox.timezone import host_time_zone
 from scheduler.config import Config
 
 TOKENS = {"PYTHON_SANDBOX_AUTH_TOKEN": "a", "PYTHON_SCHEDULER_AUTH_TOKEN": "b", "HOME": "/home/x"}
@@ -48,6 +51,8 @@ def sample(var: Variable, use: Use) -> str:
         return "3m"
     if isinstance(kind, Urls):
         return "http://node-a:8088,http://node-b:8088"
+    if isinstance(kind, Addresses):
+        return "192.0.2.53, 2001:db8::53"
     if isinstance(kind, Zone):
         return "Europe/Berlin"
     if isinstance(kind, Pattern):
@@ -55,6 +60,8 @@ def sample(var: Variable, use: Use) -> str:
     assert isinstance(kind, Text)
     if kind.choices:
         return next(c for c in kind.choices if kind.case is None or c != kind.case(use.default))
+    if var.name == "PYTHON_RUNNER_NETWORK":
+        return "none"  # any other word is a Docker network name, which means the default (open)
     if var.name == "PYTHON_RUNNER_CA_BUNDLE":
         return ""  # a file: tests/sandbox/test_egress_runner.py reads a real one
     if var.name.endswith("_DIR"):
@@ -82,10 +89,11 @@ def test_every_variable_is_read_into_the_config(service: Service) -> None:
 def test_defaults_come_from_the_registry_once() -> None:
     assert Config.from_env({}) == Config()
     fields = {f.name: f for f in dataclasses.fields(Config)}
-    assert fields["process_timeout"].default == 900
+    assert fields["process_timeout"].default == 60
     assert not fields["auth_token"].repr and not fields["db_passwd"].repr  # secrets never in a repr
     sandbox = SandboxConfig.from_env(TOKENS)
-    assert (sandbox.timeout, sandbox.time_zone, sandbox.scheduler_url) == (60, "UTC", "http://127.0.0.1:5055")
+    assert (sandbox.timeout, sandbox.time_zone, sandbox.scheduler_url, sandbox.network) \
+        == (60, host_time_zone(), "http://127.0.0.1:5055", "open")
     assert "'a'" not in repr(sandbox) and "'b'" not in repr(sandbox)
 
 
@@ -94,10 +102,10 @@ def test_shared_variables_are_one_entry_with_a_meaning_per_service() -> None:
     assert len(names) == len(set(names))
     shared = {var.name for var in VARIABLES if var.scheduler and var.sandbox}
     assert shared == {"PYTHON_SCHEDULER_URL", "PYTHON_SCHEDULER_AUTH_TOKEN", "PYTHON_PROCESS_TIMEOUT", "TIME_ZONE",
-                      "PYTHON_SANDBOX_AUTH_TOKEN"}
-    timeout = next(var for var in VARIABLES if var.name == "PYTHON_PROCESS_TIMEOUT")
-    assert timeout.scheduler and timeout.sandbox
-    assert (timeout.scheduler.default, timeout.sandbox.default) == ("900", "60")  # another issue's decision
+                      "PYTHON_SANDBOX_AUTH_TOKEN", "PYTHON_SCHEDULER_MAX_BODY_BYTES"}
+    for var in VARIABLES:  # one default in both services (issue 15); the meanings say what each does with it
+        if var.scheduler and var.sandbox:
+            assert var.scheduler.default == var.sandbox.default, var.name
     for var in VARIABLES:
         for use in (var.scheduler, var.sandbox):
             if use is not None:
@@ -125,11 +133,23 @@ def test_scheduler_refuses_bad_values_in_one_line(env: dict[str, str], message: 
     ({"PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT": "maybe"}, "use true or false"),
     ({"PYTHON_SANDBOX_LOG_LEVEL": "chatty"}, "use one of debug, info"),
     ({"PYTHON_SANDBOX_AUTH_TOKEN": "  "}, "PYTHON_SANDBOX_AUTH_TOKEN must be set"),
+    ({"PYTHON_RUNNER_DNS": "192.0.2.53,dns.example"}, "PYTHON_RUNNER_DNS: 'dns.example' is not an IP address"),
+    ({"PYTHON_RUNNER_NETWORK": "no such/net"}, "PYTHON_RUNNER_NETWORK='no such/net': use one of none, seatable"),
+    ({"PYTHON_SCHEDULER_MAX_BODY_BYTES": "2048"}, "PYTHON_SCHEDULER_MAX_BODY_BYTES must be at least 4096"),
+    ({"PYTHON_SANDBOX_OUTBOX_MAX_BYTES": "full"}, "PYTHON_SANDBOX_OUTBOX_MAX_BYTES='full' is not a size"),
+    ({"PYTHON_SANDBOX_TOMBSTONE_SECS": "0"}, "PYTHON_SANDBOX_TOMBSTONE_SECS must be at least 1"),
+    ({"TIME_ZONE": "../../etc/passwd"}, "TIME_ZONE='../../etc/passwd' is not a time zone name"),
 ])
 def test_sandbox_refuses_bad_values_in_one_line(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         SandboxConfig.from_env({**TOKENS, **env})
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_docker_network_name_means_the_open_network() -> None:
+    """Upstream's compose sets PYTHON_RUNNER_NETWORK=runner-net (a Docker network): that is the open mode."""
+    assert SandboxConfig.from_env({**TOKENS, "PYTHON_RUNNER_NETWORK": "runner-net"}).network == "open"
+    assert SandboxConfig.from_env({**TOKENS, "PYTHON_RUNNER_NETWORK": "seatable"}).network == "seatable"
 
 
 def test_blank_means_default_on_the_sandbox_except_where_blank_is_a_value() -> None:
@@ -176,11 +196,26 @@ def test_a_config_class_must_declare_every_registry_field() -> None:
 def test_no_other_module_reads_the_environment() -> None:
     """The registry is the one reader: no stray os.environ/getenv in the services (subprocess envs excepted)."""
     repo = Path(__file__).resolve().parents[2]
-    allowed = {"scheduler/config.py", "sandbox/config.py", "scheduler/clock.py", "sandbox/image.py"}
+    # clock.py: TZ, the C library's; image.py and runner_lock.py: environments of subprocesses; host.py:
+    # SEATABLE_SANDBOX_USER for the administrators' commands (TOOL_VARIABLES), not the service.
+    allowed = {"scheduler/config.py", "sandbox/config.py", "scheduler/clock.py", "sandbox/image.py",
+               "sandbox/runner_lock.py", "sandbox/host.py"}
     offenders = []
-    for path in [*repo.glob("scheduler/**/*.py"), *repo.glob("sandbox/**/*.py")]:
+    for path in [*repo.glob("scheduler/**/*.py"), *repo.glob("sandbox/**/*.py"), *repo.glob("httpworker/**/*.py")]:
         relative = str(path.relative_to(repo))
         text = path.read_text()
         if relative not in allowed and ("os.environ" in text or "getenv(" in text):
             offenders.append(relative)
     assert offenders == []
+
+
+def test_every_variable_the_code_names_is_in_the_registry() -> None:
+    """A PYTHON_*/SEATABLE_* name in the services' code that the registry does not declare is an undocumented
+    variable (the README table, env templates and config objects would not know it)."""
+    repo = Path(__file__).resolve().parents[2]
+    named = set()
+    for package in ("scheduler", "sandbox", "httpworker"):
+        for path in (repo / package).rglob("*.py"):
+            named.update(re.findall(r"\b(?:PYTHON|SEATABLE)_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    declared = {var.name for var in VARIABLES} | set(TOOL_VARIABLES)
+    assert named - declared == set()
