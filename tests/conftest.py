@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,12 +50,49 @@ def lane_markers(fixturenames: list[str], params: dict[str, object]) -> set[str]
     return markers
 
 
+LANES = ("compose", "podman", "mariadb", "slow")
+
+
+def lane_of(markers: set[str]) -> str:
+    """The one lane a test's time is counted in: its heaviest service, or "fast" (what --fast runs)."""
+    return next((lane for lane in LANES if lane in markers), "fast")
+
+
+class LaneClock:
+    """Where the suite's time goes, by lane: setup, call and teardown added up, each test in one lane."""
+
+    def __init__(self) -> None:
+        self.lane_of: dict[str, str] = {}
+        self.seconds: dict[str, float] = {}
+        self.tests: dict[str, int] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        lane = self.lane_of.get(report.nodeid, "fast")
+        self.seconds[lane] = self.seconds.get(lane, 0.0) + report.duration
+        if report.when == "call":
+            self.tests[lane] = self.tests.get(lane, 0) + 1
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        parts = [f"{lane} {self.seconds[lane]:.0f} s ({self.tests.get(lane, 0)} tests)"
+                 for lane in ("fast", *LANES) if lane in self.seconds]
+        if parts:
+            terminalreporter.write_line("lane times: " + ", ".join(parts))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(LaneClock(), "lane-clock")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    clock = config.pluginmanager.get_plugin("lane-clock")
     for item in items:
         callspec = getattr(item, "callspec", None)
         params = dict(callspec.params) if callspec is not None else {}
-        for marker in sorted(lane_markers(list(getattr(item, "fixturenames", ())), params)):
+        markers = lane_markers(list(getattr(item, "fixturenames", ())), params)
+        for marker in sorted(markers):
             item.add_marker(marker)
+        if clock is not None:
+            clock.lane_of[item.nodeid] = lane_of(markers)
 
 
 # --- no test writes a tracked file ------------------------------------------------------------------
