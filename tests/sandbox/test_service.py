@@ -89,7 +89,7 @@ def test_memory_bomb_is_out_of_memory(sandbox: SandboxProcess, receiver: Callbac
 
 @pytest.mark.parametrize("path", ["cold", "warm"])
 def test_fork_bomb_is_contained(sandbox_factory: Any, receiver: CallbackReceiver, path: str) -> None:
-    # Its own sandbox: the bomb holds every process the runners' shared host uid may have while the pool refills.
+    # Its own sandbox: the bomb holds every process its run may have while the pool refills.
     sandbox = sandbox_factory(PYTHON_SANDBOX_WARM_POOL=PATHS[path])
     script = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     result = run(sandbox, receiver, 105, script)
