@@ -201,6 +201,28 @@ VARIABLES: tuple[Variable, ...] = (
         None, "",
         "PEM file of extra CA certificates the runners trust (REQUESTS_CA_BUNDLE, SSL_CERT_FILE), e.g. for a "
         "SeaTable server with an in-house CA.")),
+    # Upstream's runner settings, read with their safe meaning: sandbox.runner_options decides what each value
+    # may do (raw text here; refused at start there when it would weaken the runner).
+    Variable("PYTHON_RUNNER_OTHER_OPTIONS", Text(), sandbox=Use(
+        None, "",
+        "Upstream's extra `docker run` options, a Python list of strings; here `--volume=/host:/path[:ro|rw]` and "
+        "`--mount=type=bind,...` (read-only unless rw is written; never a system path or the sandbox's own), "
+        "`--env=NAME=VALUE` and `--add-host=name:ip` (open mode); anything else is refused at start.")),
+    Variable("PYTHON_RUNNER_READ_ONLY_FILESYSTEM", Text(), sandbox=Use(
+        None, "", "Upstream's switch; runners are always read-only here: true is accepted, false refused at start.")),
+    Variable("PYTHON_RUNNER_NO_NEW_PRIVILEGES", Text(), sandbox=Use(
+        None, "", "Upstream's switch; always on here: true is accepted, false refused.")),
+    Variable("PYTHON_RUNNER_DROPPED_CAPABILITIES", Text(), sandbox=Use(
+        None, "",
+        "Upstream's list; runners have no capabilities at all here, any list of capability names is accepted.")),
+    Variable("PYTHON_RUNNER_UID", Text(), sandbox=Use(
+        None, "",
+        "Upstream's runner user (also _GID, _USER, _GROUP); each run has an unprivileged uid of its own here: "
+        "0/root is refused, other values have no effect.")),
+    Variable("PYTHON_RUNNER_GID", Text(), sandbox=Use(None, "", "As PYTHON_RUNNER_UID, for upstream's group id.")),
+    Variable("PYTHON_RUNNER_USER", Text(), sandbox=Use(None, "", "As PYTHON_RUNNER_UID, for upstream's user name.")),
+    Variable("PYTHON_RUNNER_GROUP", Text(), sandbox=Use(
+        None, "", "As PYTHON_RUNNER_UID, for upstream's group name.")),
     Variable("PYTHON_SANDBOX_EGRESS_DIR", Text(), sandbox=Use(
         None, "", "Where the per-run egress sockets are created.", shown="<state dir>/egress")),
     Variable("PYTHON_SANDBOX_EGRESS_HOST_DIR", Text(), sandbox=Use(
@@ -225,6 +247,11 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 SCHEDULER, SANDBOX = services(VARIABLES)
+RUNNER_OPTION_VARIABLES = (
+    "PYTHON_RUNNER_OTHER_OPTIONS", "PYTHON_RUNNER_READ_ONLY_FILESYSTEM", "PYTHON_RUNNER_NO_NEW_PRIVILEGES",
+    "PYTHON_RUNNER_DROPPED_CAPABILITIES", "PYTHON_RUNNER_UID", "PYTHON_RUNNER_GID", "PYTHON_RUNNER_USER",
+    "PYTHON_RUNNER_GROUP",
+)
 
 # Read by the administrators' commands (`seatable-sandbox host-setup`, `build-runner`, `run-local`), `./dev`, the
 # tests and the benchmarks, never by a running service: the README's text names them, not the services' tables.

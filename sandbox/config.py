@@ -11,13 +11,15 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline_config import render
 from pipeline_config.registry import ConfigError, Documented, parse_size
-from pipeline_config.variables import NETWORK_MODES, SANDBOX
+from pipeline_config.variables import NETWORK_MODES, RUNNER_OPTION_VARIABLES, SANDBOX
+from sandbox import runner_options
 from sandbox.egress_policy import EgressPolicy
+from sandbox.runner_options import RunnerOptions
 from sandbox.timezone import host_time_zone, is_zone_name
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class SandboxConfig:
     egress_dir: Path = Path("state/egress")
     ca_bundle: str = ""
     alternative_file_server_root: str = ""
+    runner_options: RunnerOptions = field(default_factory=RunnerOptions)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,
@@ -91,16 +94,21 @@ class SandboxConfig:
         ca_bundle = values.pop("PYTHON_RUNNER_CA_BUNDLE")
         alternative_root = values.pop("PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT")
         use_alternative_root = values.pop("PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT")
+        network = _network_mode(values["network"])
+        # Upstream's runner settings: declared in the registry, their rules (what is safe) in runner_options.
+        upstream = {name: values.pop(name) for name in RUNNER_OPTION_VARIABLES}
+        options = runner_options.read(upstream, network, protected=(str(state_dir), str(home)))
         return cls(
             **{**values,
                "podman_url": values["podman_url"] or f"unix:///run/user/{os.getuid()}/podman/podman.sock",
                "node_name": values["node_name"] or os.uname().nodename,
-               "network": _network_mode(values["network"]),
+               "network": network,
                "time_zone": _time_zone(values["time_zone"])},
             state_dir=state_dir,
             egress_dir=egress_dir,
             ca_bundle=_read_ca_bundle(ca_bundle) if ca_bundle else "",
             alternative_file_server_root=alternative_root if use_alternative_root else "",
+            runner_options=options,
         )
 
 

@@ -31,6 +31,15 @@ from sandbox.timezone import host_time_zone
 from scheduler.config import Config
 
 TOKENS = {"PYTHON_SANDBOX_AUTH_TOKEN": "a", "PYTHON_SCHEDULER_AUTH_TOKEN": "b", "HOME": "/home/x"}
+# Upstream's runner settings (sandbox.runner_options): a value each that changes the runners' options, and the
+# switches that are always on here, which are read but can only be refused ("false") or accepted without effect.
+RUNNER_SAMPLES = {
+    "PYTHON_RUNNER_OTHER_OPTIONS": '["--env=REGION=eu"]',
+    "PYTHON_RUNNER_DROPPED_CAPABILITIES": "NET_RAW",
+    "PYTHON_RUNNER_UID": "1000", "PYTHON_RUNNER_GID": "1000", "PYTHON_RUNNER_USER": "runner",
+    "PYTHON_RUNNER_GROUP": "runner",
+}
+ALWAYS_ON = {"PYTHON_RUNNER_READ_ONLY_FILESYSTEM", "PYTHON_RUNNER_NO_NEW_PRIVILEGES"}
 PARTNERS = {
     "DB_ROOT_USER": {"DB_ROOT_PASSWD": "pw"},
     "PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT": {"PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT": "true"},
@@ -60,6 +69,8 @@ def sample(var: Variable, use: Use) -> str:
     assert isinstance(kind, Text)
     if kind.choices:
         return next(c for c in kind.choices if kind.case is None or c != kind.case(use.default))
+    if var.name in RUNNER_SAMPLES:
+        return RUNNER_SAMPLES[var.name]
     if var.name == "PYTHON_RUNNER_NETWORK":
         return "none"  # any other word is a Docker network name, which means the default (open)
     if var.name == "PYTHON_RUNNER_CA_BUNDLE":
@@ -77,6 +88,11 @@ def config_of(service: Service, env: dict[str, str]) -> Any:
 def test_every_variable_is_read_into_the_config(service: Service) -> None:
     base = config_of(service, {})
     for var, use in service.uses():
+        if var.name in ALWAYS_ON:
+            with pytest.raises(ValueError, match=var.name):
+                config_of(service, {var.name: "false"})
+            assert config_of(service, {var.name: "true"}) == base
+            continue
         value = sample(var, use)
         if not value:
             continue
