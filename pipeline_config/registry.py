@@ -145,6 +145,18 @@ class Addresses:
 
 
 @dataclass(frozen=True)
+class Password:
+    """A secret people type: empty (the feature is off) or at least `minimum` characters; never echoed."""
+
+    minimum: int = 12
+
+    def parse(self, name: str, raw: str) -> Any:
+        if raw and len(raw) < self.minimum:
+            raise ConfigError(f"{name} must be at least {self.minimum} characters (or empty: off)")
+        return raw
+
+
+@dataclass(frozen=True)
 class Zone:
     """An IANA time zone name; empty is allowed (the host's zone)."""
 
@@ -170,7 +182,7 @@ class Pattern:
         return raw
 
 
-Kind = Text | Int | Number | Flag | Size | Urls | Addresses | Zone | Pattern
+Kind = Text | Int | Number | Flag | Size | Urls | Addresses | Password | Zone | Pattern
 
 
 # --- the declarations -----------------------------------------------------------------------------
@@ -242,14 +254,19 @@ class Service:
     def documented(self) -> tuple[Documented, ...]:
         return tuple(Documented(var.name, use.documented_default, use.meaning) for var, use in self.uses())
 
-    def read(self, env: Mapping[str, str], fallbacks: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def read(self, env: Mapping[str, str], fallbacks: Mapping[str, str] | None = None,
+             names: Iterable[str] | None = None) -> dict[str, Any]:
         """{field: value} for every use (a field-less use under its variable's name); refuses what is wrong.
 
         fallbacks: values for variables the environment does not set, in place of the registry's defaults.
+        names: read only these variables (e.g. the log settings, before the rest can be checked).
         """
         values: dict[str, Any] = {}
         missing: list[str] = []
+        only = None if names is None else set(names)
         for var, use in self.uses():
+            if only is not None and var.name not in only:
+                continue
             default = (fallbacks or {}).get(var.name, use.default)
             raw = env.get(var.name)
             raw = default if raw is None else raw.strip()

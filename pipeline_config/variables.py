@@ -16,6 +16,7 @@ from pipeline_config.registry import (
     Flag,
     Int,
     Number,
+    Password,
     Pattern,
     Size,
     Text,
@@ -27,6 +28,7 @@ from pipeline_config.registry import (
 )
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("plain", "json")
 NETWORK_MODES = ("none", "seatable", "open")
 MIN_BODY_BYTES = 4096  # the sandbox's least result body: room for a result with its notices
 
@@ -77,6 +79,21 @@ VARIABLES: tuple[Variable, ...] = (
                     "TZ inside the runner; empty: the host's zone (the name /etc/localtime links to, or "
                     "/etc/timezone, read at start; UTC if neither names one), as upstream."),
     ),
+    Variable(
+        "LOG_FORMAT", Text(choices=LOG_FORMATS, case=str.lower),
+        scheduler=Use("log_format", "plain", "`plain` lines, or `json`: one JSON object per line (both services).",
+                      keep_blank=False),
+        sandbox=Use("log_format", "plain", "`plain` lines, or `json`: one JSON object per line (both services)."),
+    ),
+    Variable(
+        "LOG_TO_STDOUT", Flag(),
+        scheduler=Use("log_to_stdout", "false",
+                      "Upstream's switch: true logs to stdout; false to stderr (upstream wrote files; here the "
+                      "journal or container log keeps them)."),
+        sandbox=Use("log_to_stdout", "false",
+                    "Upstream's switch: true logs to stdout; false to stderr (upstream wrote files; here the "
+                    "journal or container log keeps them)."),
+    ),
     # --- the scheduler, dispatcher and maintenance -------------------------------------------------------
     Variable("SEATABLE_SERVER_URL", Text(url=True), scheduler=Use(
         "seatable_server_url", "", "Base URL of dtable-web, for scripts-running-limit and task files.")),
@@ -116,6 +133,13 @@ VARIABLES: tuple[Variable, ...] = (
         "true: accept result/running callbacks without the token (old upstream starters).")),
     Variable("PYTHON_SCHEDULER_LOG_LEVEL", Text(choices=LOG_LEVELS, case=str.upper), scheduler=Use(
         "log_level", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR).")),
+    Variable("PYTHON_SCHEDULER_METRICS_TOKEN", Text(), secret=True, scheduler=Use(
+        "metrics_token", "", "Token Prometheus sends for `GET /metrics` (`Authorization: Bearer …`); empty: the API "
+        "token.")),
+    # scheduler.config also refuses SeaTable's token here (a page password must not be the API secret).
+    Variable("PYTHON_SCHEDULER_STATUS_TOKEN", Password(minimum=12), secret=True, scheduler=Use(
+        "status_token", "", "Password of the status page `/status/` (HTTP Basic, any user name); empty: the page is "
+        "off.")),
     Variable("PYTHON_SANDBOX_URLS", Urls(), scheduler=Use(
         "sandbox_urls", "http://127.0.0.1:8088", "Comma list of sandbox nodes runs are handed to.")),
     Variable("PYTHON_DISPATCH_BATCH", Int(minimum=1), scheduler=Use(
@@ -242,11 +266,18 @@ VARIABLES: tuple[Variable, ...] = (
         "them the taken run's script imported.", keep_blank=True)),
     Variable("PYTHON_SANDBOX_POOL_MIN_AVAILABLE", Size(), sandbox=Use(
         "pool_min_available", "1g", "Below this much available memory the pool empties.")),
-    Variable("PYTHON_SANDBOX_LOG_LEVEL", Text(choices=tuple(level.lower() for level in LOG_LEVELS), case=str.lower),
-             sandbox=Use("log_level", "info", "Log level of the sandbox service (debug, info, warning, error).")),
+    # sandbox.config: ours, else upstream's PYTHON_STARTER_LOG_LEVEL, else INFO (one of LOG_LEVELS).
+    Variable("PYTHON_SANDBOX_LOG_LEVEL", Text(), sandbox=Use(
+        None, "", "Log level (DEBUG, INFO, WARNING, ERROR); also gunicorn's.", shown="INFO")),
+    Variable("PYTHON_STARTER_LOG_LEVEL", Text(), sandbox=Use(
+        None, "", "Upstream's starter log level: used when PYTHON_SANDBOX_LOG_LEVEL is not set.")),
+    Variable("PYTHON_SANDBOX_METRICS_TOKEN", Text(), secret=True, sandbox=Use(
+        "metrics_token", "", "Token Prometheus sends for `GET /metrics` (`Authorization: Bearer …`); empty: "
+        "PYTHON_SANDBOX_AUTH_TOKEN.")),
 )
 
 SCHEDULER, SANDBOX = services(VARIABLES)
+SANDBOX_LOG_VARIABLES = ("PYTHON_SANDBOX_LOG_LEVEL", "PYTHON_STARTER_LOG_LEVEL", "LOG_FORMAT", "LOG_TO_STDOUT")
 RUNNER_OPTION_VARIABLES = (
     "PYTHON_RUNNER_OTHER_OPTIONS", "PYTHON_RUNNER_READ_ONLY_FILESYSTEM", "PYTHON_RUNNER_NO_NEW_PRIVILEGES",
     "PYTHON_RUNNER_DROPPED_CAPABILITIES", "PYTHON_RUNNER_UID", "PYTHON_RUNNER_GID", "PYTHON_RUNNER_USER",

@@ -13,10 +13,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from pipeline_config import render
 from pipeline_config.registry import ConfigError, Documented, parse_size
-from pipeline_config.variables import NETWORK_MODES, RUNNER_OPTION_VARIABLES, SANDBOX
+from pipeline_config.variables import (
+    LOG_LEVELS,
+    NETWORK_MODES,
+    RUNNER_OPTION_VARIABLES,
+    SANDBOX,
+    SANDBOX_LOG_VARIABLES,
+)
 from sandbox import runner_options
 from sandbox.egress_policy import EgressPolicy
 from sandbox.runner_options import RunnerOptions
@@ -68,15 +75,24 @@ class SandboxConfig:
     warm_pool: int
     preimport: str
     pool_min_available: int
-    log_level: str
+    log_format: str
+    log_to_stdout: bool
+    metrics_token: str
     # Derived in from_env from the host and from PYTHON_SANDBOX_STATE_DIR, PYTHON_SANDBOX_EGRESS_DIR,
     # PYTHON_RUNNER_CA_BUNDLE (the file's text) and the PYTHON_STARTER_*ALTERNATIVE_FILE_SERVER_ROOT pair;
-    # network and time_zone are the registry's values after the rules below (Docker network names, host zone).
+    # network and time_zone are the registry's values after the rules below (Docker network names, host zone);
+    # runner_options from upstream's runner settings (sandbox.runner_options).
     state_dir: Path = Path("state")
     egress_dir: Path = Path("state/egress")
     ca_bundle: str = ""
     alternative_file_server_root: str = ""
+    log_level: str = "INFO"  # PYTHON_SANDBOX_LOG_LEVEL, else PYTHON_STARTER_LOG_LEVEL (log_settings)
     runner_options: RunnerOptions = field(default_factory=RunnerOptions)
+
+    @property
+    def metrics_credential(self) -> str:
+        """What GET /metrics accepts: its own token, else the sandbox's API token."""
+        return self.metrics_token or self.auth_token
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,
@@ -98,18 +114,41 @@ class SandboxConfig:
         # Upstream's runner settings: declared in the registry, their rules (what is safe) in runner_options.
         upstream = {name: values.pop(name) for name in RUNNER_OPTION_VARIABLES}
         options = runner_options.read(upstream, network, protected=(str(state_dir), str(home)))
+        logging_ = _log_settings(values)
         return cls(
             **{**values,
                "podman_url": values["podman_url"] or f"unix:///run/user/{os.getuid()}/podman/podman.sock",
                "node_name": values["node_name"] or os.uname().nodename,
                "network": network,
                "time_zone": _time_zone(values["time_zone"])},
+            log_level=logging_.level,
             state_dir=state_dir,
             egress_dir=egress_dir,
             ca_bundle=_read_ca_bundle(ca_bundle) if ca_bundle else "",
             alternative_file_server_root=alternative_root if use_alternative_root else "",
             runner_options=options,
         )
+
+
+class LogSettings(NamedTuple):
+    level: str
+    format: str
+    to_stdout: bool
+
+
+def log_settings(env: Mapping[str, str] | None = None) -> LogSettings:
+    """Level, format and stream alone (serve sets up logging before the rest is checked); bad values fail."""
+    return _log_settings(SANDBOX.read(os.environ if env is None else env, names=SANDBOX_LOG_VARIABLES))
+
+
+def _log_settings(values: dict[str, Any]) -> LogSettings:
+    """Level: ours, else upstream's PYTHON_STARTER_LOG_LEVEL, else INFO. Pops the two level variables."""
+    ours, upstream = values.pop("PYTHON_SANDBOX_LOG_LEVEL"), values.pop("PYTHON_STARTER_LOG_LEVEL")
+    level = (ours or upstream or "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log level {level!r} (PYTHON_SANDBOX_LOG_LEVEL or PYTHON_STARTER_LOG_LEVEL): "
+                          f"use one of {', '.join(LOG_LEVELS)}")
+    return LogSettings(level, values["log_format"], values["log_to_stdout"])
 
 
 def _read_ca_bundle(path: str) -> str:

@@ -48,6 +48,10 @@ class Config:
     accept_unauthenticated_callbacks: bool
     max_body_bytes: int
     log_level: str
+    log_format: str
+    log_to_stdout: bool
+    metrics_token: str
+    status_token: str
     sandbox_urls: tuple[str, ...]
     dispatch_batch: int
     dispatch_threads: int
@@ -75,12 +79,20 @@ class Config:
         root_user, root_passwd = values.pop("DB_ROOT_USER"), values.pop("DB_ROOT_PASSWD")
         if root_passwd:
             user, passwd = root_user or "root", root_passwd
-        return cls(**values, db_user=user or "root", db_passwd=passwd)
+        config = cls(**values, db_user=user or "root", db_passwd=passwd)
+        if config.status_token and config.status_token == config.auth_token:
+            raise ConfigError("PYTHON_SCHEDULER_STATUS_TOKEN must not be SeaTable's PYTHON_SCHEDULER_AUTH_TOKEN")
+        return config
 
     def require_auth_token(self) -> None:
         """Refuse to serve without a secret: an empty token would let `Token ` through."""
         if not self.auth_token:
             raise ConfigError("PYTHON_SCHEDULER_AUTH_TOKEN must be set")
+
+    @property
+    def metrics_credential(self) -> str:
+        """What GET /metrics accepts: its own token, else the API token."""
+        return self.metrics_token or self.auth_token
 
     def require_dispatch_settings(self) -> None:
         """The dispatcher needs somewhere to send runs and a token the nodes accept."""

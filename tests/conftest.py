@@ -35,6 +35,7 @@ FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     "chaos": ("mariadb", "podman", "slow"),  # tests/chaos: its own MariaDB, Podman service and processes
     # Real service processes (gunicorn schedulers, dispatchers): seconds each, so not in the fast lane.
     "serve": ("slow",),
+    "scheduler": ("slow",),  # tests/operators/test_openapi.py: a gunicorn scheduler of its own
     "dispatchers": ("slow",),
 }
 # (parametrized fixture, value) -> markers, for fixtures that pick their service by parameter.

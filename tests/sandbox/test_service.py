@@ -49,8 +49,8 @@ def test_hello_world_with_callbacks(sandbox: SandboxProcess, receiver: CallbackR
                                     podman: PodmanAPI) -> None:
     result = run(sandbox, receiver, 101, "print('hello world')")
     assert result["output"] == "hello world\n"
-    assert result["success"] is True and result["return_code"] == 0
-    assert set(result) == {"script_id", "success", "return_code", "output", "started_at", "spend_time"}
+    assert result["success"] is True and result["return_code"] == 0 and result["outcome"] == "success"
+    assert set(result) == {"script_id", "success", "return_code", "output", "started_at", "spend_time", "outcome"}
     running = [c for c in receiver.received if c.path == "/script-running-callback/"]
     assert [c.body["script_id"] for c in running] == [101]
     assert running[0].body["started_at"] == result["started_at"]

@@ -15,6 +15,7 @@ from pipeline_config.registry import (
     Flag,
     Int,
     Number,
+    Password,
     Pattern,
     Service,
     Size,
@@ -33,7 +34,8 @@ from scheduler.config import Config
 TOKENS = {"PYTHON_SANDBOX_AUTH_TOKEN": "a", "PYTHON_SCHEDULER_AUTH_TOKEN": "b", "HOME": "/home/x"}
 # Upstream's runner settings (sandbox.runner_options): a value each that changes the runners' options, and the
 # switches that are always on here, which are read but can only be refused ("false") or accepted without effect.
-RUNNER_SAMPLES = {
+SAMPLES = {
+    "PYTHON_SANDBOX_LOG_LEVEL": "debug", "PYTHON_STARTER_LOG_LEVEL": "warning",
     "PYTHON_RUNNER_OTHER_OPTIONS": '["--env=REGION=eu"]',
     "PYTHON_RUNNER_DROPPED_CAPABILITIES": "NET_RAW",
     "PYTHON_RUNNER_UID": "1000", "PYTHON_RUNNER_GID": "1000", "PYTHON_RUNNER_USER": "runner",
@@ -66,11 +68,13 @@ def sample(var: Variable, use: Use) -> str:
         return "Europe/Berlin"
     if isinstance(kind, Pattern):
         return "after-claim:5"
+    if isinstance(kind, Password):
+        return "a-long-status-page-password"
     assert isinstance(kind, Text)
     if kind.choices:
         return next(c for c in kind.choices if kind.case is None or c != kind.case(use.default))
-    if var.name in RUNNER_SAMPLES:
-        return RUNNER_SAMPLES[var.name]
+    if var.name in SAMPLES:
+        return SAMPLES[var.name]
     if var.name == "PYTHON_RUNNER_NETWORK":
         return "none"  # any other word is a Docker network name, which means the default (open)
     if var.name == "PYTHON_RUNNER_CA_BUNDLE":
@@ -118,7 +122,7 @@ def test_shared_variables_are_one_entry_with_a_meaning_per_service() -> None:
     assert len(names) == len(set(names))
     shared = {var.name for var in VARIABLES if var.scheduler and var.sandbox}
     assert shared == {"PYTHON_SCHEDULER_URL", "PYTHON_SCHEDULER_AUTH_TOKEN", "PYTHON_PROCESS_TIMEOUT", "TIME_ZONE",
-                      "PYTHON_SANDBOX_AUTH_TOKEN", "PYTHON_SCHEDULER_MAX_BODY_BYTES"}
+                      "PYTHON_SANDBOX_AUTH_TOKEN", "PYTHON_SCHEDULER_MAX_BODY_BYTES", "LOG_FORMAT", "LOG_TO_STDOUT"}
     for var in VARIABLES:  # one default in both services (issue 15); the meanings say what each does with it
         if var.scheduler and var.sandbox:
             assert var.scheduler.default == var.sandbox.default, var.name
@@ -136,18 +140,24 @@ def test_shared_variables_are_one_entry_with_a_meaning_per_service() -> None:
     ({"PYTHON_SANDBOX_URLS": "node:8088"}, "without http:// or https://"),
     ({"PYTHON_DISPATCH_TEST_PAUSE": "later"}, "expected after-claim:SECONDS or after-handoff:SECONDS"),
     ({"DB_PORT": ""}, "DB_PORT=''"),  # the scheduler keeps an empty value, as upstream: an error, not 3306
+    ({"PYTHON_SCHEDULER_STATUS_TOKEN": "hunter2"}, "must be at least 12 characters (or empty: off)"),
+    ({"PYTHON_SCHEDULER_STATUS_TOKEN": "same-secret-as-seatable", "PYTHON_SCHEDULER_AUTH_TOKEN":
+      "same-secret-as-seatable"}, "must not be SeaTable's PYTHON_SCHEDULER_AUTH_TOKEN"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml': use one of plain, json"),
 ])
 def test_scheduler_refuses_bad_values_in_one_line(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         Config.from_env(env)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert "hunter2" not in str(caught.value) and "same-secret" not in str(caught.value)  # secrets never echoed
 
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"PYTHON_RUNNER_CONTAINER_MEMORY": "lots"}, "PYTHON_RUNNER_CONTAINER_MEMORY='lots' is not a size"),
     ({"PYTHON_RUNNER_CONTAINER_CPUS": "-1"}, "PYTHON_RUNNER_CONTAINER_CPUS must be between 0 and inf"),
     ({"PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT": "maybe"}, "use true or false"),
-    ({"PYTHON_SANDBOX_LOG_LEVEL": "chatty"}, "use one of debug, info"),
+    ({"PYTHON_SANDBOX_LOG_LEVEL": "chatty"}, "use one of DEBUG, INFO"),
+    ({"PYTHON_STARTER_LOG_LEVEL": "TRACE"}, "log level 'TRACE' (PYTHON_SANDBOX_LOG_LEVEL or PYTHON_STARTER_LOG_LEVEL)"),
     ({"PYTHON_SANDBOX_AUTH_TOKEN": "  "}, "PYTHON_SANDBOX_AUTH_TOKEN must be set"),
     ({"PYTHON_RUNNER_DNS": "192.0.2.53,dns.example"}, "PYTHON_RUNNER_DNS: 'dns.example' is not an IP address"),
     ({"PYTHON_RUNNER_NETWORK": "no such/net"}, "PYTHON_RUNNER_NETWORK='no such/net': use one of none, seatable"),
@@ -213,11 +223,13 @@ def test_no_other_module_reads_the_environment() -> None:
     """The registry is the one reader: no stray os.environ/getenv in the services (subprocess envs excepted)."""
     repo = Path(__file__).resolve().parents[2]
     # clock.py: TZ, the C library's; image.py and runner_lock.py: environments of subprocesses; host.py:
-    # SEATABLE_SANDBOX_USER for the administrators' commands (TOOL_VARIABLES), not the service.
+    # SEATABLE_SANDBOX_USER for the administrators' commands (TOOL_VARIABLES), not the service; metrics*.py:
+    # prometheus_client's PROMETHEUS_MULTIPROC_DIR, which the scheduler sets for its own gunicorn workers.
     allowed = {"scheduler/config.py", "sandbox/config.py", "scheduler/clock.py", "sandbox/image.py",
-               "sandbox/runner_lock.py", "sandbox/host.py"}
+               "sandbox/runner_lock.py", "sandbox/host.py", "scheduler/metrics.py", "scheduler/metrics_dir.py"}
     offenders = []
-    for path in [*repo.glob("scheduler/**/*.py"), *repo.glob("sandbox/**/*.py"), *repo.glob("httpworker/**/*.py")]:
+    packages = ("scheduler", "sandbox", "httpworker", "observability")
+    for path in (path for package in packages for path in repo.glob(f"{package}/**/*.py")):
         relative = str(path.relative_to(repo))
         text = path.read_text()
         if relative not in allowed and ("os.environ" in text or "getenv(" in text):
@@ -230,7 +242,7 @@ def test_every_variable_the_code_names_is_in_the_registry() -> None:
     variable (the README table, env templates and config objects would not know it)."""
     repo = Path(__file__).resolve().parents[2]
     named = set()
-    for package in ("scheduler", "sandbox", "httpworker"):
+    for package in ("scheduler", "sandbox", "httpworker", "observability"):
         for path in (repo / package).rglob("*.py"):
             named.update(re.findall(r"\b(?:PYTHON|SEATABLE)_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
     declared = {var.name for var in VARIABLES} | set(TOOL_VARIABLES)

@@ -9,12 +9,13 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-RUNTIME_PACKAGES = ("pipeline_config", "scheduler", "sandbox", "httpworker")
+RUNTIME_PACKAGES = ("pipeline_config", "scheduler", "sandbox", "httpworker", "observability")
 # distribution name -> the module it is imported as
 # Host packages, not PyPI's: sandbox/netguard_helper.py runs on /usr/bin/python3 with Debian's python3-nftables
 # (./dev and host-setup install it).
 SYSTEM_MODULES = {"nftables"}
-IMPORT_NAMES = {"pyjwt": "jwt", "seatable-api": "seatable_api", "podman-compose": "podman_compose"}
+IMPORT_NAMES = {"prometheus-client": "prometheus_client", "python-json-logger": "pythonjsonlogger",
+                "pyjwt": "jwt", "seatable-api": "seatable_api", "podman-compose": "podman_compose"}
 
 
 def imported_top_level(package: str) -> set[str]:
