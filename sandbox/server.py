@@ -10,7 +10,6 @@ call per request.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -239,7 +238,7 @@ class SandboxServer(BaseApplication):
 
 def serve() -> None:
     try:
-        settings = log_settings(dict(os.environ))
+        settings = log_settings()
         logs.configure(settings.level, settings.format, settings.to_stdout)
         config = SandboxConfig.from_env()
     except ValueError as exc:
