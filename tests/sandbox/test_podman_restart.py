@@ -24,8 +24,6 @@ from sandbox.host import SandboxUser
 from sandbox.podman_api import STDOUT, PodmanAPI, PodmanError
 from tests.support.podman import PodmanService, SandboxProcess
 
-pytestmark = pytest.mark.podman
-
 # Prints a line, waits long enough for the test to kill Podman and start it again, prints its own last line.
 SCRIPT = "import time\nprint('started', flush=True)\ntime.sleep({sleep})\nprint('finished ok', flush=True)\n"
 
