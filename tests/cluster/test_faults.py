@@ -15,7 +15,6 @@ from tests.cluster.faults import FAULTS, Fault, Plan, count_left, run_fault
 from tests.cluster.harness import Cluster, Topology
 from tests.cluster.load import markdown
 
-pytestmark = [pytest.mark.podman, pytest.mark.mariadb]
 QUICK = Topology(slots=3, process_timeout=30, handoff_secs=10, lost_grace_secs=10, sweep_interval=2)
 PLAN = Plan(runs=24, burst=150, quick=True, settle_secs=300, count_left_each=False)
 

@@ -24,7 +24,6 @@ from scheduler.config import Config
 from scheduler.db import Store, open_store, run_migrate
 from tests.support.galera import GaleraCluster
 
-pytestmark = pytest.mark.mariadb
 T = TypeVar("T")
 BASE = "0b5a4f2e-5d7c-4c6f-9a47-1e9d8b9f1a11"
 NODE = "http://sandbox.invalid:8088"

@@ -34,7 +34,6 @@ def table(galera: GaleraCluster) -> Iterator[str]:
         galera.drop_database(database)
 
 
-@pytest.mark.mariadb
 def test_galera_replicates_through_every_node(galera: GaleraCluster, table: str) -> None:
     for index in range(3):
         assert galera.nodes[index].synced(size=3)
@@ -44,7 +43,6 @@ def test_galera_replicates_through_every_node(galera: GaleraCluster, table: str)
             assert cursor.fetchone() == (5,)
 
 
-@pytest.mark.mariadb
 def test_skip_locked_is_local_and_the_loser_fails_certification(galera: GaleraCluster, table: str) -> None:
     """Why the scheduler must retry on Galera: a row locked on node1 is not locked on node2, so both claim it;
     the second commit is refused with a deadlock error (certification failure), and only the first claim stands."""
@@ -77,7 +75,6 @@ def test_skip_locked_is_local_and_the_loser_fails_certification(galera: GaleraCl
         assert cursor.fetchall() == ((None, 2), ("first", 3))
 
 
-@pytest.mark.mariadb
 def test_a_killed_node_rejoins_and_catches_up(galera: GaleraCluster, table: str) -> None:
     galera.kill(2)
     assert galera.nodes[0].synced(size=2)

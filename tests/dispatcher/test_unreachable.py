@@ -25,7 +25,7 @@ from tests.dispatcher.test_dispatch import dispatch_env
 from tests.support.stub_sandbox import StubSandbox
 
 pytestmark = pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True
+    "backend", ["sqlite", "mariadb"], indirect=True
 )
 WINDOW = 600  # PYTHON_SANDBOX_UNREACHABLE_SECS in these tests
 
