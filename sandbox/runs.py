@@ -91,7 +91,8 @@ class RunService:
     finished: int = 0
 
     def __post_init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="run")
+        # Twice the slots: a run's thread still removes its container after its slot is free again.
+        self._pool = ThreadPoolExecutor(max_workers=self.slots * 2, thread_name_prefix="run")
 
     @property
     def busy(self) -> int:
@@ -140,12 +141,14 @@ class RunService:
         except Exception as exc:  # a failure of one run never stops the service
             log.exception("run %s failed in the sandbox", request.script_id)
             result = RunResult(None, texts.SANDBOX_ERROR.format(reason=_reason(exc)), time.time(), 0.0, "error")
+        # The slot is free before the result is queued, so a dispatcher the result wakes finds it free; the
+        # ledger still says "running" until the result is queued, so the id stays refused meanwhile.
+        with self._lock:
+            self._active.discard(request.script_id)
+            self.finished += 1
         try:
             self.outbox.result(request.script_id, result.body(request.script_id))
         finally:
-            with self._lock:
-                self._active.discard(request.script_id)
-                self.finished += 1
             if container:
                 self.driver.cleanup(container)
 

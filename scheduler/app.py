@@ -21,6 +21,7 @@ from scheduler.resources.routing import SlashRedirect, add_route
 from scheduler.resources.runs import RunDraftScript, RunScript, RunStatus
 from scheduler.resources.statistics import AdminRuns, GroupedStatistics, MonthlyStatistics, RunningCount
 from scheduler.seatable import SeaTable
+from scheduler.wakeup import WakeSignal, wake_dir
 
 log = logging.getLogger(__name__)
 TARGETS = ("user", "org", "base")  # the monthly statistics' /by-{target}/ routes
@@ -45,6 +46,7 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
         clock=store.clock,
         max_body_bytes=config.max_body_bytes,
         accept_unauthenticated_callbacks=config.accept_unauthenticated_callbacks,
+        wake_dispatchers=WakeSignal(wake_dir(config)).notify,
     )
     router = CompiledRouter()
     app = falcon.App(router=router)

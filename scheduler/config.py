@@ -71,6 +71,19 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PYTHON_SANDBOX_AUTH_TOKEN", "", "Token sent to the sandbox nodes (required by `dispatch`)."),
     Variable("PYTHON_DISPATCH_BATCH", "50", "Most runs claimed per transaction (and never more than free slots)."),
     Variable("PYTHON_DISPATCH_THREADS", "16", "Parallel task-file fetches and hand-offs per dispatcher."),
+    Variable(
+        "PYTHON_DISPATCH_WAKE_DIR",
+        "auto",
+        "Directory of the dispatchers' wake-up sockets: the API wakes the dispatchers on its host when a run is "
+        "created or ends, instead of leaving it to their next poll (0.2 s). `auto`: a private directory per "
+        "database under `$XDG_RUNTIME_DIR` or the temp directory; `off`: poll only.",
+    ),
+    Variable(
+        "PYTHON_DISPATCH_FETCH_SCRIPT",
+        "true",
+        "true: the dispatcher downloads a saved script and hands its content to the sandbox with the run; "
+        "the sandbox downloads it itself only when this fails. false: the sandbox always downloads it.",
+    ),
     Variable("PYTHON_DISPATCH_LEASE_SECS", "30", "A claim not handed off within this time returns to the queue."),
     Variable(
         "PYTHON_DISPATCH_HANDOFF_SECS",
@@ -173,6 +186,8 @@ class Config:
     sandbox_auth_token: str = field(default="", repr=False)
     dispatch_batch: int = 50
     dispatch_threads: int = 16
+    dispatch_wake_dir: str = "auto"
+    dispatch_fetch_script: bool = True
     lease_secs: int = 30
     handoff_secs: int = 60
     lost_grace_secs: int = 60
@@ -233,6 +248,8 @@ class Config:
             sandbox_auth_token=_str(env, "PYTHON_SANDBOX_AUTH_TOKEN"),
             dispatch_batch=_int(env, "PYTHON_DISPATCH_BATCH", 1),
             dispatch_threads=_int(env, "PYTHON_DISPATCH_THREADS", 1),
+            dispatch_wake_dir=_str(env, "PYTHON_DISPATCH_WAKE_DIR"),
+            dispatch_fetch_script=_bool(env, "PYTHON_DISPATCH_FETCH_SCRIPT"),
             lease_secs=_int(env, "PYTHON_DISPATCH_LEASE_SECS", 1),
             handoff_secs=_int(env, "PYTHON_DISPATCH_HANDOFF_SECS", 1),
             lost_grace_secs=_int(env, "PYTHON_SANDBOX_LOST_GRACE_SECS", 0),

@@ -29,11 +29,13 @@ from scheduler.db import Store
 from scheduler.fairshare import Team
 from scheduler.nodes import Nodes, Sent
 from scheduler.queue import ClaimedRun
-from scheduler.seatable import FetchFailed, ScriptNotFound, SeaTable
+from scheduler.seatable import FetchFailed, ScriptNotFound, SeaTable, TaskFile
+from scheduler.wakeup import WakeListener, wake_dir
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL = 0.2  # seconds between looks at an empty queue (the lone-run latency budget is 1 s)
+IDLE_POLL = 0.2  # seconds between looks at an empty queue when no wake-up arrives (wakeup.py)
+DOWNLOAD_PAUSE = 60.0  # after the file server refused the dispatcher's connect, the sandboxes download for this long
 FETCH_ATTEMPTS = 3  # a run whose task/file fetch fails this often ends with the failure (no endless retry)
 FETCH_RETRY_SECS = 2.0  # times the attempt: 2 s, then 4 s
 RETRY = "retry"
@@ -68,6 +70,7 @@ class Dispatcher:
         nodes: Nodes,
         me: str | None = None,
         pause: Callable[[str, list[int]], None] | None = None,
+        wake: WakeListener | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -86,12 +89,28 @@ class Dispatcher:
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=config.dispatch_threads, thread_name_prefix="handoff")
         self.totals = BatchReport()
+        self.wake = wake  # made by run(): a dispatcher driven step by step (tests) binds no socket
+        self._downloads_from = 0.0  # monotonic time from which the dispatcher downloads scripts again
 
     def stop(self) -> None:
         self.stopping.set()
+        if self.wake is not None:
+            self.wake.interrupt()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait for a wake-up (a run created or ended), a stop, or `seconds`; True when woken."""
+        if self.wake is None:
+            self.stopping.wait(seconds)
+            return False
+        if self.stopping.is_set():
+            return False
+        return self.wake.wait(seconds)
 
     def run(self) -> None:
-        log.info("dispatcher %s started, nodes: %s", self.me, ", ".join(self.nodes.nodes))
+        if self.wake is None:
+            self.wake = WakeListener(wake_dir(self.config))
+        log.info("dispatcher %s started, nodes: %s; %s", self.me, ", ".join(self.nodes.nodes),
+                 f"woken through {self.wake.path.parent}" if self.wake.path else "polling only")
         while not self.stopping.is_set():
             try:
                 worked = self.step()
@@ -99,8 +118,9 @@ class Dispatcher:
                 log.exception("dispatch step failed")
                 worked = False
             if not worked:
-                self.stopping.wait(IDLE_POLL * random.uniform(0.75, 1.25))
+                self._sleep(IDLE_POLL * random.uniform(0.75, 1.25))
         self.pool.shutdown(wait=True)
+        self.wake.close()
         log.info(
             "dispatcher %s stopped: %d claimed, %d handed off, %d released, %d ended",
             self.me,
@@ -115,7 +135,8 @@ class Dispatcher:
         self.nodes.refresh()
         capacity = min(self.nodes.capacity(), self.config.dispatch_batch)
         if capacity <= 0:
-            self.stopping.wait(min(max(self.nodes.next_ready_in(), 0.05), IDLE_POLL))
+            if self._sleep(min(max(self.nodes.next_ready_in(), 0.05), IDLE_POLL)):
+                self.nodes.recheck()  # a run ended (or was created): its node may have a free slot now
             return True
         claimed = self.claims.claim(capacity)
         if not claimed:
@@ -209,7 +230,8 @@ class Dispatcher:
                 body["script_content"], token = draft
             else:
                 task = self.seatable.task_file(run.dtable_uuid, run.script_name)
-                body["script_url"], token = task.script_url, task.temp_api_token
+                token = task.temp_api_token
+                body.update(self._script(run, task))
         except ScriptNotFound:
             runs.fail_run(self.store, run.id, texts.SCRIPT_NOT_FOUND.format(script_name=run.script_name))
             return None
@@ -221,6 +243,23 @@ class Dispatcher:
             return None
         body["env"] = {"dtable_web_url": self.config.seatable_server_url, "api_token": token}
         return body
+
+    def _script(self, run: ClaimedRun, task: TaskFile) -> dict[str, str]:
+        """script_content when the dispatcher could download it (one request fewer on the run's path, over a
+        kept-alive connection), else a script_url for the sandbox to download: the same URL when it is unspent,
+        a fresh one when the failed download may have used it up."""
+        if not self.config.dispatch_fetch_script or time.monotonic() < self._downloads_from:
+            return {"script_url": task.script_url}
+        download = self.seatable.download_script(task.script_url)
+        if download.content is not None:
+            return {"script_content": download.content}
+        if not download.spent:
+            if time.monotonic() >= self._downloads_from:
+                log.warning("the file server refused the dispatcher's connection: sandboxes download scripts "
+                            "for the next %.0f s", DOWNLOAD_PAUSE)
+            self._downloads_from = time.monotonic() + DOWNLOAD_PAUSE
+            return {"script_url": task.script_url}
+        return {"script_url": self.seatable.task_file(run.dtable_uuid, run.script_name).script_url}
 
     def _end_rate_limited(self, limited: list[ClaimedRun]) -> None:
         """Upstream's answer to a team over its share: end the run, tell SeaTable once per window."""

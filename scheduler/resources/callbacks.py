@@ -109,7 +109,10 @@ class ResultCallback(_Callback):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         data = self.read(req)
-        self.answer(resp, runs.record_result(self.store, data["script_id"], self.result(data)))
+        outcome = runs.record_result(self.store, data["script_id"], self.result(data))
+        if outcome is runs.Outcome.APPLIED:
+            self.ctx.wake_dispatchers()  # the run's slot on its node is free again
+        self.answer(resp, outcome)
 
     def result(self, data: dict[str, Any]) -> runs.RunResult:
         wrong = problems(self.validator, data)
