@@ -2,7 +2,8 @@
 
 One loop per process; several processes may run against one database. A batch goes through:
 claim (one transaction) -> rate limit -> task/file from SeaTable, in parallel -> pick ready nodes ->
-mark "handing off" (one transaction, committed before any POST) -> POST, in parallel, each retried at once
+mark "handing off" (one transaction, committed before any POST) -> download the script (its content goes
+with the run; bounded, so the hand-off stays inside its window) and POST, in parallel, each retried at once
 on its node after a reset or timeout (nodes.py) -> release what provably never arrived (the next batch may
 give it to another node), end what was refused. Only a hand-off whose retries all stayed uncertain is left
 to the sweeper. SIGTERM stops claiming; the batch in hand is finished
@@ -29,7 +30,7 @@ from scheduler.db import Store
 from scheduler.fairshare import Team
 from scheduler.nodes import Nodes, Sent
 from scheduler.queue import ClaimedRun
-from scheduler.seatable import FetchFailed, ScriptNotFound, SeaTable, TaskFile
+from scheduler.seatable import FetchFailed, ScriptNotFound, SeaTable
 from scheduler.wakeup import WakeListener, wake_dir
 
 log = logging.getLogger(__name__)
@@ -185,8 +186,12 @@ class Dispatcher:
         if lost:
             log.warning("lease lost before hand-off for runs %s", sorted(lost))
         sends = [(run_id, assignments[run_id]) for run_id in assignments if run_id in ours]
-        outcomes = list(self.pool.map(lambda s: self.nodes.post(s[1], prepared[s[0]]), sends))
-        self._settle(sends, outcomes, {c.id: c for c in todo}, report)
+        by_id = {c.id: c for c in todo}
+        # The script is downloaded here, after the claim's lease became the hand-off deadline: the batch's
+        # preparation under the lease stays one SeaTable request per run.
+        outcomes = list(self.pool.map(
+            lambda s: self.nodes.post(s[1], self._with_script(by_id[s[0]], prepared[s[0]])), sends))
+        self._settle(sends, outcomes, by_id, report)
         self.pause("after-handoff", [run_id for run_id, _ in sends])
         return report
 
@@ -230,8 +235,7 @@ class Dispatcher:
                 body["script_content"], token = draft
             else:
                 task = self.seatable.task_file(run.dtable_uuid, run.script_name)
-                token = task.temp_api_token
-                body.update(self._script(run, task))
+                body["script_url"], token = task.script_url, task.temp_api_token
         except ScriptNotFound:
             runs.fail_run(self.store, run.id, texts.SCRIPT_NOT_FOUND.format(script_name=run.script_name))
             return None
@@ -244,22 +248,26 @@ class Dispatcher:
         body["env"] = {"dtable_web_url": self.config.seatable_server_url, "api_token": token}
         return body
 
-    def _script(self, run: ClaimedRun, task: TaskFile) -> dict[str, str]:
-        """script_content when the dispatcher could download it (one request fewer on the run's path, over a
-        kept-alive connection), else a script_url for the sandbox to download: the same URL when it is unspent,
-        a fresh one when the failed download may have used it up."""
-        if not self.config.dispatch_fetch_script or time.monotonic() < self._downloads_from:
-            return {"script_url": task.script_url}
-        download = self.seatable.download_script(task.script_url)
+    def _with_script(self, run: ClaimedRun, body: dict[str, Any]) -> dict[str, Any]:
+        """The body with script_content when the dispatcher could download the script (one request fewer on the
+        run's path, over a kept-alive connection), else with a script_url for the sandbox to download: the same
+        URL when it is unspent, a fresh one when the failed download may have used it up."""
+        url = body.get("script_url")
+        if not url or not self.config.dispatch_fetch_script or time.monotonic() < self._downloads_from:
+            return body
+        download = self.seatable.download_script(url)
         if download.content is not None:
-            return {"script_content": download.content}
+            return {**{k: v for k, v in body.items() if k != "script_url"}, "script_content": download.content}
         if not download.spent:
-            if time.monotonic() >= self._downloads_from:
-                log.warning("the file server refused the dispatcher's connection: sandboxes download scripts "
-                            "for the next %.0f s", DOWNLOAD_PAUSE)
+            log.warning("the file server refused the dispatcher's connection: sandboxes download scripts "
+                        "for the next %.0f s", DOWNLOAD_PAUSE)
             self._downloads_from = time.monotonic() + DOWNLOAD_PAUSE
-            return {"script_url": task.script_url}
-        return {"script_url": self.seatable.task_file(run.dtable_uuid, run.script_name).script_url}
+            return body
+        try:
+            return {**body, "script_url": self.seatable.task_file(run.dtable_uuid, run.script_name).script_url}
+        except (FetchFailed, ScriptNotFound) as exc:  # the sandbox tries the spent URL and says it failed
+            log.info("run %s: no fresh script URL (%s)", run.id, exc)
+            return body
 
     def _end_rate_limited(self, limited: list[ClaimedRun]) -> None:
         """Upstream's answer to a team over its share: end the run, tell SeaTable once per window."""

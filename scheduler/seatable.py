@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,10 @@ from scheduler.sessions import ThreadSessions
 log = logging.getLogger(__name__)
 
 TIMEOUT_SECONDS = 30
-SCRIPT_TIMEOUT = (3.0, 30.0)  # connect, read: a file server that does not answer at once is left to the sandbox
+# A download happens between the hand-off mark and the POST, so it is bounded well inside
+# PYTHON_DISPATCH_HANDOFF_SECS together with the POST's retries (nodes.RETRY_BUDGET).
+SCRIPT_TIMEOUT = (3.0, 10.0)  # connect, each read
+SCRIPT_BUDGET = 15.0  # the whole download
 SCRIPT_MAX_BYTES = 1 << 20  # the sandbox's limit for script_content
 
 
@@ -114,10 +118,15 @@ class SeaTable:
         coding declaration itself) or over the sandbox's limit counts as not downloaded: the caller asks
         for a fresh URL and the sandbox downloads it, as before.
         """
+        started = time.monotonic()
         try:
             with self.session.get(script_url, timeout=SCRIPT_TIMEOUT, stream=True, allow_redirects=False) as response:
-                body = response.raw.read(SCRIPT_MAX_BYTES + 1, decode_content=True)
-                status = response.status_code
+                status, body = response.status_code, b""
+                for chunk in response.iter_content(65536):
+                    body += chunk
+                    if len(body) > SCRIPT_MAX_BYTES or time.monotonic() - started > SCRIPT_BUDGET:
+                        status = 0  # too big or too slow: left to the sandbox, with a fresh URL
+                        break
         except (requests.ConnectionError, requests.Timeout) as exc:
             spent = not _connect_failed(exc)
             log.info("script download failed (%s): the sandbox downloads it", type(exc).__name__)
