@@ -414,7 +414,8 @@ def render(results: dict[str, Any], args: argparse.Namespace, load: tuple[float,
                      + " |")
     bursts: dict[str, Burst] = results["bursts"]
     alone_rate = bursts["sandbox alone"].rate
-    lines += ["", f"Burst of {args.burst} runs from {TEAMS} teams (the sandbox alone: 10 in flight, the next one sent when a result arrives):",
+    lines += ["", f"Burst of {args.burst} runs from {TEAMS} teams (the sandbox alone: 10 in flight, the next one "
+              "sent when a result arrives):",
               "", "| system | runs/s | vs sandbox alone | time to result p50 ms | p99 ms | max ms | GET p50 / p99 ms |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for name, b in bursts.items():
