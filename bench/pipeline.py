@@ -189,7 +189,7 @@ class PipelineSystem:
         self.pipeline = Pipeline(
             say=lambda _text: None, db_env=db.env() if db else {}, sandbox_env=dict(SANDBOX_ENV),
             workdir=work / name.replace(" ", "-"), repo=repo, sandbox_venv=venv,
-            scheduler_extra={"TIME_ZONE": "UTC", "PYTHON_SCHEDULER_WORKERS": "2",
+            scheduler_extra_env={"TIME_ZONE": "UTC", "PYTHON_SCHEDULER_WORKERS": "2",
                              "PYTHON_SCHEDULER_LOG_LEVEL": "WARNING"})
         self.pipeline.workdir.mkdir(parents=True)
         self.pipeline.start()

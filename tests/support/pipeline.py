@@ -57,6 +57,7 @@ class Pipeline:
     say: Say = print
     db_env: dict[str, str] = field(default_factory=dict)  # DB_* for MariaDB; empty: SQLite
     sandbox_env: dict[str, str] = field(default_factory=dict)
+    scheduler_extra_env: dict[str, str] = field(default_factory=dict)  # for scheduler, dispatcher and migrate
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     sandbox_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pipeline-")))
@@ -66,7 +67,6 @@ class Pipeline:
     scheduler_port: int = field(default_factory=free_port)
     repo: Path = REPO  # the checkout the scheduler runs from (benchmarks compare two commits)
     sandbox_venv: Path | None = None  # the sandbox's virtualenv bin directory; None: this prefix's
-    scheduler_extra: dict[str, str] = field(default_factory=dict)  # PYTHON_* settings of the scheduler
 
     @property
     def scheduler_url(self) -> str:
@@ -87,7 +87,7 @@ class Pipeline:
             "PYTHON_SANDBOX_AUTH_TOKEN": self.sandbox_token,
             "PYTHON_PROCESS_TIMEOUT": self.sandbox_env.get("PYTHON_PROCESS_TIMEOUT", "60"),
             **self.db_env,
-            **self.scheduler_extra,
+            **self.scheduler_extra_env,
         })
         return env
 
