@@ -146,6 +146,15 @@ VARIABLES: tuple[Variable, ...] = (
         "dispatch_batch", "50", "Most runs claimed per transaction (and never more than free slots).")),
     Variable("PYTHON_DISPATCH_THREADS", Int(minimum=1), scheduler=Use(
         "dispatch_threads", "16", "Parallel task-file fetches and hand-offs per dispatcher.")),
+    Variable("PYTHON_DISPATCH_WAKE_DIR", Text(), scheduler=Use(
+        "dispatch_wake_dir", "auto",
+        "Directory of the dispatchers' wake-up sockets: the API wakes the dispatchers on its host when a run is "
+        "created or ends, instead of leaving it to their next poll (0.2 s). `auto`: a private directory per "
+        "database under `$XDG_RUNTIME_DIR` or the temp directory; `off`: poll only.")),
+    Variable("PYTHON_DISPATCH_FETCH_SCRIPT", Flag(), scheduler=Use(
+        "dispatch_fetch_script", "true",
+        "true: the dispatcher downloads a saved script and hands its content to the sandbox with the run; "
+        "the sandbox downloads it itself only when this fails. false: the sandbox always downloads it.")),
     Variable("PYTHON_DISPATCH_LEASE_SECS", Int(minimum=1), scheduler=Use(
         "lease_secs", "30", "A claim not handed off within this time returns to the queue.")),
     Variable("PYTHON_DISPATCH_HANDOFF_SECS", Int(minimum=1), scheduler=Use(

@@ -55,6 +55,8 @@ class Config:
     sandbox_urls: tuple[str, ...]
     dispatch_batch: int
     dispatch_threads: int
+    dispatch_wake_dir: str
+    dispatch_fetch_script: bool
     lease_secs: int
     handoff_secs: int
     lost_grace_secs: int

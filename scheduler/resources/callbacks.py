@@ -131,8 +131,10 @@ class ResultCallback(_Callback):
         data = self.read(req)
         result = self.result(data)
         recorded = runs.record_result(self.store, data["script_id"], result)
-        if recorded is runs.Outcome.APPLIED and self.metrics is not None:
-            self.metrics.finished(result.kind, result.spend_time)
+        if recorded is runs.Outcome.APPLIED:
+            self.ctx.wake_dispatchers()  # the run's slot on its node is free again
+            if self.metrics is not None:
+                self.metrics.finished(result.kind, result.spend_time)
         self.answer(resp, recorded)
 
     def result(self, data: dict[str, Any]) -> runs.RunResult:

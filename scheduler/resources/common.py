@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -61,6 +62,7 @@ class Context:
     clock: Clock
     max_body_bytes: int
     accept_unauthenticated_callbacks: bool
+    wake_dispatchers: Callable[[], None] = lambda: None  # a hint: a run was created or a slot freed
 
     def require_auth(self, req: falcon.Request, forbidden_text: str = texts.FORBIDDEN) -> None:
         if not self.auth.accepts(req.get_header("Authorization")):

@@ -79,6 +79,7 @@ class RunScript:
         if limit != -1 and not can_run(self.store, self.seatable, run.owner, run.org_id, limit):
             raise bad(texts.LIMIT_EXCEEDED)
         resp.media = {"script_id": runs.create_run(self.store, run)}
+        self.ctx.wake_dispatchers()
 
 
 class RunDraftScript(RunScript):
