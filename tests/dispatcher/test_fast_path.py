@@ -29,7 +29,7 @@ from tests.dispatcher.test_dispatch import dispatch_env
 from tests.scheduler.conftest import start_scheduler
 from tests.support.stub_sandbox import StubSandbox
 
-BOTH = pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
+BOTH = pytest.mark.parametrize("backend", ["sqlite", "mariadb"], indirect=True)
 
 
 def _dispatcher(db_env: dict[str, str], seatable: SeaTableStub, store: Store, node: StubSandbox,
