@@ -35,6 +35,7 @@ class Store:
     entities: Entities
     mysql: bool
     clock: Clock
+    sqlite_path: str | None = None
 
     def write(self, fn: Callable[[], T], attempts: int = 8) -> T:
         """Run `fn` in its own transaction, retrying deadlocks and busy databases."""
@@ -48,6 +49,24 @@ class Store:
                 log.debug("retrying transaction after %s", exc)
                 time.sleep(0.005 * attempt)
         raise AssertionError("unreachable")
+
+    def scrub(self) -> bool:
+        """Move SQLite's write-ahead log into the file and empty it: erased values (draft tokens) leave the disk.
+
+        secure_delete (set on every connection) zeroes what an UPDATE or DELETE frees in the file's pages; the
+        WAL still holds older page images until a checkpoint that truncates it. Without waiting for readers
+        (it never stalls a caller): False when one kept it from finishing; the maintenance loop repeats it."""
+        if self.sqlite_path is None:
+            return True  # MariaDB: an UPDATE to NULL is the erasure
+        connection = sqlite3.connect(self.sqlite_path, timeout=0)
+        try:
+            busy, _frames, _moved = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return not busy
+        except sqlite3.OperationalError as exc:
+            log.debug("WAL checkpoint deferred: %s", exc)
+            return False
+        finally:
+            connection.close()
 
     def disconnect(self) -> None:
         self.db.disconnect()
@@ -87,12 +106,14 @@ def open_store(config: Config, check_tables: bool = True) -> Store:
             cursor = connection.cursor()
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA busy_timeout = 30000")
+            cursor.execute("PRAGMA secure_delete = ON")  # erased draft tokens are zeroed, not just unlinked
 
     entities = define_entities(db)
     db.generate_mapping(create_tables=False, check_tables=check_tables)
     if check_tables:
         db.disconnect()  # do not hand an open connection to forked workers
-    return Store(db, entities, config.uses_mysql, Clock(zone(config.time_zone)))
+    return Store(db, entities, config.uses_mysql, Clock(zone(config.time_zone)),
+                 None if config.uses_mysql else os.path.abspath(config.sqlite_path))
 
 
 def schema_connection(config: Config) -> SchemaConnection:

@@ -15,7 +15,7 @@ import jsonschema
 
 from scheduler import runs, texts
 from scheduler.db import Store
-from scheduler.resources.common import MAX_ID, ApiError, Context, validate
+from scheduler.resources.common import MAX_ID, ApiError, BodyBudget, Context, validate
 
 _SCRIPT_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 _EPOCH = {"type": ["number", "null"], "minimum": 0, "maximum": 1e11}
@@ -39,6 +39,8 @@ def problems(validator: jsonschema.protocols.Validator, data: dict[str, Any]) ->
 
 
 class _Callback:
+    BUDGET = BodyBudget(bytes=64 * 1024, values=64)
+
     def __init__(self, ctx: Context, store: Store) -> None:
         self.ctx = ctx
         self.store = store
@@ -47,7 +49,7 @@ class _Callback:
         """The body, which must at least name a run; 400 otherwise (there is no run to store anything on)."""
         if not self.ctx.accept_unauthenticated_callbacks:
             self.ctx.require_auth(req)
-        data = self.ctx.read_json_object(req)
+        data = self.ctx.read_json_object(req, self.BUDGET, salvage_text=True)
         validate(_NAMES_A_RUN, data)
         return data
 
@@ -91,6 +93,10 @@ class ResultCallback(_Callback):
     A result with invalid fields is stored as failed: the valid fields are kept, and the output says
     which fields were wrong.
     """
+
+    # The output (up to PYTHON_RUNNER_OUTPUT_LIMIT characters, escaped) is one string: bytes up to the
+    # scheduler's PYTHON_SCHEDULER_MAX_BODY_BYTES, few values.
+    BUDGET = BodyBudget(bytes=2**62, values=256)
 
     SCHEMA: dict[str, Any] = {
         "type": "object",
