@@ -34,10 +34,11 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("DB_HOST", "", "MariaDB/MySQL host; empty selects the embedded SQLite database."),
     Variable("DB_PORT", "3306", "MariaDB/MySQL port."),
-    Variable("DB_USER", "", "Database user (used when DB_ROOT_PASSWD is empty)."),
+    Variable("DB_USER", "", "Database user of the serving processes (API, dispatcher, maintenance)."),
     Variable("DB_PASSWD", "", "Password of DB_USER."),
-    Variable("DB_ROOT_USER", "root", "Privileged database user, preferred when DB_ROOT_PASSWD is set."),
-    Variable("DB_ROOT_PASSWD", "", "Password of DB_ROOT_USER."),
+    Variable("DB_ROOT_USER", "root", "Privileged database user for `migrate` only: it creates the database and "
+             "DB_USER (rights: SELECT, INSERT, UPDATE, DELETE on it); the serving processes never use it."),
+    Variable("DB_ROOT_PASSWD", "", "Password of DB_ROOT_USER; empty: `migrate` uses DB_USER."),
     Variable("DATABASE_NAME", "scheduler", "Database (schema) name on MariaDB/MySQL."),
     Variable(
         "PYTHON_SCHEDULER_SQLITE_PATH",
@@ -153,6 +154,8 @@ class Config:
     db_port: int = 3306
     db_user: str = "root"
     db_passwd: str = field(default="", repr=False)
+    db_root_user: str = ""  # set only with DB_ROOT_PASSWD: migrate's account, never a serving process's
+    db_root_passwd: str = field(default="", repr=False)
     database_name: str = "scheduler"
     sqlite_path: str = _DEFAULTS["PYTHON_SCHEDULER_SQLITE_PATH"]
     process_timeout: int = 60
@@ -188,12 +191,11 @@ class Config:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         env = os.environ if environ is None else environ
-        # Upstream's credential rule: the root account when its password is given, else DB_USER.
+        # Upstream used the root account whenever its password was given; here only migrate does.
         root_passwd = _str(env, "DB_ROOT_PASSWD")
-        if root_passwd:
-            user, passwd = _str(env, "DB_ROOT_USER") or "root", root_passwd
-        elif _str(env, "DB_USER") and _str(env, "DB_PASSWD"):
-            user, passwd = _str(env, "DB_USER"), _str(env, "DB_PASSWD")
+        root_user = (_str(env, "DB_ROOT_USER") or "root") if root_passwd else ""
+        if root_passwd and not (_str(env, "DB_USER") and _str(env, "DB_PASSWD")):
+            user, passwd = "", ""  # serving refuses (require_service_database); migrate still works
         else:
             user, passwd = _str(env, "DB_USER") or "root", _str(env, "DB_PASSWD")
         time_zone = _str(env, "TIME_ZONE")
@@ -213,6 +215,8 @@ class Config:
             db_port=_int(env, "DB_PORT", 1),
             db_user=user,
             db_passwd=passwd,
+            db_root_user=root_user,
+            db_root_passwd=root_passwd,
             database_name=_str(env, "DATABASE_NAME"),
             sqlite_path=_str(env, "PYTHON_SCHEDULER_SQLITE_PATH"),
             process_timeout=_int(env, "PYTHON_PROCESS_TIMEOUT", 1),
@@ -246,6 +250,12 @@ class Config:
         """Refuse to serve without a secret: an empty token would let `Token ` through."""
         if not self.auth_token:
             raise ConfigError("PYTHON_SCHEDULER_AUTH_TOKEN must be set")
+
+    def require_service_database(self) -> None:
+        """The serving processes connect as DB_USER, never as DB_ROOT_USER."""
+        if self.uses_mysql and not self.db_user:
+            raise ConfigError("DB_ROOT_PASSWD is used by `seatable-scheduler migrate` only: set DB_USER and "
+                              "DB_PASSWD for the serving processes (migrate creates that user when it is missing)")
 
     def require_dispatch_settings(self) -> None:
         """The dispatcher needs somewhere to send runs and a token the nodes accept."""
