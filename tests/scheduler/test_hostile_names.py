@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import requests
 
 from scheduler import queue, texts
 from scheduler.config import Config
-from scheduler.db import Store
+from scheduler.db import Store, open_store
 from scheduler.seatable import ScriptNotFound, SeaTable
 from tests.scheduler.conftest import AUTH, BASE, RunningServer, StubSeaTable
 
@@ -43,9 +43,23 @@ GOOD_NAMES = ["a.py", "Rechnung März 😀.py", "..a.py", "a..py", "x y.py"]
 
 
 @pytest.fixture
-def scheduler(serve: Callable[[dict[str, str]], RunningServer], make_env: Callable[..., dict[str, str]],
-              seatable_stub: StubSeaTable) -> RunningServer:
-    return serve(make_env(SEATABLE_SERVER_URL=seatable_stub.url))
+def env(make_env: Callable[..., dict[str, str]], seatable_stub: StubSeaTable) -> dict[str, str]:
+    return make_env(SEATABLE_SERVER_URL=seatable_stub.url)
+
+
+@pytest.fixture
+def scheduler(env: dict[str, str], serve: Callable[[dict[str, str]], RunningServer]) -> RunningServer:
+    """A real scheduler; stopped before its database is dropped (fixtures end in reverse order)."""
+    return serve(env)
+
+
+@pytest.fixture
+def server_store(scheduler: RunningServer, env: dict[str, str]) -> Iterator[tuple[Config, Store]]:
+    """The running scheduler's own database (migrated by it), opened as the dispatcher opens it."""
+    config = Config.from_env(env)
+    store = open_store(config)
+    yield config, store
+    store.disconnect()
 
 
 def post_raw(server: RunningServer, path: str, body: bytes) -> requests.Response:
@@ -141,7 +155,9 @@ def database_bytes(config: Config) -> bytes:
     return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
-def test_draft_tokens_leave_the_database_files(scheduler: RunningServer, config: Config, store: Store) -> None:
+def test_draft_tokens_leave_the_database_files(scheduler: RunningServer,
+                                               server_store: tuple[Config, Store]) -> None:
+    config, store = server_store
     token = f"DRAFT-TOKEN-{secrets.token_hex(16)}"
     code = f"print('{secrets.token_hex(16)}')"
     run_id = post_raw(scheduler, "/run-draft-script/",
