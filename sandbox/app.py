@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 import falcon
+from prometheus_client import CollectorRegistry
 
-from sandbox.resources.health import Health, Ping, Ready, Report, UpstreamHealth
+from observability.metrics_http import Metrics, MetricsAuth
+from sandbox.openapi import document
+from sandbox.resources.health import Health, OpenApi, Ping, Ready, Report, UpstreamHealth
 from sandbox.resources.run import RunPython, RunStatus
 
 MAX_BODY = 4 << 20
@@ -16,7 +20,8 @@ MAX_BODY = 4 << 20
 class TokenAuth:
     """`Authorization: Token <PYTHON_SANDBOX_AUTH_TOKEN>` on every route but the health probes."""
 
-    OPEN = frozenset({"/ping/", "/_/health", "/health", "/ready", "/"})
+    # /metrics checks its own token (Metrics); /openapi.json describes the API and holds nothing secret.
+    OPEN = frozenset({"/ping/", "/_/health", "/health", "/ready", "/", "/metrics", "/openapi.json"})
 
     def __init__(self, token: str) -> None:
         self.expected = f"Token {token}".encode()
@@ -39,16 +44,28 @@ def json_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError
         resp.set_headers(exc.headers)
 
 
-def create_app(auth_token: str, service: Any, health: Report, ready: Report) -> falcon.App:
+def create_app(
+    auth_token: str,
+    service: Any,
+    health: Report,
+    ready: Report,
+    metrics: tuple[Callable[[], CollectorRegistry], str] | None = None,
+) -> falcon.App:
+    """`metrics`: the registry to expose at /metrics and the token that guards it (None: no /metrics)."""
     app = falcon.App(middleware=[TokenAuth(auth_token)])
     app.add_error_handler(falcon.HTTPError, json_error)
     # JSON only: a form body would otherwise parse into something schema-shaped but wrong.
     app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: falcon.media.JSONHandler()})
     app.add_route("/function/run-python", RunPython(service))
-    app.add_route("/function/runs/{script_id:int(min=1)}", RunStatus(service))
+    # Bounded as SQLite integers are: a larger id is no run of ours (404), not an overflow (500).
+    app.add_route("/function/runs/{script_id:int(min=1, max=9223372036854775807)}", RunStatus(service))
     app.add_route("/ping/", Ping())
     app.add_route("/", Ping())
     app.add_route("/_/health", UpstreamHealth())
     app.add_route("/health", Health(health))
     app.add_route("/ready", Ready(ready))
+    app.add_route("/openapi.json", OpenApi(document()))
+    if metrics is not None:
+        registry, token = metrics
+        app.add_route("/metrics", Metrics(registry, MetricsAuth(token)))
     return app

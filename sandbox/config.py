@@ -8,6 +8,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from sandbox import runner_options
 from sandbox.egress_policy import EgressPolicy
@@ -78,7 +79,17 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas", "modules warm runners import before their job; "
      "a runner made to replace a taken one imports those of them the taken run's script imported"),
     ("PYTHON_SANDBOX_POOL_MIN_AVAILABLE", "1g", "below this much available memory the pool empties"),
+    ("PYTHON_SANDBOX_LOG_LEVEL", "INFO", "log level (DEBUG, INFO, WARNING, ERROR); also gunicorn's"),
+    ("PYTHON_STARTER_LOG_LEVEL", "", "upstream's starter log level: used when PYTHON_SANDBOX_LOG_LEVEL is not set"),
+    ("LOG_FORMAT", "plain", "`plain` lines, or `json`: one JSON object per line (both services)"),
+    ("LOG_TO_STDOUT", "false", "upstream's switch: true logs to stdout; false to stderr (upstream wrote files; here "
+     "the journal or container log keeps them)"),
+    ("PYTHON_SANDBOX_METRICS_TOKEN", "", "token Prometheus sends for `GET /metrics` (`Authorization: Bearer …`); "
+     "empty: PYTHON_SANDBOX_AUTH_TOKEN"),
 ]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("plain", "json")
 
 NETWORK_MODES = ("none", "seatable", "open")
 # What Docker accepts as a network name: upstream's PYTHON_RUNNER_NETWORK=runner-net means the open mode.
@@ -133,7 +144,16 @@ class SandboxConfig:
     warm_pool: int = 2
     preimport: str = "seatable_api,pandas"
     pool_min_available: int = 1 << 30
+    log_level: str = "INFO"
+    log_format: str = "plain"
+    log_to_stdout: bool = False
+    metrics_token: str = ""
     runner_options: RunnerOptions = field(default_factory=RunnerOptions)
+
+    @property
+    def metrics_credential(self) -> str:
+        """What GET /metrics accepts: its own token, else the sandbox's API token."""
+        return self.metrics_token or self.auth_token
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> SandboxConfig:
@@ -155,6 +175,7 @@ class SandboxConfig:
         ca_bundle = env.get("PYTHON_RUNNER_CA_BUNDLE", "")
         if ca_bundle:
             ca_bundle = _read_ca_bundle(ca_bundle)
+        logging_ = log_settings(env)
         return cls(
             auth_token=env["PYTHON_SANDBOX_AUTH_TOKEN"],
             scheduler_url=env.get("PYTHON_SCHEDULER_URL", "http://127.0.0.1:5055").rstrip("/"),
@@ -190,8 +211,33 @@ class SandboxConfig:
             warm_pool=_whole(env, "PYTHON_SANDBOX_WARM_POOL", 2),
             preimport=env.get("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas"),
             pool_min_available=parse_size(env.get("PYTHON_SANDBOX_POOL_MIN_AVAILABLE") or "1g"),
+            log_level=logging_.level,
+            log_format=logging_.format,
+            log_to_stdout=logging_.to_stdout,
+            metrics_token=env.get("PYTHON_SANDBOX_METRICS_TOKEN", ""),
             runner_options=options,
         )
+
+
+class LogSettings(NamedTuple):
+    level: str
+    format: str
+    to_stdout: bool
+
+
+def log_settings(env: dict[str, str]) -> LogSettings:
+    """Level (ours, else upstream's PYTHON_STARTER_LOG_LEVEL), format and stream; a bad value fails at start."""
+    level = (env.get("PYTHON_SANDBOX_LOG_LEVEL") or env.get("PYTHON_STARTER_LOG_LEVEL") or "INFO").strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"log level {level!r} (PYTHON_SANDBOX_LOG_LEVEL or PYTHON_STARTER_LOG_LEVEL): "
+                         f"use one of {', '.join(LOG_LEVELS)}")
+    log_format = (env.get("LOG_FORMAT") or "plain").strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"LOG_FORMAT={log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+    to_stdout = (env.get("LOG_TO_STDOUT") or "false").strip().lower()
+    if to_stdout not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(f"LOG_TO_STDOUT={to_stdout!r}: use true or false")
+    return LogSettings(level, log_format, _true(to_stdout))
 
 
 def _network_mode(value: str) -> str:

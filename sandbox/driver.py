@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -71,8 +72,17 @@ class RunResult:
     def success(self) -> bool:
         return self.outcome == "exited" and self.return_code == 0
 
+    @property
+    def kind(self) -> str:
+        """What ended the run, in the scheduler's words (scheduler/outcomes.py)."""
+        if self.outcome == "exited":
+            return "success" if self.return_code == 0 else "failed"
+        if self.outcome == "signal":
+            return "cpu_limit" if self.return_code == 128 + signal.SIGXCPU else "killed_by_signal"
+        return _KINDS.get(self.outcome, "failed")
+
     def body(self, script_id: int) -> dict[str, object]:
-        """upstream's /script-result/ body."""
+        """upstream's /script-result/ body, plus the outcome kind (upstream's scheduler ignores it)."""
         return {
             "script_id": script_id,
             "success": self.success,
@@ -80,7 +90,18 @@ class RunResult:
             "output": self.output,
             "started_at": self.started_at,
             "spend_time": round(self.spend_time, 3),
+            "outcome": self.kind,
         }
+
+
+_KINDS = {
+    "timeout": "time_limit",
+    "output_limit": "output_limit",
+    "out_of_memory": "out_of_memory",
+    "error": "sandbox_error",
+    "lost": "sandbox_lost",
+    "fetch_failed": "fetch_failed",
+}
 
 
 @dataclass

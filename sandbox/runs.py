@@ -21,9 +21,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from observability import logs
 from sandbox import texts
 from sandbox.driver import Job, RunResult
 from sandbox.egress_policy import EgressPolicy
+from sandbox.metrics import RunMetrics
 
 log = logging.getLogger(__name__)
 SCRIPT_FETCH_TIMEOUT = 60
@@ -45,6 +47,9 @@ class Duplicate(Exception):
 
 class Unavailable(Exception):
     """The node cannot take runs now (Podman, image, outbox); str() says why."""
+
+
+_REFUSALS = {Busy: "busy", Duplicate: "duplicate", Unavailable: "unavailable"}  # metrics labels
 
 
 class Driver(Protocol):
@@ -70,6 +75,8 @@ class RunRequest:
     context_data: Any = None
     script_content: str | None = None
     script_url: str | None = None
+    script_name: str | None = None  # for log lines only
+    dtable_uuid: str | None = None  # for log lines only
 
 
 @dataclass
@@ -84,6 +91,8 @@ class RunService:
     network: str = "none"  # none, seatable or open (PYTHON_RUNNER_NETWORK)
     egress_allow: str = ""  # PYTHON_RUNNER_EGRESS_ALLOW
     ca_bundle: str = ""  # PEM text of extra CAs for the runners
+    node: str = ""  # this node's name, on every log line about a run
+    metrics: RunMetrics | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # the admin's (PYTHON_RUNNER_OTHER_OPTIONS --env)
     refusal: Callable[[], str | None] = lambda: None  # why the node cannot take runs now, or None
     _active: set[int] = field(default_factory=set)
@@ -101,25 +110,36 @@ class RunService:
     def submit(self, request: RunRequest) -> None:
         """Accept a run, or raise Duplicate (remembered id), Unavailable (unhealthy) or Busy (no slot)."""
         script_id = request.script_id
-        with self._lock:
-            if script_id in self._active:
-                raise Duplicate(script_id, "running")
-            try:
-                state = self.outbox.holds(script_id)
-                if state is not None:
-                    raise Duplicate(script_id, state)
-                reason = self.refusal()
-                if reason is not None:
-                    raise Unavailable(reason)
-                if len(self._active) >= self.slots:
-                    raise Busy()
-                if not self.outbox.run_accepted(script_id):
-                    raise Duplicate(script_id, self.outbox.holds(script_id) or "running")
-            except sqlite3.Error as exc:
-                raise Unavailable(texts.OUTBOX_UNUSABLE.format(detail=exc)) from None
-            self._active.add(script_id)
+        try:
+            with self._lock:
+                if script_id in self._active:
+                    raise Duplicate(script_id, "running")
+                try:
+                    state = self.outbox.holds(script_id)
+                    if state is not None:
+                        raise Duplicate(script_id, state)
+                    reason = self.refusal()
+                    if reason is not None:
+                        raise Unavailable(reason)
+                    if len(self._active) >= self.slots:
+                        raise Busy()
+                    if not self.outbox.run_accepted(script_id):
+                        raise Duplicate(script_id, self.outbox.holds(script_id) or "running")
+                except sqlite3.Error as exc:
+                    raise Unavailable(texts.OUTBOX_UNUSABLE.format(detail=exc)) from None
+                self._active.add(script_id)
+        except (Busy, Duplicate, Unavailable) as refused:
+            if self.metrics is not None:
+                self.metrics.refused.labels(_REFUSALS[type(refused)]).inc()
+            raise
+        if self.metrics is not None:
+            self.metrics.accepted.inc()
+        self._log(request).info("accepted")
         assert self._pool is not None
         self._pool.submit(self._run, request)
+
+    def _log(self, request: RunRequest) -> logs.RunLog:
+        return logs.for_run(log, request.script_id, request.script_name, request.dtable_uuid, self.node)
 
     def status(self, script_id: int) -> str | None:
         """What this node knows of a run: "running", "reporting" (result not yet acknowledged),
@@ -139,8 +159,12 @@ class RunService:
         try:
             result = self._execute(request, remember)
         except Exception as exc:  # a failure of one run never stops the service
-            log.exception("run %s failed in the sandbox", request.script_id)
+            self._log(request).exception("failed in the sandbox")
             result = RunResult(None, texts.SANDBOX_ERROR.format(reason=_reason(exc)), time.time(), 0.0, "error")
+        self._log(request).info("finished: %s (return code %s, %.2f s)", result.kind, result.return_code,
+                                result.spend_time)
+        if self.metrics is not None:
+            self.metrics.ended(result.kind, result.spend_time)
         try:
             self.outbox.result(request.script_id, result.body(request.script_id))
         finally:
@@ -173,7 +197,7 @@ class RunService:
             body = response.raw.read(SCRIPT_MAX_BYTES + 1, decode_content=True)
             response.close()
         except requests.RequestException as exc:
-            log.warning("run %s: script fetch failed: %s", request.script_id, type(exc).__name__)
+            self._log(request).warning("script fetch failed: %s", type(exc).__name__)
             return RunResult(None, texts.FAIL_TO_GET_SCRIPT, time.time(), 0.0, "fetch_failed")
         if response.status_code != 200 or len(body) > SCRIPT_MAX_BYTES:
             return RunResult(None, texts.FAIL_TO_GET_SCRIPT, time.time(), 0.0, "fetch_failed")
@@ -204,7 +228,11 @@ class RunService:
         for entry in self.outbox.in_flight():
             if entry.container:
                 self.driver.cleanup(entry.container)
-            body = RunResult(None, texts.SANDBOX_LOST, entry.accepted_at, 0.0, "lost").body(entry.script_id)
+            lost_result = RunResult(None, texts.SANDBOX_LOST, entry.accepted_at, 0.0, "lost")
+            if self.metrics is not None:
+                self.metrics.ended(lost_result.kind, 0.0)
+            logs.for_run(log, entry.script_id, node=self.node).warning("lost: the sandbox restarted while it ran")
+            body = lost_result.body(entry.script_id)
             body["lost"] = True  # no result of its own: the scheduler does not count it (upstream's starter sent none)
             self.outbox.result(entry.script_id, body)
             lost += 1

@@ -18,9 +18,11 @@ from typing import Any, NoReturn
 import falcon
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from prometheus_client import CollectorRegistry
 
+from observability import logs
 from sandbox.app import create_app
-from sandbox.config import SandboxConfig
+from sandbox.config import SandboxConfig, log_settings
 from sandbox.driver import ContainerDriver
 from sandbox.egress import EgressProxy
 from sandbox.egress_policy import allow_entries
@@ -29,6 +31,7 @@ from sandbox.image import default_image, runner_files_dir
 from sandbox.isolation import Isolation
 from sandbox.isolation import probe as probe_isolation
 from sandbox.limits import Enforcement, RunnerLimits
+from sandbox.metrics import NodeCollector, RunMetrics
 from sandbox.netguard import NetGuardError
 from sandbox.network import OpenNetwork, start_open_network
 from sandbox.outbox import Outbox
@@ -51,6 +54,7 @@ class Sandbox:
     pool: WarmPool
     egress: EgressProxy | None
     node_health: NodeHealth
+    registry: CollectorRegistry
     isolation: Isolation
     runner: RunnerFacts | None = None
     network: OpenNetwork | None = None
@@ -153,7 +157,9 @@ def build(config: SandboxConfig) -> Sandbox:
                              config.state_dir, config.outbox_max_bytes,
                              min_free_bytes=max(2 * config.max_body_bytes, 64 << 20),
                              pool_rss=pool.idle_rss if config.warm_pool else None)
-    service = RunService(driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
+    registry = CollectorRegistry()
+    service = RunService(node=config.node_name, metrics=RunMetrics(registry),
+                         driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
                          time_zone=config.time_zone,
                          alternative_file_server_root=config.alternative_file_server_root,
                          pool=pool if config.warm_pool else None, network=config.network,
@@ -170,7 +176,10 @@ def build(config: SandboxConfig) -> Sandbox:
     pool.start()
     node_health.check_now()  # the first answer of /ready is already a real one
     node_health.start()
-    return Sandbox(config, api, driver, outbox, service, pool, egress, node_health, isolation, runner, network)
+    sandbox = Sandbox(config, api, driver, outbox, service, pool, egress, node_health, registry, isolation, runner,
+                      network)
+    registry.register(NodeCollector(sandbox, lambda: len(driver.orphans())))
+    return sandbox
 
 
 def _fatal(message: str) -> NoReturn:
@@ -209,7 +218,8 @@ class SandboxServer(BaseApplication):
             "graceful_timeout": self.config.timeout + 10,
             "accesslog": None,
             "errorlog": "-",
-            "loglevel": os.environ.get("PYTHON_SANDBOX_LOG_LEVEL", "info"),
+            "loglevel": self.config.log_level.lower(),
+            "logger_class": "observability.logs.GunicornLogger",
             "proc_name": "seatable-sandbox",
             "worker_exit": worker_exit,
             # gunicorn 27's control socket (~/.gunicorn/gunicorn.ctl) can stop and reconfigure the server; the
@@ -221,12 +231,15 @@ class SandboxServer(BaseApplication):
 
     def load(self) -> falcon.App:
         self.sandbox = build(self.config)
-        return create_app(self.config.auth_token, self.sandbox.service, self.sandbox.health, self.sandbox.ready)
+        sandbox = self.sandbox
+        return create_app(self.config.auth_token, sandbox.service, sandbox.health, sandbox.ready,
+                          metrics=(lambda: sandbox.registry, self.config.metrics_credential))
 
 
 def serve() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        settings = log_settings(dict(os.environ))
+        logs.configure(settings.level, settings.format, settings.to_stdout)
         config = SandboxConfig.from_env()
     except ValueError as exc:
         print(f"seatable-sandbox serve: {exc}", file=sys.stderr)

@@ -17,7 +17,8 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from scheduler import systemd
+from observability import logs
+from scheduler import metrics_dir, systemd
 from scheduler.config import Config, ConfigError
 
 
@@ -44,12 +45,16 @@ class SchedulerServer(BaseApplication):
             "accesslog": None,
             "errorlog": "-",
             "loglevel": self.config.log_level.lower(),
+            "logger_class": "observability.logs.GunicornLogger",
             "proc_name": "seatable-scheduler",
             "preload_app": False,
             "limit_request_line": 8190,
             # gunicorn 27's control socket (~/.gunicorn/gunicorn.ctl) can stop and reconfigure the server; the
             # services are managed by their supervisor (systemd, compose), so it stays off.
             "control_socket_disable": True,
+            # /metrics: a dead worker's live gauges leave the sums; this start's directory goes with the master.
+            "child_exit": lambda server, worker: metrics_dir.worker_exited(worker.pid),
+            "on_exit": lambda server: metrics_dir.remove_multiprocess_dir(),
         }
         settings.update(self.overrides)
         for key, value in settings.items():
@@ -73,6 +78,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         overrides["accesslog"] = "-"
     if args.migrate:
         migrate(args, config)
+    metrics_dir.prepare_multiprocess_dir()
     SchedulerServer(config, overrides).run()
     return 0
 
@@ -213,11 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = Config.from_env()
-        logging.basicConfig(
-            level=config.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        logs.configure(config.log_level, config.log_format, config.log_to_stdout)
         result: int = args.handler(args, config)
         return result
     except ConfigError as exc:

@@ -68,6 +68,23 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("PYTHON_SCHEDULER_MAX_BODY_BYTES", "8388608", "Largest request body accepted (413 above)."),
     Variable("PYTHON_SCHEDULER_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR)."),
+    Variable("LOG_FORMAT", "plain", "`plain` lines, or `json`: one JSON object per line (both services)."),
+    Variable(
+        "LOG_TO_STDOUT",
+        "false",
+        "Upstream's switch: true logs to stdout; false to stderr (upstream wrote files; here the journal or "
+        "container log keeps them).",
+    ),
+    Variable(
+        "PYTHON_SCHEDULER_METRICS_TOKEN",
+        "",
+        "Token Prometheus sends for `GET /metrics` (`Authorization: Bearer …`); empty: the API token.",
+    ),
+    Variable(
+        "PYTHON_SCHEDULER_STATUS_TOKEN",
+        "",
+        "Password of the status page `/status/` (HTTP Basic, any user name); empty: the page is off.",
+    ),
     Variable("PYTHON_SANDBOX_URLS", "http://127.0.0.1:8088", "Comma list of sandbox nodes runs are handed to."),
     Variable("PYTHON_SANDBOX_AUTH_TOKEN", "", "Token sent to the sandbox nodes (required by `dispatch`)."),
     Variable("PYTHON_DISPATCH_BATCH", "50", "Most runs claimed per transaction (and never more than free slots)."),
@@ -135,6 +152,24 @@ def _str(env: Mapping[str, str], name: str) -> str:
     return env.get(name, _DEFAULTS[name]).strip()
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = _str(env, name).lower() or _DEFAULTS[name]
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+MIN_STATUS_TOKEN = 12
+
+
+def _secret(env: Mapping[str, str], name: str) -> str:
+    """A password people type: empty (off) or long enough not to be guessed."""
+    value = _str(env, name)
+    if value and len(value) < MIN_STATUS_TOKEN:
+        raise ConfigError(f"{name} must be at least {MIN_STATUS_TOKEN} characters (or empty: the page is off)")
+    return value
+
+
 def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     urls = tuple(u.strip().rstrip("/") for u in _str(env, name).split(",") if u.strip())
     for url in urls:
@@ -172,6 +207,10 @@ class Config:
     accept_unauthenticated_callbacks: bool = False
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: str = "INFO"
+    log_format: str = "plain"
+    log_to_stdout: bool = False
+    metrics_token: str = field(default="", repr=False)
+    status_token: str = field(default="", repr=False)
     sandbox_urls: tuple[str, ...] = ("http://127.0.0.1:8088",)
     sandbox_auth_token: str = field(default="", repr=False)
     dispatch_batch: int = 50
@@ -207,7 +246,7 @@ class Config:
         log_level = _str(env, "PYTHON_SCHEDULER_LOG_LEVEL").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"PYTHON_SCHEDULER_LOG_LEVEL is not a log level: {log_level!r}")
-        return cls(
+        config = cls(
             auth_token=_str(env, "PYTHON_SCHEDULER_AUTH_TOKEN"),
             seatable_server_url=_str(env, "SEATABLE_SERVER_URL").rstrip("/"),
             scheduler_url=_str(env, "PYTHON_SCHEDULER_URL").rstrip("/"),
@@ -233,6 +272,10 @@ class Config:
             accept_unauthenticated_callbacks=_bool(env, "PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS"),
             max_body_bytes=_int(env, "PYTHON_SCHEDULER_MAX_BODY_BYTES", 1024),
             log_level=log_level,
+            log_format=_choice(env, "LOG_FORMAT", ("plain", "json")),
+            log_to_stdout=_bool(env, "LOG_TO_STDOUT"),
+            metrics_token=_str(env, "PYTHON_SCHEDULER_METRICS_TOKEN"),
+            status_token=_secret(env, "PYTHON_SCHEDULER_STATUS_TOKEN"),
             sandbox_urls=_urls(env, "PYTHON_SANDBOX_URLS"),
             sandbox_auth_token=_str(env, "PYTHON_SANDBOX_AUTH_TOKEN"),
             dispatch_batch=_int(env, "PYTHON_DISPATCH_BATCH", 1),
@@ -245,6 +288,9 @@ class Config:
             retention_interval=_int(env, "PYTHON_RETENTION_INTERVAL_SECS", 1),
             retention_batch=_int(env, "PYTHON_RETENTION_BATCH", 1),
         )
+        if config.status_token and config.status_token == config.auth_token:
+            raise ConfigError("PYTHON_SCHEDULER_STATUS_TOKEN must not be SeaTable's PYTHON_SCHEDULER_AUTH_TOKEN")
+        return config
 
     def require_auth_token(self) -> None:
         """Refuse to serve without a secret: an empty token would let `Token ` through."""
@@ -256,6 +302,11 @@ class Config:
         if self.uses_mysql and not self.db_user:
             raise ConfigError("DB_ROOT_PASSWD is used by `seatable-scheduler migrate` only: set DB_USER and "
                               "DB_PASSWD for the serving processes (migrate creates that user when it is missing)")
+
+    @property
+    def metrics_credential(self) -> str:
+        """What GET /metrics accepts: its own token, else the API token."""
+        return self.metrics_token or self.auth_token
 
     def require_dispatch_settings(self) -> None:
         """The dispatcher needs somewhere to send runs and a token the nodes accept."""

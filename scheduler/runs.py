@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from pony.orm import db_session, desc, select
 
-from scheduler import stats
+from observability import logs
+from scheduler import counters, outcomes, stats
 from scheduler.db import Store
 from scheduler.models import FINISHED, PENDING, RUNNING
 
 NOT_FINISHED = "(state IS NULL OR state <> 'finished')"
+log = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = (
     "id",
@@ -68,6 +72,11 @@ class RunResult:
     started_at: datetime | None = None
     spend_time: float | None = None
     counted: bool = True  # False: finished without a result of its own, so not in the quota or statistics
+    outcome: str | None = None  # scheduler.outcomes; None: success or failed by `success`
+
+    @property
+    def kind(self) -> str:
+        return self.outcome or (outcomes.SUCCESS if self.success else outcomes.FAILED)
 
 
 def create_run(store: Store, run: NewRun) -> int:
@@ -87,7 +96,15 @@ def create_run(store: Store, run: NewRun) -> int:
     if run.script_content is not None:
         values["script_content"] = run.script_content
         values["draft_api_token"] = run.draft_api_token
-    return int(store.write(lambda: store.db.insert("script_log", returning="id", **values)))
+
+    def tx() -> int:
+        run_id = int(store.db.insert("script_log", returning="id", **values))
+        counters.bump(store, counters.CREATED, key=run_id)
+        return run_id
+
+    run_id = store.write(tx)
+    logs.for_run(log, run_id, run.script_name, run.dtable_uuid).info("queued (%s)", run.operate_from)
+    return run_id
 
 
 def to_json(store: Store, row: Any, full: bool = True) -> dict[str, Any]:
@@ -183,31 +200,57 @@ def list_runs(store: Store, where: RunFilter, offset: int, limit: int) -> tuple[
         return [to_json(store, row, full=False) for row in rows], int(total)
 
 
-def mark_running(store: Store, run_id: int, started_at: datetime | None = None) -> Outcome:
-    """The sandbox started the run. Ignored once the run is finished (a late callback)."""
+def mark_running(
+    store: Store, run_id: int, started_at: datetime | None = None, waited: Callable[[float], None] | None = None
+) -> Outcome:
+    """The sandbox started the run. Ignored once the run is finished (a late callback).
+
+    The first start of a run is counted and logged, and `waited` hears how long it was queued.
+    """
     started = started_at or store.clock.now()
+    first: list[tuple[float, Any]] = []  # (seconds queued, the row) when this call started the run
 
     def tx() -> Outcome:
+        first.clear()
+        lock = " FOR UPDATE" if store.mysql else ""  # two callbacks for one run: one of them counts it
+        before = store.db.select(
+            "SELECT state, created_at, script_name, dtable_uuid, sandbox_node FROM script_log "
+            f"WHERE id = $run_id{lock}",
+            {"run_id": run_id},
+        )
         cursor = store.db.execute(
             "UPDATE script_log SET started_at = $started, state = $running, draft_api_token = NULL "
             f"WHERE id = $run_id AND {NOT_FINISHED}",
             {"started": started, "running": RUNNING, "run_id": run_id},
         )
-        if cursor.rowcount:
-            return Outcome.APPLIED
-        exists = store.db.select("SELECT id FROM script_log WHERE id = $run_id", {"run_id": run_id})
-        return Outcome.ALREADY_FINISHED if exists else Outcome.NOT_FOUND
+        if not cursor.rowcount:
+            return Outcome.ALREADY_FINISHED if before else Outcome.NOT_FOUND
+        row = before[0]
+        if row.state in (None, PENDING):
+            counters.bump(store, counters.STARTED, key=run_id)
+            created_at = _as_datetime(row.created_at)
+            first.append((max(0.0, (started - created_at).total_seconds()) if created_at else 0.0, row))
+        return Outcome.APPLIED
 
-    return store.write(tx)
+    outcome = store.write(tx)
+    if first:
+        queued, row = first[0]
+        run_log = logs.for_run(log, run_id, row.script_name, row.dtable_uuid, row.sandbox_node)
+        run_log.info("running after %.1f s in the queue", queued)
+        if waited is not None:
+            waited(queued)
+    return outcome
 
 
 def record_result(store: Store, run_id: int, result: RunResult) -> Outcome:
     """Finish the run and (when `result.counted`) count it in the statistics, in one transaction, at most once."""
 
     def tx() -> Outcome:
+        ended.clear()
         lock = " FOR UPDATE" if store.mysql else ""  # SQLite: Pony already holds BEGIN IMMEDIATE
         rows = store.db.select(
-            f"SELECT state, started_at, dtable_uuid, owner, org_id FROM script_log WHERE id = $run_id{lock}",
+            "SELECT state, started_at, dtable_uuid, owner, org_id, script_name, sandbox_node FROM script_log "
+            f"WHERE id = $run_id{lock}",
             {"run_id": run_id},
         )
         if not rows:
@@ -224,7 +267,7 @@ def record_result(store: Store, run_id: int, result: RunResult) -> Outcome:
         cursor = store.db.execute(
             "UPDATE script_log SET state = $finished_state, started_at = $started, finished_at = $finished, "
             "success = $success, return_code = $return_code, output = $output, "
-            "draft_api_token = NULL, script_content = NULL "
+            "draft_api_token = NULL, script_content = NULL, outcome = $outcome "
             f"WHERE id = $run_id AND {NOT_FINISHED}",
             {
                 "finished_state": FINISHED,
@@ -233,24 +276,37 @@ def record_result(store: Store, run_id: int, result: RunResult) -> Outcome:
                 "success": bool(result.success),
                 "return_code": result.return_code,
                 "output": result.output,
+                "outcome": result.kind,
                 "run_id": run_id,
             },
         )
         if not cursor.rowcount:
             return Outcome.ALREADY_FINISHED
+        counters.bump(store, counters.FINISHED, result.kind, key=run_id)
+        if result.counted and row.state in (None, PENDING):
+            counters.bump(store, counters.STARTED, key=run_id)  # a result without a running callback: it ran
         if result.counted:
             stats.count_run(store, row.dtable_uuid, row.owner, row.org_id, spend or 0.0, now)
+        ended.append(row)
         return Outcome.APPLIED
 
-    return store.write(tx)
+    ended: list[Any] = []
+    outcome = store.write(tx)
+    if ended:
+        row = ended[-1]
+        run_log = logs.for_run(log, run_id, row.script_name, row.dtable_uuid, row.sandbox_node)
+        run_log.info("finished: %s (return code %s)", result.kind, result.return_code)
+    return outcome
 
 
-def fail_run(store: Store, run_id: int, output: str, return_code: int | None = None) -> Outcome:
-    """End a run as failed with a text the user reads (rate limit, sandbox lost, fetch failure...).
+def fail_run(
+    store: Store, run_id: int, output: str, return_code: int | None = None, outcome: str = outcomes.FAILED
+) -> Outcome:
+    """End a run as failed with a text the user reads and its kind (rate limit, sandbox lost, fetch failure...).
 
     The scheduler ends the run, not a sandbox's result: it is not counted (upstream's rule).
     """
-    result = RunResult(success=False, return_code=return_code, output=output, counted=False)
+    result = RunResult(success=False, return_code=return_code, output=output, counted=False, outcome=outcome)
     return record_result(store, run_id, result)
 
 

@@ -268,6 +268,9 @@ class Chaos:
             "PYTHON_PROCESS_TIMEOUT": str(s.process_timeout),
             "PYTHON_SCHEDULER_MAX_BODY_BYTES": str(s.max_body_bytes),
             "PYTHON_SANDBOX_WARM_POOL": str(s.warm_pool),
+            # The stand-in that counts executions listens on loopback, which runners of the open network never
+            # reach; the seatable mode's egress proxy runs on the host and does (as in tests.support.pipeline).
+            "PYTHON_RUNNER_NETWORK": "seatable",
         }
 
     def start_sandbox(self, scheduler_token: str | None = None) -> None:
