@@ -10,7 +10,6 @@ call per request.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -99,6 +98,9 @@ class Sandbox:
         self.node_health.stop()
         self.pool.stop()
         self.service.shutdown(wait=True)
+        left = self.driver.remove_leftovers()  # no run is left: every runner of this node is a leftover
+        if left:
+            log.warning("%d runner container(s) of this node could not be removed; the next start removes them", left)
         self.outbox.flush(timeout=5)
         self.outbox.stop()
         if self.egress is not None:
@@ -156,7 +158,8 @@ def build(config: SandboxConfig) -> Sandbox:
     node_health = NodeHealth(PodmanAPI(config.podman_url, timeout=PODMAN_TIMEOUT), image, outbox,
                              config.state_dir, config.outbox_max_bytes,
                              min_free_bytes=max(2 * config.max_body_bytes, 64 << 20),
-                             pool_rss=pool.idle_rss if config.warm_pool else None)
+                             pool_rss=pool.idle_rss if config.warm_pool else None,
+                             sweep=driver.retry_removals)
     registry = CollectorRegistry()
     service = RunService(node=config.node_name, metrics=RunMetrics(registry),
                          driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
@@ -238,7 +241,7 @@ class SandboxServer(BaseApplication):
 
 def serve() -> None:
     try:
-        settings = log_settings(dict(os.environ))
+        settings = log_settings()
         logs.configure(settings.level, settings.format, settings.to_stdout)
         config = SandboxConfig.from_env()
     except ValueError as exc:

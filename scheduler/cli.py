@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -123,7 +122,7 @@ def dispatch(args: argparse.Namespace, config: Config) -> int:
         store,
         SeaTable(config.seatable_server_url, config.auth_token),
         nodes,
-        pause=test_pause(os.environ.get("PYTHON_DISPATCH_TEST_PAUSE", "")),
+        pause=test_pause(config.dispatch_test_pause),
     )
     stoppers = [dispatcher.stop]
     maintainer: threading.Thread | None = None

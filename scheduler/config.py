@@ -1,8 +1,8 @@
 """Scheduler configuration, read once from the environment.
 
-Variable names and defaults follow upstream's scheduler wherever upstream had one, so an existing
-SeaTable deployment can point at this scheduler without renaming anything. `VARIABLES` is the single
-table of every variable; the README table is checked against it.
+Every variable (name, kind, default, meaning) is declared in the shared registry, `pipeline_config.variables`;
+this module is the scheduler's typed view of it. Names and defaults follow upstream's scheduler wherever upstream
+had one, so an existing SeaTable deployment can point at this scheduler without renaming anything.
 """
 
 from __future__ import annotations
@@ -10,218 +10,65 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pipeline_config import render
+from pipeline_config.registry import ConfigError, Documented
+from pipeline_config.variables import SCHEDULER
 
-class ConfigError(ValueError):
-    """An environment variable holds a value the scheduler cannot use."""
+__all__ = ["VARIABLES", "Config", "ConfigError", "markdown_table"]
 
-
-class Variable(NamedTuple):
-    name: str
-    default: str
-    description: str
-
-
-VARIABLES: tuple[Variable, ...] = (
-    Variable("PYTHON_SCHEDULER_AUTH_TOKEN", "", "Shared secret with SeaTable (required); `Token`/`Bearer` auth."),
-    Variable("SEATABLE_SERVER_URL", "", "Base URL of dtable-web, for scripts-running-limit and task files."),
-    Variable(
-        "PYTHON_SCHEDULER_URL",
-        "http://127.0.0.1:5055",
-        "URL under which sandboxes reach this scheduler's callbacks (read by the sandbox; same default).",
-    ),
-    Variable("DB_HOST", "", "MariaDB/MySQL host; empty selects the embedded SQLite database."),
-    Variable("DB_PORT", "3306", "MariaDB/MySQL port."),
-    Variable("DB_USER", "", "Database user of the serving processes (API, dispatcher, maintenance)."),
-    Variable("DB_PASSWD", "", "Password of DB_USER."),
-    Variable("DB_ROOT_USER", "root", "Privileged database user for `migrate` only: it creates the database and "
-             "DB_USER (rights: SELECT, INSERT, UPDATE, DELETE on it); the serving processes never use it."),
-    Variable("DB_ROOT_PASSWD", "", "Password of DB_ROOT_USER; empty: `migrate` uses DB_USER."),
-    Variable("DATABASE_NAME", "scheduler", "Database (schema) name on MariaDB/MySQL."),
-    Variable(
-        "PYTHON_SCHEDULER_SQLITE_PATH",
-        "/var/lib/seatable-scheduler/scheduler.sqlite3",
-        "SQLite file used when DB_HOST is empty.",
-    ),
-    Variable(
-        "PYTHON_PROCESS_TIMEOUT",
-        "60",
-        "Time limit of one run in seconds; one default in both services: 60, as SeaTable's release compose "
-        "sets it for its scheduler and starter alike (upstream's code says 900).",
-    ),
-    Variable("DELETE_LOG_DAYS", "30", "Days after which script_log rows are deleted."),
-    Variable("DELETE_STATISTICS_DAYS", "90", "Days after which statistics rows are deleted."),
-    Variable("PYTHON_SCHEDULER_WINDOW_SECS", "300", "Rate-limit window in seconds."),
-    Variable("PYTHON_SCHEDULER_RATE_LIMIT_PERCENT", "0.25", "Share of the window's capacity one team may use."),
-    Variable("PYTHON_STARTER_TOTAL_THREAD_COUNT", "10", "Total run slots over all sandboxes (rate limit base)."),
-    Variable("TIME_ZONE", "", "IANA time zone of stored timestamps and API output; empty: the host's."),
-    Variable("PYTHON_SCHEDULER_BIND_HOST", "127.0.0.1", "Address the API listens on."),
-    Variable("PYTHON_SCHEDULER_PORT", "5055", "Port the API listens on (the container image: 80, SeaTable's default)."),
-    Variable("PYTHON_SCHEDULER_WORKERS", "2", "gunicorn worker processes."),
-    Variable("PYTHON_SCHEDULER_THREADS", "8", "Threads per gunicorn worker (gthread)."),
-    Variable(
-        "PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS",
-        "false",
-        "true: accept result/running callbacks without the token (old upstream starters).",
-    ),
-    Variable("PYTHON_SCHEDULER_MAX_BODY_BYTES", "8388608", "Largest request body accepted (413 above)."),
-    Variable("PYTHON_SCHEDULER_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR)."),
-    Variable("LOG_FORMAT", "plain", "`plain` lines, or `json`: one JSON object per line (both services)."),
-    Variable(
-        "LOG_TO_STDOUT",
-        "false",
-        "Upstream's switch: true logs to stdout; false to stderr (upstream wrote files; here the journal or "
-        "container log keeps them).",
-    ),
-    Variable(
-        "PYTHON_SCHEDULER_METRICS_TOKEN",
-        "",
-        "Token Prometheus sends for `GET /metrics` (`Authorization: Bearer …`); empty: the API token.",
-    ),
-    Variable(
-        "PYTHON_SCHEDULER_STATUS_TOKEN",
-        "",
-        "Password of the status page `/status/` (HTTP Basic, any user name); empty: the page is off.",
-    ),
-    Variable("PYTHON_SANDBOX_URLS", "http://127.0.0.1:8088", "Comma list of sandbox nodes runs are handed to."),
-    Variable("PYTHON_SANDBOX_AUTH_TOKEN", "", "Token sent to the sandbox nodes (required by `dispatch`)."),
-    Variable("PYTHON_DISPATCH_BATCH", "50", "Most runs claimed per transaction (and never more than free slots)."),
-    Variable("PYTHON_DISPATCH_THREADS", "16", "Parallel task-file fetches and hand-offs per dispatcher."),
-    Variable("PYTHON_DISPATCH_LEASE_SECS", "30", "A claim not handed off within this time returns to the queue."),
-    Variable(
-        "PYTHON_DISPATCH_HANDOFF_SECS",
-        "60",
-        'After this long a node\'s "not here" proves a hand-off never arrived (no POST still in flight).',
-    ),
-    Variable(
-        "PYTHON_SANDBOX_LOST_GRACE_SECS",
-        "60",
-        'A run whose node does not answer for PYTHON_PROCESS_TIMEOUT plus this long ends as "sandbox lost".',
-    ),
-    Variable(
-        "PYTHON_SCHEDULER_QUEUE_TIMEOUT",
-        "3600",
-        "Queued longer than this: ended as not started; 0 never.",
-    ),
-    Variable("PYTHON_SWEEP_INTERVAL_SECS", "5", "How often `maintain` asks the nodes about runs handed to them."),
-    Variable(
-        "PYTHON_RETENTION_INTERVAL_SECS",
-        "3600",
-        "How often old logs and statistics are deleted.",
-    ),
-    Variable("PYTHON_RETENTION_BATCH", "1000", "Rows deleted per transaction by the retention sweep."),
-)
-
-_DEFAULTS = {v.name: v.default for v in VARIABLES}
-
-
-def _int(env: Mapping[str, str], name: str, minimum: int = 0) -> int:
-    raw = env.get(name, _DEFAULTS[name]).strip()
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str) -> float:
-    raw = env.get(name, _DEFAULTS[name]).strip()
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not 0 <= value <= 1:
-        raise ConfigError(f"{name} must be between 0 and 1, got {value}")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, _DEFAULTS[name]).strip().lower()
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
-def _str(env: Mapping[str, str], name: str) -> str:
-    return env.get(name, _DEFAULTS[name]).strip()
-
-
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
-    value = _str(env, name).lower() or _DEFAULTS[name]
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-MIN_STATUS_TOKEN = 12
-
-
-def _secret(env: Mapping[str, str], name: str) -> str:
-    """A password people type: empty (off) or long enough not to be guessed."""
-    value = _str(env, name)
-    if value and len(value) < MIN_STATUS_TOKEN:
-        raise ConfigError(f"{name} must be at least {MIN_STATUS_TOKEN} characters (or empty: the page is off)")
-    return value
-
-
-def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    urls = tuple(u.strip().rstrip("/") for u in _str(env, name).split(",") if u.strip())
-    for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{name} holds a URL without http:// or https://: {url!r}")
-    if len(set(urls)) != len(urls):
-        raise ConfigError(f"{name} names a node twice")
-    return urls
+# The scheduler's rows of the registry (name, default, description), as the docs and env templates show them.
+VARIABLES: tuple[Documented, ...] = SCHEDULER.documented()
 
 
 @dataclass(frozen=True)
+@SCHEDULER.config
 class Config:
-    auth_token: str = ""
-    seatable_server_url: str = ""
-    scheduler_url: str = "http://127.0.0.1:5055"
-    db_host: str = ""
-    db_port: int = 3306
+    """Defaults and field order come from the registry (`SCHEDULER.config`); see pipeline_config/variables.py."""
+
+    auth_token: str
+    sandbox_auth_token: str
+    scheduler_url: str
+    process_timeout: int
+    time_zone: str
+    seatable_server_url: str
+    db_host: str
+    db_port: int
+    database_name: str
+    sqlite_path: str
+    delete_log_days: int
+    delete_statistics_days: int
+    window_secs: int
+    rate_limit_percent: float
+    total_thread_count: int
+    bind_host: str
+    port: int
+    workers: int
+    threads: int
+    accept_unauthenticated_callbacks: bool
+    max_body_bytes: int
+    log_level: str
+    log_format: str
+    log_to_stdout: bool
+    metrics_token: str
+    status_token: str
+    sandbox_urls: tuple[str, ...]
+    dispatch_batch: int
+    dispatch_threads: int
+    lease_secs: int
+    handoff_secs: int
+    lost_grace_secs: int
+    queue_timeout: int
+    sweep_interval: int
+    retention_interval: int
+    retention_batch: int
+    dispatch_test_pause: str
+    # Derived in from_env from DB_USER, DB_PASSWD, DB_ROOT_USER and DB_ROOT_PASSWD: the serving processes' account
+    # (DB_USER), and root's, which only migrate uses.
     db_user: str = "root"
     db_passwd: str = field(default="", repr=False)
-    db_root_user: str = ""  # set only with DB_ROOT_PASSWD: migrate's account, never a serving process's
+    db_root_user: str = ""  # set only with DB_ROOT_PASSWD
     db_root_passwd: str = field(default="", repr=False)
-    database_name: str = "scheduler"
-    sqlite_path: str = _DEFAULTS["PYTHON_SCHEDULER_SQLITE_PATH"]
-    process_timeout: int = 60
-    delete_log_days: int = 30
-    delete_statistics_days: int = 90
-    window_secs: int = 300
-    rate_limit_percent: float = 0.25
-    total_thread_count: int = 10
-    time_zone: str = ""
-    bind_host: str = "127.0.0.1"
-    port: int = 5055
-    workers: int = 2
-    threads: int = 8
-    accept_unauthenticated_callbacks: bool = False
-    max_body_bytes: int = 8 * 1024 * 1024
-    log_level: str = "INFO"
-    log_format: str = "plain"
-    log_to_stdout: bool = False
-    metrics_token: str = field(default="", repr=False)
-    status_token: str = field(default="", repr=False)
-    sandbox_urls: tuple[str, ...] = ("http://127.0.0.1:8088",)
-    sandbox_auth_token: str = field(default="", repr=False)
-    dispatch_batch: int = 50
-    dispatch_threads: int = 16
-    lease_secs: int = 30
-    handoff_secs: int = 60
-    lost_grace_secs: int = 60
-    queue_timeout: int = 3600
-    sweep_interval: int = 5
-    retention_interval: int = 3600
-    retention_batch: int = 1000
 
     @property
     def uses_mysql(self) -> bool:
@@ -229,65 +76,16 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
-        env = os.environ if environ is None else environ
+        values = SCHEDULER.read(os.environ if environ is None else environ)
         # Upstream used the root account whenever its password was given; here only migrate does.
-        root_passwd = _str(env, "DB_ROOT_PASSWD")
-        root_user = (_str(env, "DB_ROOT_USER") or "root") if root_passwd else ""
-        if root_passwd and not (_str(env, "DB_USER") and _str(env, "DB_PASSWD")):
+        user, passwd = values.pop("DB_USER"), values.pop("DB_PASSWD")
+        root_user, root_passwd = values.pop("DB_ROOT_USER"), values.pop("DB_ROOT_PASSWD")
+        root_user = (root_user or "root") if root_passwd else ""
+        if root_passwd and not (user and passwd):
             user, passwd = "", ""  # serving refuses (require_service_database); migrate still works
         else:
-            user, passwd = _str(env, "DB_USER") or "root", _str(env, "DB_PASSWD")
-        time_zone = _str(env, "TIME_ZONE")
-        if time_zone:
-            try:
-                ZoneInfo(time_zone)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ConfigError(f"TIME_ZONE is not a known IANA time zone: {time_zone!r}") from None
-        log_level = _str(env, "PYTHON_SCHEDULER_LOG_LEVEL").upper()
-        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError(f"PYTHON_SCHEDULER_LOG_LEVEL is not a log level: {log_level!r}")
-        config = cls(
-            auth_token=_str(env, "PYTHON_SCHEDULER_AUTH_TOKEN"),
-            seatable_server_url=_str(env, "SEATABLE_SERVER_URL").rstrip("/"),
-            scheduler_url=_str(env, "PYTHON_SCHEDULER_URL").rstrip("/"),
-            db_host=_str(env, "DB_HOST"),
-            db_port=_int(env, "DB_PORT", 1),
-            db_user=user,
-            db_passwd=passwd,
-            db_root_user=root_user,
-            db_root_passwd=root_passwd,
-            database_name=_str(env, "DATABASE_NAME"),
-            sqlite_path=_str(env, "PYTHON_SCHEDULER_SQLITE_PATH"),
-            process_timeout=_int(env, "PYTHON_PROCESS_TIMEOUT", 1),
-            delete_log_days=_int(env, "DELETE_LOG_DAYS", 1),
-            delete_statistics_days=_int(env, "DELETE_STATISTICS_DAYS", 1),
-            window_secs=_int(env, "PYTHON_SCHEDULER_WINDOW_SECS", 1),
-            rate_limit_percent=_float(env, "PYTHON_SCHEDULER_RATE_LIMIT_PERCENT"),
-            total_thread_count=_int(env, "PYTHON_STARTER_TOTAL_THREAD_COUNT", 1),
-            time_zone=time_zone,
-            bind_host=_str(env, "PYTHON_SCHEDULER_BIND_HOST"),
-            port=_int(env, "PYTHON_SCHEDULER_PORT", 1),
-            workers=_int(env, "PYTHON_SCHEDULER_WORKERS", 1),
-            threads=_int(env, "PYTHON_SCHEDULER_THREADS", 1),
-            accept_unauthenticated_callbacks=_bool(env, "PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS"),
-            max_body_bytes=_int(env, "PYTHON_SCHEDULER_MAX_BODY_BYTES", 1024),
-            log_level=log_level,
-            log_format=_choice(env, "LOG_FORMAT", ("plain", "json")),
-            log_to_stdout=_bool(env, "LOG_TO_STDOUT"),
-            metrics_token=_str(env, "PYTHON_SCHEDULER_METRICS_TOKEN"),
-            status_token=_secret(env, "PYTHON_SCHEDULER_STATUS_TOKEN"),
-            sandbox_urls=_urls(env, "PYTHON_SANDBOX_URLS"),
-            sandbox_auth_token=_str(env, "PYTHON_SANDBOX_AUTH_TOKEN"),
-            dispatch_batch=_int(env, "PYTHON_DISPATCH_BATCH", 1),
-            dispatch_threads=_int(env, "PYTHON_DISPATCH_THREADS", 1),
-            lease_secs=_int(env, "PYTHON_DISPATCH_LEASE_SECS", 1),
-            handoff_secs=_int(env, "PYTHON_DISPATCH_HANDOFF_SECS", 1),
-            lost_grace_secs=_int(env, "PYTHON_SANDBOX_LOST_GRACE_SECS", 0),
-            queue_timeout=_int(env, "PYTHON_SCHEDULER_QUEUE_TIMEOUT", 0),
-            sweep_interval=_int(env, "PYTHON_SWEEP_INTERVAL_SECS", 1),
-            retention_interval=_int(env, "PYTHON_RETENTION_INTERVAL_SECS", 1),
-            retention_batch=_int(env, "PYTHON_RETENTION_BATCH", 1),
-        )
+            user = user or "root"
+        config = cls(**values, db_user=user, db_passwd=passwd, db_root_user=root_user, db_root_passwd=root_passwd)
         if config.status_token and config.status_token == config.auth_token:
             raise ConfigError("PYTHON_SCHEDULER_STATUS_TOKEN must not be SeaTable's PYTHON_SCHEDULER_AUTH_TOKEN")
         return config
@@ -319,8 +117,4 @@ class Config:
 
 def markdown_table() -> str:
     """The README's configuration table, generated so documentation and code cannot drift apart."""
-    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
-    for var in VARIABLES:
-        default = f"`{var.default}`" if var.default else "(empty)"
-        lines.append(f"| `{var.name}` | {default} | {var.description} |")
-    return "\n".join(lines)
+    return render.markdown_table(SCHEDULER)

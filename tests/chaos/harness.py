@@ -284,6 +284,9 @@ class Chaos:
                                       token=self.sandbox_token)
         self.sandbox.start()
 
+    def sandbox_running(self) -> bool:
+        return self.sandbox is not None and self.sandbox.process is not None and self.sandbox.process.poll() is None
+
     def stop_sandbox(self, sig: int = signal.SIGTERM) -> None:
         """SIGTERM: a graceful stop (runs in hand finish, warm runners are removed); SIGKILL: a crash."""
         if self.sandbox is not None:

@@ -48,7 +48,8 @@ class Ops:
 
 
 @pytest.fixture(scope="package")
-def ops() -> Iterator[Ops]:
+def ops(runner_image: str) -> Iterator[Ops]:
+    """The whole pipeline (SQLite, real sandbox, gunicorn); runner_image: its lane is podman (tests/conftest.py)."""
     metrics_token, status_token, sandbox_metrics_token = (secrets.token_urlsafe(18) for _ in range(3))
     logs = {"LOG_FORMAT": "json"}
     pipeline = Pipeline(

@@ -129,7 +129,6 @@ def sandbox(sandbox_user: object, runner_image: str, tmp_path: Path) -> Iterator
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.podman
 def test_sandbox_answers_as_its_description_says(sandbox: SandboxProcess, tmp_path: Path) -> None:
     document = requests.get(sandbox.url + "/openapi.json", timeout=10).json()
     assert {"/function/run-python", "/function/runs/{script_id}", "/health", "/metrics"} <= set(document["paths"])

@@ -7,8 +7,6 @@ import pytest
 
 from tests.support.podman import CallbackReceiver, SandboxProcess
 
-pytestmark = pytest.mark.podman
-
 
 @pytest.mark.parametrize("sandbox", ["cold"], indirect=True)
 def test_a_nul_in_the_context_reaches_the_script(sandbox: SandboxProcess, receiver: CallbackReceiver) -> None:

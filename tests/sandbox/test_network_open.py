@@ -28,8 +28,6 @@ from tests.support.metrics import value
 from tests.support.netlab import NetLab
 from tests.support.podman import CallbackReceiver, SandboxProcess
 
-pytestmark = pytest.mark.podman
-
 # Each probe prints one line: name, then connected / refused <errno> / error <text> / the answer.
 PROBES = """
 import errno, json, os, smtplib, socket, ssl, sys, urllib.request

@@ -82,7 +82,6 @@ def admin(mariadb_server: MariaDBServer) -> Iterator[tuple[str, str]]:
         root.close()
 
 
-@pytest.mark.mariadb
 def test_root_credentials_serve_migrate_only(mariadb_server: MariaDBServer, admin: tuple[str, str],
                                              serve: Callable[[dict[str, str]], RunningServer]) -> None:
     database = f"least_{secrets.token_hex(4)}"
