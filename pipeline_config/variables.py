@@ -101,11 +101,14 @@ VARIABLES: tuple[Variable, ...] = (
         "db_host", "", "MariaDB/MySQL host; empty selects the embedded SQLite database.")),
     Variable("DB_PORT", Int(minimum=1), scheduler=Use("db_port", "3306", "MariaDB/MySQL port.")),
     # The four DB_ credentials feed upstream's rule in Config.from_env (which login is used).
-    Variable("DB_USER", Text(), scheduler=Use(None, "", "Database user (used when DB_ROOT_PASSWD is empty).")),
+    Variable("DB_USER", Text(), scheduler=Use(
+        None, "", "Database user of the serving processes (API, dispatcher, maintenance).")),
     Variable("DB_PASSWD", Text(), secret=True, scheduler=Use(None, "", "Password of DB_USER.")),
     Variable("DB_ROOT_USER", Text(), scheduler=Use(
-        None, "root", "Privileged database user, preferred when DB_ROOT_PASSWD is set.")),
-    Variable("DB_ROOT_PASSWD", Text(), secret=True, scheduler=Use(None, "", "Password of DB_ROOT_USER.")),
+        None, "root", "Privileged database user for `migrate` only: it creates the database and DB_USER (rights: "
+        "SELECT, INSERT, UPDATE, DELETE on it); the serving processes never use it.")),
+    Variable("DB_ROOT_PASSWD", Text(), secret=True, scheduler=Use(
+        None, "", "Password of DB_ROOT_USER; empty: `migrate` uses DB_USER.")),
     Variable("DATABASE_NAME", Text(), scheduler=Use(
         "database_name", "scheduler", "Database (schema) name on MariaDB/MySQL.")),
     Variable("PYTHON_SCHEDULER_SQLITE_PATH", Text(), scheduler=Use(

@@ -12,6 +12,7 @@ from urllib.parse import quote
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
+from scheduler.names import is_script_name
 from scheduler.sessions import ThreadSessions
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class SeaTable:
             base = str(uuid.UUID(dtable_uuid))
         except ValueError:
             raise ScriptNotFound(dtable_uuid) from None
+        if not is_script_name(script_name):  # a row from before names were checked: never another URL
+            raise ScriptNotFound(script_name)
         url = f"{self.server_url}/api/v2.1/dtable/{base}/run-script/{quote(script_name, safe='')}/task/file/"
         try:
             response = self.session.get(url, headers=self.headers, timeout=TIMEOUT_SECONDS)
