@@ -225,6 +225,9 @@ class SandboxServer(BaseApplication):
             "logger_class": "observability.logs.GunicornLogger",
             "proc_name": "seatable-sandbox",
             "worker_exit": worker_exit,
+            # gunicorn 27's control socket (~/.gunicorn/gunicorn.ctl) can stop and reconfigure the server; the
+            # services are managed by their supervisor (systemd, compose), so it stays off.
+            "control_socket_disable": True,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)

@@ -258,7 +258,8 @@ class Maintenance:
         """Sweep every PYTHON_SWEEP_INTERVAL_SECS, retention every PYTHON_RETENTION_INTERVAL_SECS."""
         next_retention = 0.0
         while not self.stopping.is_set():
-            for name, job in (("hand-off sweep", self.sweep_handed_off), ("stale sweep", self.end_stale)):
+            for name, job in (("hand-off sweep", self.sweep_handed_off), ("stale sweep", self.end_stale),
+                              ("WAL scrub", self.store.scrub)):
                 try:
                     job()
                 except Exception:

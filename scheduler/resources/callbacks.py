@@ -16,7 +16,7 @@ import jsonschema
 from scheduler import outcomes, runs, texts
 from scheduler.db import Store
 from scheduler.metrics import ApiMetrics
-from scheduler.resources.common import MAX_ID, ApiError, Context, validate
+from scheduler.resources.common import MAX_ID, ApiError, BodyBudget, Context, validate
 
 _SCRIPT_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 _EPOCH = {"type": ["number", "null"], "minimum": 0, "maximum": 1e11}
@@ -44,6 +44,7 @@ _CAUSES = {403: "forbidden", 413: "too_large"}  # any other refusal of a body: "
 
 class _Callback:
     NAME = ""  # the metrics label
+    BUDGET = BodyBudget(bytes=64 * 1024, values=64)
 
     def __init__(self, ctx: Context, store: Store, metrics: ApiMetrics | None = None) -> None:
         self.ctx = ctx
@@ -55,7 +56,7 @@ class _Callback:
         try:
             if not self.ctx.accept_unauthenticated_callbacks:
                 self.ctx.require_auth(req)
-            data = self.ctx.read_json_object(req)
+            data = self.ctx.read_json_object(req, self.BUDGET, salvage_text=True)
             validate(_NAMES_A_RUN, data)
         except ApiError as error:
             self.count_error(_CAUSES.get(error.status, "bad_request"))
@@ -109,6 +110,10 @@ class ResultCallback(_Callback):
     which fields were wrong.
     """
 
+    # The output (up to PYTHON_RUNNER_OUTPUT_LIMIT characters, escaped) is one string: bytes up to the
+    # scheduler's PYTHON_SCHEDULER_MAX_BODY_BYTES, few values.
+    BUDGET = BodyBudget(bytes=2**62, values=256)
+
     SCHEMA: dict[str, Any] = {
         "type": "object",
         "required": ["script_id"],
@@ -131,8 +136,10 @@ class ResultCallback(_Callback):
         data = self.read(req)
         result = self.result(data)
         recorded = runs.record_result(self.store, data["script_id"], result)
-        if recorded is runs.Outcome.APPLIED and self.metrics is not None:
-            self.metrics.finished(result.kind, result.spend_time)
+        if recorded is runs.Outcome.APPLIED:
+            self.ctx.wake_dispatchers()  # the run's slot on its node is free again
+            if self.metrics is not None:
+                self.metrics.finished(result.kind, result.spend_time)
         self.answer(resp, recorded)
 
     def result(self, data: dict[str, Any]) -> runs.RunResult:

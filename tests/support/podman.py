@@ -261,6 +261,7 @@ class SandboxProcess:
     token: str = "sandbox-test-token"
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    venv_bin: Path = VENV_BIN  # another prefix's sandbox (a benchmark's side-by-side run of an older commit)
 
     @property
     def url(self) -> str:
@@ -270,7 +271,7 @@ class SandboxProcess:
         self.log_path = self.state_dir.parent / f"sandbox-{int(time.time() * 1000)}.log"
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            self.user.command([str(VENV_BIN / "seatable-sandbox"), "serve"]),
+            self.user.command([str(self.venv_bin / "seatable-sandbox"), "serve"]),
             env={**self.user.env(), **self.env}, cwd="/", stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
