@@ -165,7 +165,12 @@ VARIABLES: tuple[Variable, ...] = (
         'After this long a node\'s "not here" proves a hand-off never arrived (no POST still in flight).')),
     Variable("PYTHON_SANDBOX_LOST_GRACE_SECS", Int(minimum=0), scheduler=Use(
         "lost_grace_secs", "60",
-        'A run whose node does not answer for PYTHON_PROCESS_TIMEOUT plus this long ends as "sandbox lost".')),
+        'How long a node\'s word about a run holds: each "running" or "reporting" answer extends the run\'s '
+        "deadline to PYTHON_PROCESS_TIMEOUT plus this.")),
+    Variable("PYTHON_SANDBOX_UNREACHABLE_SECS", Int(minimum=0), scheduler=Use(
+        "unreachable_secs", "1800",
+        'A node that does not answer at all may be cut off and still deliver: its runs end as "sandbox lost" '
+        "only after it stayed silent this much longer (keep it below the nodes' PYTHON_SANDBOX_TOMBSTONE_SECS).")),
     Variable("PYTHON_SCHEDULER_QUEUE_TIMEOUT", Int(minimum=0), scheduler=Use(
         "queue_timeout", "3600", "Queued longer than this: ended as not started; 0 never.")),
     Variable("PYTHON_SWEEP_INTERVAL_SECS", Int(minimum=1), scheduler=Use(

@@ -60,6 +60,7 @@ class Config:
     lease_secs: int
     handoff_secs: int
     lost_grace_secs: int
+    unreachable_secs: int
     queue_timeout: int
     sweep_interval: int
     retention_interval: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sqlite3
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pony.orm import Database, db_session
 from pony.orm.core import TransactionError
 from pony.orm.dbapiprovider import OperationalError
 
+from scheduler import galera
 from scheduler.clock import Clock, zone
 from scheduler.config import Config
 from scheduler.models import Entities, define_entities
@@ -24,7 +26,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # MariaDB deadlock and lock wait timeout; SQLite "database is locked" also arrives as OperationalError.
+# On Galera, 1213 is also how a transaction that lost certification to another node's ends (scheduler/galera.py).
 _RETRYABLE_MYSQL_CODES = {1205, 1213}
+MAX_RETRY_PAUSE = 0.5  # seconds; the pauses grow 10, 20, 40 ms ... with full jitter
 
 
 @dataclass
@@ -37,8 +41,9 @@ class Store:
     clock: Clock
     sqlite_path: str | None = None
 
-    def write(self, fn: Callable[[], T], attempts: int = 8) -> T:
-        """Run `fn` in its own transaction, retrying deadlocks and busy databases."""
+    def write(self, fn: Callable[[], T], attempts: int = 10) -> T:
+        """Run `fn` in its own transaction, re-running it whole after deadlocks, certification failures and
+        busy databases. `fn`'s result is returned only once its transaction committed."""
         for attempt in range(1, attempts + 1):
             try:
                 with db_session(optimistic=False):
@@ -47,7 +52,8 @@ class Store:
                 if attempt == attempts or not _retryable(exc):
                     raise
                 log.debug("retrying transaction after %s", exc)
-                time.sleep(0.005 * attempt)
+                # Random pauses, so two transactions that conflicted do not meet again at the same moment.
+                time.sleep(random.uniform(0, min(MAX_RETRY_PAUSE, 0.01 * 2 ** (attempt - 1))))
         raise AssertionError("unreachable")
 
     def scrub(self) -> bool:
@@ -113,6 +119,7 @@ def open_store(config: Config, check_tables: bool = True) -> Store:
     db = Database()
     config.require_service_database()
     if config.uses_mysql:
+        galera.causal_reads(db)  # before bind: its first connection gets the setting too
         db.bind(provider="mysql", database=config.database_name, autocommit=False, **_mysql_credentials(config))
     else:
         db.bind(provider="sqlite", filename=os.path.abspath(config.sqlite_path), create_db=False, timeout=30)
