@@ -161,18 +161,20 @@ def add_user_site() -> str:
     -I leaves user site-packages out; this adds the directory of the passwd entry's home (read-only image content,
     never HOME, which is the writable /tmp), with its .pth files, before any script runs. "" when there is none.
     """
-    home = ""
-    # A run's own uid has no passwd entry: the packages are those of the image's user (upstream's seatable, 1000).
+    # A run's own uid has no home of its own (Podman may add a passwd line for it, with home "/"): the packages
+    # are those of the image's user (upstream's seatable, 1000).
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    path = ""
     for uid in (os.getuid(), IMAGE_USER_UID):
         try:
             home = pwd.getpwuid(uid).pw_dir
-            break
         except KeyError:
             continue
-    if not home:
-        return ""
-    path = os.path.join(home, ".local", "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages")
-    if not home.startswith("/") or home == "/tmp" or not os.path.isdir(path):
+        candidate = os.path.join(home, ".local", "lib", version, "site-packages")
+        if home.startswith("/") and home not in ("/", "/tmp") and os.path.isdir(candidate):
+            path = candidate
+            break
+    if not path:
         return ""
     before = list(sys.path)
     site.addsitedir(path)
