@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.chaos.harness import Chaos, answers, wait_until
+from tests.chaos.harness import Chaos
 from tests.chaos.load import Load, Row
+from tests.support.harness import answers, wait_until
 
 Step = Callable[[Chaos, float], None]
 

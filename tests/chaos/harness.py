@@ -22,16 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pymysql
-import requests
 
-from sandbox.driver import LABEL
 from sandbox.host import SandboxUser, configured_user, lookup_user
-from sandbox.podman_api import PodmanAPI
 from tests.chaos.proxy import ResetProxy
 from tests.seatable_stub import StubServer
+from tests.support.harness import answers, children, log_tails, wait_until
 from tests.support.mariadb import MariaDBServer, start_server
 from tests.support.pipeline import REPO, Service
-from tests.support.podman import SandboxProcess, free_port
+from tests.support.podman import PodmanService, SandboxProcess, free_port
 
 Say = Callable[[str], None]
 
@@ -49,28 +47,6 @@ class Settings:
     warm_pool: int = 2
 
 
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=5).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 @dataclass
 class Chaos:
     settings: Settings = field(default_factory=Settings)
@@ -85,7 +61,7 @@ class Chaos:
     stub: StubServer | None = None
     proxy: ResetProxy | None = None
     user: SandboxUser | None = None
-    podman_service: subprocess.Popen[bytes] | None = None
+    podman: PodmanService | None = None
     sandbox: SandboxProcess | None = None
     scheduler: Service | None = None
     dispatcher: Service | None = None
@@ -99,13 +75,9 @@ class Chaos:
         return f"http://127.0.0.1:{self.scheduler_port}"
 
     @property
-    def podman_socket(self) -> Path:
-        assert self.user is not None
-        return self.user.runtime_dir / f"chaos-{self.tag}" / "podman.sock"
-
-    @property
     def podman_url(self) -> str:
-        return f"unix://{self.podman_socket}"
+        assert self.podman is not None
+        return self.podman.url
 
     # --- the whole pipeline -------------------------------------------------------------------------------
 
@@ -113,6 +85,7 @@ class Chaos:
         self.workdir.chmod(0o755)
         self.user = lookup_user(configured_user())
         self.say("chaos: starting MariaDB, the SeaTable stand-in and a private Podman API service")
+        self.podman = PodmanService(self.user, f"chaos-{self.tag}", self.workdir / "podman-service.log")
         self.mariadb = start_server(("--innodb-buffer-pool-size=64M",))
         self.stub = StubServer(self.secret, host="127.0.0.1").start()
         self.start_podman_service()
@@ -132,11 +105,10 @@ class Chaos:
             self.sandbox.stop()
         if self.proxy is not None:
             self.proxy.stop()
-        if self.podman_service is not None:
-            self.remove_containers()
-        self.kill_podman_service()
-        if self.user is not None:
-            shutil.rmtree(self.podman_socket.parent, ignore_errors=True)
+        if self.podman is not None:
+            if self.podman.running:
+                self.remove_containers()
+            self.podman.stop()
         if self.stub is not None:
             self.stub.stop()
         if self.mariadb is not None:
@@ -152,11 +124,7 @@ class Chaos:
 
     def logs(self, lines: int = 40) -> str:
         """The tail of every log, for a report on what went wrong."""
-        parts = []
-        for path in sorted(self.workdir.glob("*.log")):
-            text = path.read_text(errors="replace").splitlines()[-lines:]
-            parts.append(f"--- {path.name}\n" + "\n".join(text))
-        return "\n".join(parts)
+        return log_tails(self.workdir, lines)
 
     # --- scheduler and dispatcher ------------------------------------------------------------------------
 
@@ -179,6 +147,9 @@ class Chaos:
             "PYTHON_SANDBOX_LOST_GRACE_SECS": str(s.lost_grace_secs),
             "PYTHON_SWEEP_INTERVAL_SECS": str(s.sweep_interval),
             "PYTHON_SCHEDULER_MAX_BODY_BYTES": str(s.max_body_bytes),
+            # One team sends every run of a fault: faults that hold runs long (Podman away) would otherwise turn the
+            # later ones into rate-limit answers, which say nothing about exactly once (the limit has its own tests).
+            "PYTHON_SCHEDULER_RATE_LIMIT_PERCENT": "1",
             "PYTHON_SCHEDULER_LOG_LEVEL": "INFO",
             **self.mariadb.settings.env(),
         })
@@ -226,33 +197,13 @@ class Chaos:
     # --- the sandbox and its Podman -------------------------------------------------------------------
 
     def start_podman_service(self) -> None:
-        """`podman system service --time=0` as the sandbox user, started the way sandbox.host starts it, on a
-        socket of this harness's own."""
-        assert self.user is not None
-        directory = self.podman_socket.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        os.chown(directory, self.user.uid, self.user.gid)
-        self.podman_socket.unlink(missing_ok=True)  # left by a killed service
-        with open(self.workdir / "podman-service.log", "ab") as log:
-            self.podman_service = subprocess.Popen(
-                self.user.command(["podman", "system", "service", "--time=0", self.podman_url]),
-                env=self.user.env(), cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True,
-            )
-        api = PodmanAPI(self.podman_url, timeout=5)
-        try:
-            wait_until(lambda: self.podman_socket.exists() and api.ping(), 60, "the Podman API service")
-        finally:
-            api.close()
+        assert self.podman is not None
+        self.podman.start()
 
     def kill_podman_service(self) -> None:
         """SIGKILL the API service process itself (not its containers' conmon, which outlive it)."""
-        process, self.podman_service = self.podman_service, None
-        if process is None or process.poll() is not None:
-            return
-        for pid in children(process.pid) or [process.pid]:  # runuser -> podman
-            os.kill(pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        assert self.podman is not None
+        self.podman.kill()
 
     def sandbox_env(self, scheduler_token: str | None = None) -> dict[str, str]:
         s = self.settings
@@ -298,20 +249,12 @@ class Chaos:
 
     def containers(self) -> list[str]:
         """This node's runner containers (by its label), whatever their state."""
-        api = PodmanAPI(self.podman_url)
-        try:
-            return [str(c["Id"]) for c in api.labelled(f"{LABEL}={self.node_name}")]
-        finally:
-            api.close()
+        assert self.podman is not None
+        return self.podman.containers(self.node_name)
 
     def remove_containers(self) -> None:
-        """Remove whatever this node left behind (counted before), so no other checkout finds it."""
-        api = PodmanAPI(self.podman_url)
-        try:
-            for container in self.containers():
-                api.remove(container)
-        finally:
-            api.close()
+        assert self.podman is not None
+        self.podman.remove_containers(self.node_name)
 
     # --- the database -----------------------------------------------------------------------------------
 

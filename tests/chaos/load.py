@@ -69,6 +69,9 @@ class Row:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    def count_finished(self, run: Run, output: str) -> None:
+        self.finished += 1
+
     @property
     def doubled(self) -> int:
         return self.executed["2+"]
@@ -152,13 +155,21 @@ class Load:
         while self.unfinished() != 0 and time.monotonic() < deadline:
             time.sleep(1.0)
 
-    def tally(self, left: int, seconds: float) -> Row:
+    def executions(self) -> tuple[Counter[str], set[str]]:
+        """Executions per key (one `Executions` row each), and the keys whose execution reached its end."""
         assert self.chaos.stub is not None
         rows: list[dict[str, Any]] = [dict(r) for r in self.chaos.stub.seatable.rows(self.base, TABLE)]
-        executions = Counter(str(r.get("key")) for r in rows)
         completed = {str(r.get("key")) for r in rows if r.get("done") == "yes"}
+        return Counter(str(r.get("key")) for r in rows), completed
+
+    def new_row(self, left: int, seconds: float) -> Row:
+        return Row(self.fault, submitted=len(self.runs), left=left, seconds=seconds)
+
+    def tally(self, left: int, seconds: float) -> Row:
+        """Each run's executions as its script counted them, against what the scheduler says of it."""
+        executions, completed = self.executions()
         button = RunScriptButton(self.chaos.scheduler_url, self.chaos.secret, request_timeout=60)
-        row = Row(self.fault, submitted=len(self.runs), left=left, seconds=seconds)
+        row = self.new_row(left, seconds)
         for run in self.runs:
             n = executions[run.key]
             row.executed["0" if n == 0 else "1" if n == 1 else "2+"] += 1
@@ -170,7 +181,7 @@ class Load:
                 row.stuck += 1
                 row.notes.append(f"run {run.script_id} stuck: {script.get('state')}")
                 continue
-            row.finished += 1
+            row.count_finished(run, output)
             if f"chaos {run.key} ok" in output:
                 row.own_output += 1
                 continue

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.cluster.harness import Cluster, wait_until
+from tests.cluster.harness import Cluster
 from tests.cluster.load import ClusterLoad, ClusterRow
+from tests.support.harness import wait_until
 
 Step = Callable[[Cluster, float], None]
 Inject = Callable[[Cluster, float], list[int]]  # returns the runs the fault met in flight

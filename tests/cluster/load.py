@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from tests.chaos.load import CLEAR_FAILURES, HEADER, TABLE, Load, Row, Run, _gist
+from tests.chaos.load import HEADER, TABLE, Load, Row, Run, _gist
 from tests.cluster.harness import Cluster
 from tests.seatable_stub.button import RunScriptButton
 
@@ -53,6 +53,12 @@ class ClusterRow(Row):
 
     sandbox_lost: int = 0
     met: int = 0  # runs handed to a sandbox and not finished when the fault struck
+
+    def count_finished(self, run: Run, output: str) -> None:
+        super().count_finished(run, output)
+        if "sandbox lost" in output.lower():
+            self.sandbox_lost += 1
+            self.notes.append(f"run {run.script_id} ended as sandbox lost: {_gist(output)}")
 
     @property
     def ok(self) -> bool:
@@ -99,7 +105,8 @@ class ClusterLoad(Load):
             self.runs = list(pool.map(one, range(count)))
 
     def executions(self) -> tuple[Counter[str], set[str]]:
-        """Distinct executions per key (by nonce), and the keys whose execution reached its end."""
+        """Distinct executions per key (by nonce: a retried append is one execution), and the keys whose
+        execution reached its end."""
         assert self.chaos.stub is not None
         rows: list[dict[str, Any]] = [dict(r) for r in self.chaos.stub.seatable.rows(self.base, TABLE)]
         nonces: dict[str, set[str]] = defaultdict(set)
@@ -108,36 +115,10 @@ class ClusterLoad(Load):
         completed = {str(r.get("key")) for r in rows if r.get("done") == "yes"}
         return Counter({key: len(found) for key, found in nonces.items()}), completed
 
+    def new_row(self, left: int, seconds: float) -> ClusterRow:
+        return ClusterRow(self.fault, submitted=len(self.runs), left=left, seconds=seconds)
+
     def tally(self, left: int, seconds: float) -> ClusterRow:
-        """The chaos suite's row, counting executions by nonce and asking the scheduler through the first API."""
-        executions, completed = self.executions()
-        button = RunScriptButton(self.chaos.api_url(0), self.chaos.secret, request_timeout=60)
-        row = ClusterRow(self.fault, submitted=len(self.runs), left=left, seconds=seconds)
-        for run in self.runs:
-            n = executions[run.key]
-            row.executed["0" if n == 0 else "1" if n == 1 else "2+"] += 1
-            if n > 1:
-                row.notes.append(f"run {run.script_id} executed {n} times")
-            script = button.status(run.script_id, self.base, run.script)
-            output = str(script.get("output") or "")
-            if script.get("state") != "finished":
-                row.stuck += 1
-                row.notes.append(f"run {run.script_id} stuck: {script.get('state')}")
-                continue
-            row.finished += 1
-            if "sandbox lost" in output.lower():
-                row.sandbox_lost += 1
-                row.notes.append(f"run {run.script_id} ended as sandbox lost: {_gist(output)}")
-            if f"chaos {run.key} ok" in output:
-                row.own_output += 1
-                continue
-            if run.key in completed:
-                row.lost += 1
-                row.notes.append(f"run {run.script_id} ran to its end, result lost: {_gist(output)}")
-            if script.get("success") is False and any(text in output.lower() for text in CLEAR_FAILURES):
-                row.clear_failure += 1
-            else:
-                row.unclear += 1
-                row.notes.append(f"run {run.script_id} unclear outcome (rc {script.get('return_code')}): "
-                                 f"{_gist(output)}")
+        row = super().tally(left, seconds)
+        assert isinstance(row, ClusterRow)
         return row

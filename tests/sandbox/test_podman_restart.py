@@ -46,14 +46,6 @@ def private_podman(sandbox_user: SandboxUser) -> Iterator[PodmanService]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def node_containers(service: PodmanService, node: str) -> list[str]:
-    api = PodmanAPI(service.url)
-    try:
-        return [str(c["Id"]) for c in api.labelled(f"{LABEL}={node}")]
-    finally:
-        api.close()
-
-
 def wait_until_started(service: PodmanService, node: str, script_id: int, timeout: float = 60) -> None:
     """Until the script's first line is in its runner's log: the job arrived and user code runs."""
     api = PodmanAPI(service.url)
@@ -99,7 +91,7 @@ def test_a_run_keeps_its_result_across_a_podman_restart(private_podman: PodmanSe
     # Runners whose removal failed while Podman was away (a warm runner cut off with it) go later; a graceful
     # stop removes whatever of this node is left.
     sandbox.stop(signal.SIGTERM)
-    assert node_containers(private_podman, node) == []
+    assert private_podman.containers(node) == []
 
 
 def test_podman_away_past_the_deadline_loses_the_run_once(private_podman: PodmanService, sandbox_factory: Any,
@@ -120,7 +112,7 @@ def test_podman_away_past_the_deadline_loses_the_run_once(private_podman: Podman
     private_podman.start()
     # The run's container could not be removed while Podman was away: the health thread removes it now.
     deadline = time.monotonic() + 60
-    while node_containers(private_podman, node):
+    while private_podman.containers(node):
         assert time.monotonic() < deadline, f"runner left behind:\n{sandbox.log()}"
         time.sleep(0.2)
     assert sandbox.log().count("could not remove container") == 1

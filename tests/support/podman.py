@@ -6,6 +6,7 @@ in production; tests talk to it over real HTTP and receive its callbacks on a re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,9 +25,11 @@ from typing import Any
 import pytest
 import requests
 
+from sandbox.driver import LABEL
 from sandbox.host import SandboxUser, configured_user, lookup_user, socket_alive, start_api_service
 from sandbox.image import default_image
 from sandbox.podman_api import PodmanAPI
+from tests.support.harness import children
 
 START_SECS = 120
 VENV_BIN = Path(os.environ.get("SEATABLE_PIPELINE_PREFIX", "/opt/seatable-pipeline")) / "venv" / "bin"
@@ -73,11 +76,14 @@ def runner_image(podman: PodmanAPI) -> str:
 class PodmanService:
     """`podman system service --time=0` as the sandbox user on a private socket, started as sandbox.host starts
     the shared one: killing it (SIGKILL, as a crash) touches no other checkout's service; the containers it
-    started run on under their conmon."""
+    started run on under their conmon. The chaos and cluster harnesses and the Podman-restart tests use it;
+    `wrap` runs it elsewhere (a sandbox host's network namespace) instead of `runuser`."""
 
     user: SandboxUser
     name: str
     log_path: Path
+    wrap: Callable[[list[str]], list[str]] | None = None
+    start_secs: float = 90
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,39 +94,74 @@ class PodmanService:
     def url(self) -> str:
         return f"unix://{self.socket}"
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self) -> PodmanService:
         directory = self.socket.parent
         directory.mkdir(parents=True, exist_ok=True)
         os.chown(directory, self.user.uid, self.user.gid)
         self.socket.unlink(missing_ok=True)  # left by a killed service
+        argv = ["podman", "system", "service", "--time=0", self.url]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.user.command(["podman", "system", "service", "--time=0", self.url]),
+                self.wrap(argv) if self.wrap else self.user.command(argv),
                 env=self.user.env(), cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True)
         api = PodmanAPI(self.url, timeout=5)
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + self.start_secs
             while not (self.socket.exists() and api.ping()):
-                assert time.monotonic() < deadline, "the private Podman API service did not start"
+                if not self.running or time.monotonic() > deadline:
+                    raise RuntimeError(f"the private Podman API service {self.name} did not start "
+                                       f"(log: {self.log_path})")
                 time.sleep(0.1)
         finally:
             api.close()
         return self
 
     def kill(self) -> None:
-        """SIGKILL the service process itself (runuser's child), not its containers' conmon."""
+        """SIGKILL the service process itself (runuser's child, or the process started when `wrap` execs), not
+        its containers' conmon."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        for pid in [int(p) for p in children] or [process.pid]:
-            os.kill(pid, signal.SIGKILL)
+        for pid in _podman_pids(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         process.wait(timeout=30)
+
+    def containers(self, node: str) -> list[str]:
+        """The node's runner containers (by its label), whatever their state."""
+        api = PodmanAPI(self.url)
+        try:
+            return [str(c["Id"]) for c in api.labelled(f"{LABEL}={node}")]
+        finally:
+            api.close()
+
+    def remove_containers(self, node: str) -> None:
+        """Remove what the node left behind (after counting it), so no other checkout finds it."""
+        api = PodmanAPI(self.url)
+        try:
+            for container in self.containers(node):
+                api.remove(container)
+        finally:
+            api.close()
 
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.socket.parent, ignore_errors=True)
+
+
+def _podman_pids(pid: int) -> list[int]:
+    """`pid` when it is podman itself, else its children (runuser stays in between)."""
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "podman":
+            return [pid]
+    except OSError:
+        return []
+    return children(pid) or [pid]
 
 
 # --- a scheduler stand-in that records the sandbox's callbacks --------------------------
