@@ -1,0 +1,181 @@
+"""The named reads of script_log that the API, the dispatcher, the sweeps, the metrics and the status page use.
+
+Each is one function over a `Store` that opens its own read session unless it says it runs inside the
+caller's transaction (the claim's fair-share reads). The stage predicates they filter on are the state
+machine's (scheduler/lifecycle.py); writes are lifecycle's alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from scheduler.db import Store, in_list
+from scheduler.lifecycle import CLAIMABLE, HANDED_OFF, QUEUED, RUNNING_ELSEWHERE
+
+# What a run's summary shows (upstream's ScriptLog JSON without context_data and output).
+SUMMARY_FIELDS = (
+    "id",
+    "dtable_uuid",
+    "owner",
+    "org_id",
+    "script_name",
+    "started_at",
+    "finished_at",
+    "success",
+    "return_code",
+    "operate_from",
+    "state",
+    "created_at",
+)
+SUMMARY = ", ".join(SUMMARY_FIELDS)
+FULL = f"{SUMMARY}, context_data, output"
+
+
+# --- the API ------------------------------------------------------------------------------------------------
+
+
+def run_by_id(store: Store, run_id: int) -> Any | None:
+    """One run with context and output (FULL): the hot path dtable-web polls, one query."""
+    with store.reading():
+        rows = store.select(f"SELECT {FULL} FROM script_log WHERE id = $run_id", {"run_id": run_id})
+    return rows[0] if rows else None
+
+
+def script_runs(
+    store: Store, uuids: tuple[str, ...], script_name: str, descending: bool, offset: int, limit: int
+) -> tuple[list[Any], int]:
+    """One script's runs in a base (any of the uuid's spellings), by id, with the number of all of them."""
+    if not uuids:
+        return [], 0
+    placeholders, params = in_list("u", list(uuids))
+    condition = f"dtable_uuid IN ({placeholders}) AND script_name = $script_name"
+    params.update(script_name=script_name, limit=limit, offset=offset)
+    with store.reading():
+        total = store.select(f"SELECT COUNT(*) FROM script_log WHERE {condition}", params)[0]
+        rows = store.select(
+            f"SELECT {FULL} FROM script_log WHERE {condition} ORDER BY id {'DESC' if descending else 'ASC'} "
+            "LIMIT $limit OFFSET $offset",
+            params,
+        )
+    return rows, int(total)
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    org_id: int | None = None
+    base_uuids: tuple[str, ...] = ()
+    start: datetime | None = None
+    end: datetime | None = None
+    end_inclusive: bool = True
+
+
+def admin_runs(store: Store, where: RunFilter, offset: int, limit: int) -> tuple[list[Any], int]:
+    """Run summaries for /admin/runs/, newest first, and how many match."""
+    clauses: list[str] = ["1 = 1"]
+    params: dict[str, Any] = {}
+    if where.org_id is not None:
+        clauses.append("org_id = $org_id")
+        params["org_id"] = where.org_id
+    if where.base_uuids:
+        placeholders, names = in_list("u", list(where.base_uuids))
+        clauses.append(f"dtable_uuid IN ({placeholders})")
+        params.update(names)
+    if where.start is not None:
+        clauses.append("started_at >= $start")
+        params["start"] = where.start
+    if where.end is not None:
+        clauses.append("started_at <= $end" if where.end_inclusive else "started_at < $end")
+        params["end"] = where.end
+    condition = " AND ".join(clauses)
+    params.update(limit=limit, offset=offset)
+    with store.reading():
+        total = store.select(f"SELECT COUNT(*) FROM script_log WHERE {condition}", params)[0]
+        rows = store.select(
+            f"SELECT {SUMMARY} FROM script_log WHERE {condition} ORDER BY id DESC LIMIT $limit OFFSET $offset",
+            params,
+        )
+    return rows, int(total)
+
+
+# --- the dispatcher -----------------------------------------------------------------------------------------
+
+
+def draft_payload(store: Store, run_id: int) -> tuple[str, str] | None:
+    """script_content and draft_api_token of a draft run (None once erased)."""
+    with store.reading():
+        rows = store.select(
+            "SELECT script_content, draft_api_token FROM script_log WHERE id = $run_id", {"run_id": run_id}
+        )
+    if not rows or rows[0][0] is None:
+        return None
+    return str(rows[0][0]), str(rows[0][1] or "")
+
+
+def claimable_by_team(store: Store, now: datetime) -> list[Any]:
+    """(org_id, owner, oldest id, count) of claimable runs; inside the claim's transaction."""
+    return store.select(
+        f"SELECT org_id, owner, MIN(id), COUNT(*) FROM script_log WHERE {CLAIMABLE} GROUP BY org_id, owner",
+        {"now": now},
+    )
+
+
+def window_usage(store: Store, now: datetime, since: datetime) -> list[Any]:
+    """(org_id, owner, runs, seconds of finished runs, seconds so far of runs in flight) of the runs handed
+    out since `since`; inside the claim's transaction."""
+    finished = store.seconds_between("started_at", "finished_at")
+    in_flight = store.seconds_between("COALESCE(started_at, dispatched_at)", "$now")
+    done = "state = 'finished' AND started_at IS NOT NULL AND finished_at IS NOT NULL"
+    return store.select(
+        f"SELECT org_id, owner, COUNT(*), "
+        f"SUM(CASE WHEN {done} THEN {finished} ELSE 0 END), "
+        f"SUM(CASE WHEN state <> 'finished' THEN {in_flight} ELSE 0 END) "
+        "FROM script_log WHERE dispatched_at >= $since GROUP BY org_id, owner",
+        {"since": since, "now": now},
+    )
+
+
+# --- the sweeps ---------------------------------------------------------------------------------------------
+
+
+def handed_off(store: Store, before: datetime, limit: int) -> list[Any]:
+    """(id, sandbox_node, dispatched_at, started_at, lease_until) of runs handed off before `before` and not
+    finished, oldest first: what the hand-off sweep asks the nodes about."""
+    with store.reading():
+        return store.select(
+            "SELECT id, sandbox_node, dispatched_at, started_at, lease_until FROM script_log "
+            f"WHERE {HANDED_OFF} AND dispatched_at < $fresh ORDER BY id LIMIT $limit",
+            {"fresh": before, "limit": limit},
+        )
+
+
+def running_elsewhere(store: Store, started_before: datetime, limit: int) -> list[int]:
+    """Ids of runs a starter we never handed them to reported running, before `started_before`."""
+    with store.reading():
+        rows = store.select(
+            f"SELECT id FROM script_log WHERE {RUNNING_ELSEWHERE} AND started_at < $cutoff LIMIT $limit",
+            {"cutoff": started_before, "limit": limit},
+        )
+    return [int(r) for r in rows]
+
+
+# --- the metrics and the status page -----------------------------------------------------------------------
+
+
+def queued_by_team(store: Store) -> list[Any]:
+    """(org_id, owner, count, oldest created_at) of the runs waiting for a sandbox (within a read session)."""
+    return store.select(
+        f"SELECT org_id, owner, COUNT(*), MIN(created_at) FROM script_log WHERE {QUEUED} GROUP BY org_id, owner"
+    )
+
+
+def in_flight_by_node(store: Store) -> dict[str, int]:
+    """Runs handed to each node and not finished (within a read session)."""
+    rows = store.select(f"SELECT sandbox_node, COUNT(*) FROM script_log WHERE {HANDED_OFF} GROUP BY sandbox_node")
+    return {str(node or ""): int(count) for node, count in rows}
+
+
+def running_count(store: Store) -> int:
+    """Runs in the running stage (within a read session)."""
+    return int(store.select("SELECT COUNT(*) FROM script_log WHERE state = 'running'")[0])
