@@ -158,8 +158,11 @@ class RunResult:
         return self.outcome or (outcomes.SUCCESS if self.success else outcomes.FAILED)
 
 
-# Checks a callback's run must pass, given the row before the change (locked); raise to refuse it.
-Admit = Callable[[Any], None]
+# What a callback must pass before it changes its run (its run's secret, its next legal transition, times that
+# can be true): given the locked row before the change and what the callback reports, it answers what to store
+# (an unbelievable time taken out) or raises to refuse the change.
+AdmitStart = Callable[[Any, datetime], datetime]
+AdmitResult = Callable[[Any, "RunResult"], "RunResult"]
 
 
 def _lock(store: Store) -> str:
@@ -364,25 +367,27 @@ def start(
     run_id: int,
     started_at: datetime | None = None,
     waited: Callable[[float], None] | None = None,
-    admit: Admit | None = None,
+    admit: AdmitStart | None = None,
 ) -> Outcome:
     """-> running: the sandbox started the run. Ignored once the run is finished (a late callback).
 
     The first start of a run is counted and logged, and `waited` hears how long it was queued. `admit` sees
-    the locked row (state, created_at, dispatched_at ...) first and may refuse the change by raising.
+    the locked row (state, created_at, dispatched_at ...) and the start first: it answers the start to store,
+    or refuses the change by raising.
     """
-    started = started_at or store.clock.now()
+    reported = started_at or store.clock.now()
     first: list[tuple[float, Any]] = []  # (seconds queued, the row) when this call started the run
 
     def tx() -> Outcome:
         first.clear()
+        started = reported
         before = store.select(  # locked: of two callbacks for one run, one counts it
             "SELECT state, created_at, script_name, dtable_uuid, sandbox_node, dispatched_at FROM script_log "
             f"WHERE id = $run_id{_lock(store)}",
             {"run_id": run_id},
         )
         if before and admit is not None:
-            admit(before[0])
+            started = admit(before[0], started)
         changed = store.execute(
             "UPDATE script_log SET started_at = $started, state = $running, draft_api_token = NULL "
             f"WHERE id = $run_id AND {START.guard}",
@@ -407,14 +412,16 @@ def start(
     return outcome
 
 
-def finish(store: Store, run_id: int, result: RunResult, admit: Admit | None = None) -> Outcome:
-    """-> finished, and (when `result.counted`) counted in the statistics, in one transaction, at most once.
+def finish(store: Store, run_id: int, reported: RunResult, admit: AdmitResult | None = None) -> Outcome:
+    """-> finished, and (when the result is counted) counted in the statistics, in one transaction, at most once.
 
-    `admit` sees the locked row first and may refuse the change by raising.
+    `admit` sees the locked row and the result first: it answers the result to store, or refuses the change by
+    raising.
     """
 
     def tx() -> Outcome:
         ended.clear()
+        result = reported
         rows = store.select(
             "SELECT state, started_at, dtable_uuid, owner, org_id, script_name, sandbox_node, created_at, "
             f"dispatched_at, claimed_by, lease_until FROM script_log WHERE id = $run_id{_lock(store)}",
@@ -424,7 +431,7 @@ def finish(store: Store, run_id: int, result: RunResult, admit: Admit | None = N
             return Outcome.NOT_FOUND
         row = rows[0]
         if admit is not None:
-            admit(row)
+            result = admit(row, result)
         now = store.clock.now()
         stage = stage_of(row.state, row.claimed_by, as_datetime(row.lease_until), as_datetime(row.dispatched_at), now)
         if not FINISH.allows(stage):
@@ -457,13 +464,13 @@ def finish(store: Store, run_id: int, result: RunResult, admit: Admit | None = N
             counters.bump(store, counters.STARTED, key=run_id)  # a result without a running callback: it ran
         if result.counted:
             stats.count_run(store, row.dtable_uuid, row.owner, row.org_id, spend or 0.0, now)
-        ended.append(row)
+        ended.append((row, result))
         return Outcome.APPLIED
 
-    ended: list[Any] = []
+    ended: list[tuple[Any, RunResult]] = []
     outcome = store.write(tx)
     if ended:
-        row = ended[-1]
+        row, result = ended[-1]
         run_log = logs.for_run(log, run_id, row.script_name, row.dtable_uuid, row.sandbox_node)
         run_log.info("finished: %s (return code %s)", result.kind, result.return_code)
     return outcome

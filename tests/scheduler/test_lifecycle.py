@@ -95,7 +95,7 @@ def test_a_refusal_of_the_admit_check_changes_nothing(store: Store) -> None:
     hand_off(store, "d1", run_id)
     seen: list[Any] = []
 
-    def refuse(locked: Any) -> None:
+    def refuse(locked: Any, reported: Any) -> Any:
         seen.append(locked.state)
         raise PermissionError("not this run's secret")
 
@@ -106,3 +106,22 @@ def test_a_refusal_of_the_admit_check_changes_nothing(store: Store) -> None:
         lifecycle.finish(store, run_id, RunResult(success=True, return_code=0, output="x"), admit=refuse)
     assert seen == ["pending", "pending"]
     assert row(store, run_id) == before
+
+
+def test_what_the_admit_check_answers_is_stored(store: Store) -> None:
+    """A time the scheduler cannot believe is replaced, a result amended, by what the check answers."""
+    run_id = new_run(store)
+    claim_all(store, "d1")
+    hand_off(store, "d1", run_id)
+    arrival = store.clock.now().replace(microsecond=0)
+    future = arrival + timedelta(days=365)
+    assert lifecycle.start(store, run_id, future, admit=lambda locked, started: arrival) is Outcome.APPLIED
+    assert lifecycle.as_datetime(row(store, run_id)[5]) == arrival
+
+    def amend(locked: Any, reported: RunResult) -> RunResult:
+        assert locked.state == "running"
+        return RunResult(success=False, return_code=reported.return_code, output="amended", spend_time=1.0)
+
+    result = RunResult(success=True, return_code=0, output="as reported", spend_time=1e6)
+    assert lifecycle.finish(store, run_id, result, admit=amend) is Outcome.APPLIED
+    assert row(store, run_id)[0] == "finished" and row(store, run_id)[7] == "amended"
