@@ -8,9 +8,10 @@ machine's (scheduler/lifecycle.py); writes are lifecycle's alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from scheduler import outcomes
 from scheduler.db import Store, in_list
 from scheduler.lifecycle import CLAIMABLE, HANDED_OFF, QUEUED, RUNNING_ELSEWHERE
 
@@ -179,3 +180,85 @@ def in_flight_by_node(store: Store) -> dict[str, int]:
 def running_count(store: Store) -> int:
     """Runs in the running stage (within a read session)."""
     return int(store.select("SELECT COUNT(*) FROM script_log WHERE state = 'running'")[0])
+
+
+# --- the status page's charts (within a read session; every window filters on the indexed started_at) -------
+
+# What ended a finished run, as stored, or by its `success` for rows from before the outcome column.
+KIND = f"COALESCE(outcome, CASE WHEN success THEN '{outcomes.SUCCESS}' ELSE '{outcomes.FAILED}' END)"
+# Kinds that say nothing about how long a script runs: it never ran.
+NEVER_RAN = (outcomes.RATE_LIMITED, outcomes.NOT_STARTED, outcomes.FETCH_FAILED)
+_NEVER_RAN = ", ".join(f"'{kind}'" for kind in NEVER_RAN)
+
+
+def _bucket(store: Store, column: str) -> str:
+    """The column's minute ("YYYY-MM-DD HH:MM") or hour ("YYYY-MM-DD HH") as text, the same on both backends.
+
+    The format is the parameter $fmt (a literal % would clash with the MySQL driver's placeholders).
+    """
+    return f"DATE_FORMAT({column}, $fmt)" if store.mysql else f"strftime($fmt, {column})"
+
+
+def _format(store: Store, per: str) -> str:
+    if store.mysql:
+        return "%Y-%m-%d %H:%i" if per == "minute" else "%Y-%m-%d %H"
+    return "%Y-%m-%d %H:%M" if per == "minute" else "%Y-%m-%d %H"
+
+
+def finished_per_bucket(store: Store, per: str, first: datetime) -> list[Any]:
+    """(minute or hour as text, kind, count) of the runs finished since `first`."""
+    return store.select(
+        f"SELECT b, k, COUNT(*) FROM (SELECT {_bucket(store, 'finished_at')} AS b, {KIND} AS k "
+        "FROM script_log WHERE started_at >= $early AND finished_at >= $first AND state = 'finished') AS runs "
+        "GROUP BY b, k",
+        {"early": first - timedelta(days=1), "first": first, "fmt": _format(store, per)},
+    )
+
+
+def time_to_result_histogram(
+    store: Store, since: datetime, bounds: tuple[float, ...], per_hour: bool = False
+) -> list[Any]:
+    """(hour as text, or '' for all; runs; then for each bound, the runs whose time from request to result was
+    at most that) of the runs that ran and finished since `since`."""
+    waited = store.seconds_between("created_at", "finished_at")
+    sums = ", ".join(f"SUM(CASE WHEN d <= {bound} THEN 1 ELSE 0 END)" for bound in bounds)
+    hour = _bucket(store, "finished_at") if per_hour else "''"
+    return store.select(
+        f"SELECT h, COUNT(*), {sums} FROM (SELECT {hour} AS h, {waited} AS d FROM script_log "
+        "WHERE started_at >= $early AND finished_at >= $since AND state = 'finished' "
+        f"AND created_at IS NOT NULL AND COALESCE(outcome, '') NOT IN ({_NEVER_RAN})) AS runs GROUP BY h",
+        {"early": since - timedelta(days=1), "since": since, "fmt": _format(store, "hour")},
+    )
+
+
+def slowest_scripts(store: Store, since: datetime, top: int) -> list[Any]:
+    """(base, script, runs, average and longest seconds) of the `top` slowest scripts that ran since `since`."""
+    ran = store.seconds_between("started_at", "finished_at")
+    return store.select(
+        f"SELECT dtable_uuid, script_name, COUNT(*), AVG({ran}), MAX({ran}) FROM script_log "
+        "WHERE started_at >= $since AND state = 'finished' "
+        f"AND COALESCE(outcome, '') NOT IN ({_NEVER_RAN}) GROUP BY dtable_uuid, script_name "
+        f"ORDER BY AVG({ran}) DESC LIMIT {int(top)}",
+        {"since": since},
+    )
+
+
+def failing_scripts(store: Store, since: datetime, top: int) -> list[Any]:
+    """(base, script, runs, failures) of the `top` scripts with the most failed runs since `since`."""
+    failures = "SUM(CASE WHEN success THEN 0 ELSE 1 END)"
+    return store.select(
+        f"SELECT dtable_uuid, script_name, COUNT(*), {failures} FROM script_log "
+        "WHERE started_at >= $since AND state = 'finished' GROUP BY dtable_uuid, script_name "
+        f"HAVING {failures} > 0 ORDER BY {failures} DESC, COUNT(*) DESC LIMIT {int(top)}",
+        {"since": since},
+    )
+
+
+def recent_failures(store: Store, limit: int, tail: int) -> list[Any]:
+    """(id, finished_at, base, script, owner, kind, return code, the output's last `tail` characters) of the
+    last `limit` failed runs."""
+    ending = f"RIGHT(output, {int(tail)})" if store.mysql else f"substr(output, -{int(tail)})"
+    return store.select(
+        f"SELECT id, finished_at, dtable_uuid, script_name, owner, {KIND}, return_code, {ending} FROM script_log "
+        f"WHERE state = 'finished' AND success = 0 ORDER BY id DESC LIMIT {int(limit)}"
+    )
