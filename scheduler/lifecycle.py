@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 PENDING = "pending"
 RUNNING = "running"
 FINISHED = "finished"
-STATES = (PENDING, RUNNING, FINISHED)
 
 
 class Stage(enum.Enum):
@@ -81,24 +80,16 @@ def stage_of(state: str | None, claimed_by: str | None, lease_until: datetime | 
     return Stage.PENDING
 
 
-class IllegalTransition(Exception):
-    """A change the table does not allow from the run's stage."""
-
-
 @dataclass(frozen=True)
 class Transition:
     name: str
     sources: frozenset[Stage]
     target: Stage | None  # None: the run stays in its stage
-    guard: str  # the UPDATE's predicate: true exactly for rows in `sources` (and the caller's own, where named)
+    guard: str  # the UPDATE's predicate: admits no row outside `sources` (and only the caller's, where it
+    # names $me or $node)
 
     def allows(self, stage: Stage) -> bool:
         return stage in self.sources
-
-    def require(self, stage: Stage) -> None:
-        if not self.allows(stage):
-            raise IllegalTransition(f"{self.name}: not from {stage.value} (only from "
-                                    f"{', '.join(sorted(s.value for s in self.sources))})")
 
 
 _ALIVE = frozenset({Stage.PENDING, Stage.CLAIMED, Stage.HANDING_OFF, Stage.RUNNING})

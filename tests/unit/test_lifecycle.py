@@ -103,8 +103,7 @@ def test_a_guard_admits_some_row_of_every_stage_the_table_allows(transition: Tra
 ])  # fmt: skip
 def test_illegal_transitions_are_refused(transition: Transition, source: Stage) -> None:
     assert not transition.allows(source)
-    with pytest.raises(lifecycle.IllegalTransition, match=transition.name):
-        transition.require(source)
+    assert not any(guard_admits(transition, row) for stage, row in ROWS if stage is source)
 
 
 def test_a_finished_run_has_no_way_out_and_every_other_stage_can_end() -> None:
@@ -112,8 +111,8 @@ def test_a_finished_run_has_no_way_out_and_every_other_stage_can_end() -> None:
     assert leaving_finished == []
     for source in Stage:
         if source is not Stage.FINISHED:
-            lifecycle.FINISH.require(source)
-            lifecycle.START.require(source)  # DESIGN.md 7: callbacks for any run not yet finished
+            assert lifecycle.FINISH.allows(source)
+            assert lifecycle.START.allows(source)  # DESIGN.md 7: callbacks for any run not yet finished
 
 
 # --- ownership: lifecycle.py writes the runs, db.py alone knows Pony ---------------------------------------
