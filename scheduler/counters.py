@@ -13,8 +13,6 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
-from pony.orm import db_session
-
 from scheduler.db import Store
 
 TABLE = "run_counter"
@@ -41,7 +39,7 @@ def bump(store: Store, name: str, label: str = "", n: int = 1, key: int | None =
     if n <= 0:
         return
     shard = (key if key is not None else random.randrange(SHARDS)) % SHARDS
-    store.db.execute(_upsert(store), {"name": name, "label": label, "shard": shard, "n": n})
+    store.execute(_upsert(store), {"name": name, "label": label, "shard": shard, "n": n})
 
 
 def add(store: Store, counts: Mapping[tuple[str, str], int]) -> None:
@@ -59,6 +57,6 @@ def add(store: Store, counts: Mapping[tuple[str, str], int]) -> None:
 
 def read(store: Store) -> dict[tuple[str, str], int]:
     """Every counter's total: {(name, label): value}."""
-    with db_session:
-        rows = store.db.select(f"SELECT name, label, SUM(value) FROM {TABLE} GROUP BY name, label")
+    with store.reading():
+        rows = store.select(f"SELECT name, label, SUM(value) FROM {TABLE} GROUP BY name, label")
     return {(str(name), str(label or "")): int(total or 0) for name, label, total in rows}

@@ -1,4 +1,11 @@
-"""Database access: binding Pony to MariaDB or SQLite, migrate, and retried write transactions."""
+"""Database access, the one module that knows Pony: binding, the entities, sessions and retried transactions.
+
+Everything else reaches the database through a `Store`: `write(fn)` runs `fn` as one transaction (re-run whole
+after deadlocks and Galera certification conflicts), `reading()` opens a read session, and `select`, `execute`
+and `insert` run SQL inside either. SQL names its parameters `$name` (Pony's syntax, for both backends).
+`select` answers a list: of plain values for one column, else of rows whose columns are also attributes.
+The run's state changes are `scheduler.lifecycle`'s; the named reads are `scheduler.queries`'.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +14,20 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 import pymysql
-from pony.orm import Database, db_session
+from pony.orm import Database, LongStr, Optional, PrimaryKey, Required, db_session
 from pony.orm.core import TransactionError
 from pony.orm.dbapiprovider import OperationalError
 
 from scheduler import galera
 from scheduler.clock import Clock, zone
 from scheduler.config import Config
-from scheduler.models import Entities, define_entities
 from scheduler.schema import SchemaConnection, migrate
 
 log = logging.getLogger(__name__)
@@ -31,6 +39,85 @@ _RETRYABLE_MYSQL_CODES = {1205, 1213}
 MAX_RETRY_PAUSE = 0.5  # seconds; the pauses grow 10, 20, 40 ms ... with full jitter
 
 
+@dataclass(frozen=True)
+class Entities:
+    db: Database
+    ScriptLog: Any
+    DTableStats: Any
+    UserStats: Any
+    OrgStats: Any
+    VersionHistory: Any
+
+
+def define_entities(db: Database) -> Entities:
+    """Declare Pony entities over upstream's tables on `db` (before `generate_mapping`, which checks them
+    against the schema). Defined per `Database`, not at import time, so one process can hold several databases
+    (tests run the same code against SQLite and MariaDB side by side)."""
+
+    class ScriptLog(db.Entity):
+        _table_ = "script_log"
+        id = PrimaryKey(int, auto=True)
+        dtable_uuid = Required(str, 36)
+        owner = Optional(str, 255, nullable=True)
+        org_id = Optional(int, nullable=True)
+        script_name = Required(str, 255)
+        context_data = Optional(LongStr, nullable=True)
+        started_at = Optional(datetime, precision=6, nullable=True)
+        finished_at = Optional(datetime, precision=6, nullable=True)
+        success = Optional(bool, nullable=True)
+        return_code = Optional(int, nullable=True)
+        output = Optional(LongStr, nullable=True)
+        operate_from = Optional(str, 50, nullable=True)
+        state = Optional(str, 10, nullable=True)
+        created_at = Optional(datetime, precision=6, nullable=True)
+        # Not in upstream's schema; upstream's code never selects these.
+        script_content = Optional(LongStr, nullable=True, lazy=True)
+        draft_api_token = Optional(LongStr, nullable=True, lazy=True)
+        claimed_by = Optional(str, 255, nullable=True)
+        lease_until = Optional(datetime, precision=6, nullable=True)
+        sandbox_node = Optional(str, 255, nullable=True)
+        attempt = Optional(int, nullable=True, default=0)
+        dispatched_at = Optional(datetime, precision=6, nullable=True)
+        outcome = Optional(str, 20, nullable=True)
+
+    class DTableStats(db.Entity):
+        _table_ = "dtable_run_script_statistics"
+        id = PrimaryKey(int, auto=True)
+        dtable_uuid = Required(str, 36)
+        run_date = Required(date)
+        total_run_count = Optional(int, default=0)
+        total_run_time = Optional(float, default=0)
+        update_at = Optional(datetime, precision=6, nullable=True)
+
+    class UserStats(db.Entity):
+        _table_ = "user_run_script_statistics"
+        id = PrimaryKey(int, auto=True)
+        username = Required(str, 255)
+        org_id = Optional(int, nullable=True)
+        run_date = Required(date)
+        total_run_count = Optional(int, default=0)
+        total_run_time = Optional(float, default=0)
+        update_at = Optional(datetime, precision=6, nullable=True)
+
+    class OrgStats(db.Entity):
+        _table_ = "org_run_script_statistics"
+        id = PrimaryKey(int, auto=True)
+        org_id = Required(int)
+        run_date = Required(date)
+        total_run_count = Optional(int, default=0)
+        total_run_time = Optional(float, default=0)
+        update_at = Optional(datetime, precision=6, nullable=True)
+
+    class VersionHistory(db.Entity):
+        # The table has no key; Pony needs one, and (version, update_at) is unique in practice.
+        _table_ = "version_history"
+        version = Required(str, 10)
+        update_at = Required(datetime, precision=6)
+        PrimaryKey(version, update_at)
+
+    return Entities(db, ScriptLog, DTableStats, UserStats, OrgStats, VersionHistory)
+
+
 @dataclass
 class Store:
     """One bound database with its entities and the clock its timestamps are written in."""
@@ -40,6 +127,39 @@ class Store:
     mysql: bool
     clock: Clock
     sqlite_path: str | None = None
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """A read session: the `select`s inside it see one connection (and, in a transaction, one snapshot)."""
+        with db_session:
+            yield
+
+    def select(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """Rows of `sql`, inside `reading()` or `write()`."""
+        return list(self.db.select(sql, params or {}))
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> int:
+        """Run a writing statement inside `write()`; the number of rows it changed."""
+        return int(self.db.execute(sql, params or {}).rowcount)
+
+    def insert(self, table: str, returning: str, **values: Any) -> int:
+        """Insert one row inside `write()`; the value of its `returning` column (the new id)."""
+        return int(self.db.insert(table, returning=returning, **values))
+
+    def seconds_between(self, start: str, end: str) -> str:
+        """SQL for the seconds from timestamp `start` to `end`, in this backend's dialect."""
+        if self.mysql:
+            return f"TIMESTAMPDIFF(MICROSECOND, {start}, {end}) / 1000000"
+        return f"(julianday({end}) - julianday({start})) * 86400.0"
+
+    def on_mysql_connect(self, setup: Callable[[Any], None]) -> None:
+        """Run `setup(connection)` (a DB-API connection) on every new MariaDB connection; no-op on SQLite."""
+        if not self.mysql:
+            return
+
+        @self.db.on_connect(provider="mysql")
+        def _setup(_db: Database, connection: Any) -> None:
+            setup(connection)
 
     def write(self, fn: Callable[[], T], attempts: int = 10) -> T:
         """Run `fn` in its own transaction, re-running it whole after deadlocks, certification failures and
@@ -76,6 +196,12 @@ class Store:
 
     def disconnect(self) -> None:
         self.db.disconnect()
+
+
+def in_list(prefix: str, values: list[Any]) -> tuple[str, dict[str, Any]]:
+    """`$p0, $p1, ...` for an IN (...) list, and the parameters they name."""
+    names = [f"{prefix}{i}" for i in range(len(values))]
+    return ", ".join("$" + n for n in names), dict(zip(names, values, strict=True))
 
 
 def _retryable(exc: Exception) -> bool:
@@ -119,7 +245,11 @@ def open_store(config: Config, check_tables: bool = True) -> Store:
     db = Database()
     config.require_service_database()
     if config.uses_mysql:
-        galera.causal_reads(db)  # before bind: its first connection gets the setting too
+
+        @db.on_connect(provider="mysql")  # before bind: its first connection gets the setting too
+        def _causal_reads(_db: Database, connection: Any) -> None:
+            galera.causal_reads(connection)
+
         db.bind(provider="mysql", database=config.database_name, autocommit=False, **_mysql_credentials(config))
     else:
         db.bind(provider="sqlite", filename=os.path.abspath(config.sqlite_path), create_db=False, timeout=30)

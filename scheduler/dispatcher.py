@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from observability import logs
-from scheduler import counters, fairshare, outcomes, queue, runs, texts
+from scheduler import counters, fairshare, lifecycle, outcomes, queries, queue, texts
 from scheduler.config import Config
 from scheduler.db import Store
 from scheduler.fairshare import Team
@@ -167,9 +167,9 @@ class Dispatcher:
                 assert isinstance(body, dict)
                 prepared[run.id] = body
         for attempt, ids in retry.items():
-            report.released += queue.release_claims(self.store, self.me, ids, delay=FETCH_RETRY_SECS * attempt)
+            report.released += lifecycle.release(self.store, self.me, ids, delay=FETCH_RETRY_SECS * attempt)
         if self.stopping.is_set():
-            report.released += queue.release_claims(self.store, self.me, list(prepared))
+            report.released += lifecycle.release(self.store, self.me, list(prepared))
             return report
         assignments: dict[int, str] = {}
         for run_id in prepared:
@@ -178,11 +178,11 @@ class Dispatcher:
                 break
             assignments[run_id] = node
         unassigned = [run_id for run_id in prepared if run_id not in assignments]
-        report.released += queue.release_claims(self.store, self.me, unassigned)
+        report.released += lifecycle.release(self.store, self.me, unassigned)
         if not assignments:
             return report
         deadline = self.store.clock.now() + timedelta(seconds=self.config.process_timeout + self.config.lost_grace_secs)
-        ours = queue.mark_handing_off(self.store, self.me, assignments, deadline)
+        ours = lifecycle.hand_off(self.store, self.me, assignments, deadline)
         lost = set(assignments) - ours
         if lost:
             log.warning("lease lost before hand-off for runs %s", sorted(lost))
@@ -218,16 +218,16 @@ class Dispatcher:
             elif outcome.sent is Sent.NOT_SENT:
                 unsent.setdefault(node, []).append(run_id)
             elif outcome.sent is Sent.REJECTED:
-                runs.fail_run(
+                lifecycle.fail(
                     self.store, run_id, texts.SANDBOX_REJECTED.format(reason=outcome.reason),
                     outcome=outcomes.SANDBOX_ERROR,
                 )
                 report.ended += 1
             else:
                 report.uncertain += 1  # the sweeper asks the node once no POST can still be on its way
-        queue.erase_drafts(self.store, accepted_drafts)
+        lifecycle.erase_drafts(self.store, accepted_drafts)
         for node, ids in unsent.items():
-            report.released += queue.release_unsent(self.store, ids, node)
+            report.released += lifecycle.requeue(self.store, ids, node)
         counters.add(self.store, tally)
 
     def _prepare(self, run: ClaimedRun) -> dict[str, Any] | str | None:
@@ -244,7 +244,7 @@ class Dispatcher:
         }
         try:
             if run.is_draft:
-                draft = queue.draft_payload(self.store, run.id)
+                draft = queries.draft_payload(self.store, run.id)
                 if draft is None:
                     raise FetchFailed("the draft's code is no longer stored")
                 body["script_content"], token = draft
@@ -252,7 +252,7 @@ class Dispatcher:
                 task = self.seatable.task_file(run.dtable_uuid, run.script_name)
                 body["script_url"], token = task.script_url, task.temp_api_token
         except ScriptNotFound:
-            runs.fail_run(
+            lifecycle.fail(
                 self.store, run.id, texts.SCRIPT_NOT_FOUND.format(script_name=run.script_name),
                 outcome=outcomes.FETCH_FAILED,
             )
@@ -263,7 +263,7 @@ class Dispatcher:
                     "task/file failed (%s), attempt %d: retrying later", exc, run.attempt
                 )
                 return RETRY
-            runs.fail_run(
+            lifecycle.fail(
                 self.store, run.id, texts.SCRIPT_FETCH_FAILED.format(reason=exc), outcome=outcomes.FETCH_FAILED
             )
             return None
@@ -295,7 +295,7 @@ class Dispatcher:
         """Upstream's answer to a team over its share: end the run, tell SeaTable once per window."""
         teams: dict[Team, None] = {}
         for run in limited:
-            runs.fail_run(self.store, run.id, texts.RATE_LIMITED, return_code=-1, outcome=outcomes.RATE_LIMITED)
+            lifecycle.fail(self.store, run.id, texts.RATE_LIMITED, return_code=-1, outcome=outcomes.RATE_LIMITED)
             teams[run.team] = None
         for team in teams:
             if not team.is_group and self._first_notice(team):
@@ -310,17 +310,16 @@ class Dispatcher:
         ignore = "INSERT IGNORE" if self.store.mysql else "INSERT OR IGNORE"
 
         def tx() -> bool:
-            cursor = self.store.db.execute(
+            return bool(self.store.execute(
                 f"{ignore} INTO exceeded_notification (team, window_start, created_at) VALUES ($team, $w, $now)",
                 {"team": team.key, "w": self._window(), "now": self.store.clock.now()},
-            )
-            return bool(cursor.rowcount)
+            ))
 
         return self.store.write(tx)
 
     def _forget_notice(self, team: Team) -> None:
         self.store.write(
-            lambda: self.store.db.execute(
+            lambda: self.store.execute(
                 "DELETE FROM exceeded_notification WHERE team = $team AND window_start = $w",
                 {"team": team.key, "w": self._window()},
             )

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from scheduler import queries
 from scheduler.db import Store
-
-# Runs a dispatcher may take: queued, not handed off, and no live claim on them.
-CLAIMABLE = "state = 'pending' AND dispatched_at IS NULL AND (lease_until IS NULL OR lease_until < $now)"
 
 
 @dataclass(frozen=True, order=True)
@@ -70,28 +68,13 @@ def window_start(now: datetime, window_secs: int) -> datetime:
     return now - timedelta(seconds=window_secs)
 
 
-def _seconds_between(mysql: bool, start: str, end: str) -> str:
-    if mysql:
-        return f"TIMESTAMPDIFF(MICROSECOND, {start}, {end}) / 1000000"
-    return f"(julianday({end}) - julianday({start})) * 86400.0"
-
-
 def window_usage(store: Store, now: datetime, window_secs: int) -> dict[Team, Usage]:
     """Run time per team of the runs handed out in the window: finished ones in full, the others so far.
 
-    Call inside a db_session. Counting runs still in flight keeps a team with long runs from being
+    Call inside a transaction. Counting runs still in flight keeps a team with long runs from being
     preferred just because none of them has finished yet.
     """
-    finished = _seconds_between(store.mysql, "started_at", "finished_at")
-    in_flight = _seconds_between(store.mysql, "COALESCE(started_at, dispatched_at)", "$now")
-    done = "state = 'finished' AND started_at IS NOT NULL AND finished_at IS NOT NULL"
-    rows = store.db.select(
-        f"SELECT org_id, owner, COUNT(*), "
-        f"SUM(CASE WHEN {done} THEN {finished} ELSE 0 END), "
-        f"SUM(CASE WHEN state <> 'finished' THEN {in_flight} ELSE 0 END) "
-        "FROM script_log WHERE dispatched_at >= $since GROUP BY org_id, owner",
-        {"since": window_start(now, window_secs), "now": now},
-    )
+    rows = queries.window_usage(store, now, window_start(now, window_secs))
     usage: dict[Team, Usage] = {}
     for org_id, owner, count, ended, running in rows:
         entry = usage.setdefault(team_of(org_id, owner), Usage())
@@ -102,11 +85,8 @@ def window_usage(store: Store, now: datetime, window_secs: int) -> dict[Team, Us
 
 
 def queued_teams(store: Store, now: datetime, window_secs: int) -> list[QueuedTeam]:
-    """Every team with claimable runs, its oldest queued run and its window usage (inside a db_session)."""
-    rows = store.db.select(
-        f"SELECT org_id, owner, MIN(id), COUNT(*) FROM script_log WHERE {CLAIMABLE} GROUP BY org_id, owner",
-        {"now": now},
-    )
+    """Every team with claimable runs, its oldest queued run and its window usage (inside a transaction)."""
+    rows = queries.claimable_by_team(store, now)
     if not rows:
         return []
     first: dict[Team, tuple[int, int]] = {}

@@ -21,24 +21,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pony.orm import Database
-
 log = logging.getLogger(__name__)
 
 CAUSAL_READS = 1  # wsrep_sync_wait bit for SELECT, SHOW and BEGIN
 
 
-def causal_reads(db: Database) -> None:
-    """Register the per-connection setup; a no-op on servers without wsrep."""
-
-    @db.on_connect(provider="mysql")
-    def _causal_reads(_db: Database, connection: Any) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_sync_wait')")
-            values = {str(name): str(value) for name, value in cursor.fetchall()}
-            if values.get("wsrep_on") != "ON":
-                return
-            current = int(values.get("wsrep_sync_wait") or 0)
-            if not current & CAUSAL_READS:
-                cursor.execute(f"SET SESSION wsrep_sync_wait = {current | CAUSAL_READS}")
-        log.debug("Galera node: causal reads on this connection")
+def causal_reads(connection: Any) -> None:
+    """The per-connection setup (`connection`: a new DB-API connection); a no-op on servers without wsrep."""
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_sync_wait')")
+        values = {str(name): str(value) for name, value in cursor.fetchall()}
+        if values.get("wsrep_on") != "ON":
+            return
+        current = int(values.get("wsrep_sync_wait") or 0)
+        if not current & CAUSAL_READS:
+            cursor.execute(f"SET SESSION wsrep_sync_wait = {current | CAUSAL_READS}")
+    log.debug("Galera node: causal reads on this connection")

@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pony.orm import db_session
-
 from observability import logs
-from scheduler import outcomes, queue, runs, texts
+from scheduler import lifecycle, outcomes, queries, texts
 from scheduler.config import Config
 from scheduler.db import Store
 from scheduler.nodes import Nodes, Status
@@ -50,12 +48,6 @@ class SweepReport:
     lost: int = 0
 
 
-def _as_datetime(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
-
-
 class Maintenance:
     def __init__(self, config: Config, store: Store, nodes: Nodes, threads: int = 8) -> None:
         self.config = config
@@ -73,13 +65,7 @@ class Maintenance:
 
     def sweep_handed_off(self) -> SweepReport:
         now = self.store.clock.now()
-        with db_session:
-            rows = self.store.db.select(
-                "SELECT id, sandbox_node, dispatched_at, started_at, lease_until FROM script_log "
-                "WHERE state IN ('pending', 'running') AND dispatched_at IS NOT NULL AND dispatched_at < $fresh "
-                "ORDER BY id LIMIT $limit",
-                {"fresh": now - timedelta(seconds=1), "limit": SWEEP_LIMIT},
-            )
+        rows = queries.handed_off(self.store, now - timedelta(seconds=1), SWEEP_LIMIT)
         report = SweepReport(asked=len(rows))
         if not rows:
             return report
@@ -92,7 +78,7 @@ class Maintenance:
         hard_cap = 2 * self.node_deadline + timedelta(seconds=self.config.handoff_secs)
         renew: list[int] = []
         for (run_id, node, dispatched, started, deadline), answer in zip(rows, answers, strict=True):
-            dispatched_at, deadline_at = _as_datetime(dispatched), _as_datetime(deadline)
+            dispatched_at, deadline_at = lifecycle.as_datetime(dispatched), lifecycle.as_datetime(deadline)
             assert dispatched_at is not None
             if answer is Status.REPORTING:
                 renew.append(int(run_id))  # the node holds the result and keeps offering it
@@ -110,7 +96,7 @@ class Maintenance:
             elif answer is Status.NEVER:
                 if now - dispatched_at < timedelta(seconds=self.config.handoff_secs):
                     continue  # the POST may still be on its way to the node
-                if started is None and queue.release_unsent(self.store, [int(run_id)], str(node)):
+                if started is None and lifecycle.requeue(self.store, [int(run_id)], str(node)):
                     log.info("run %s never reached %s: back in the queue", run_id, node)
                     report.requeued += 1
                 else:
@@ -118,7 +104,7 @@ class Maintenance:
             elif deadline_at is None or deadline_at + self.unreachable < now:
                 report.lost += self._lost(run_id, texts.SANDBOX_LOST)
         self._note_silent(rows, answers)
-        report.renewed = self._renew(renew, now + self.node_deadline)
+        report.renewed = lifecycle.renew(self.store, renew, now + self.node_deadline)
         return report
 
     @property
@@ -138,28 +124,11 @@ class Maintenance:
         self._silent_nodes = (self._silent_nodes | silent) - heard
 
     def _lost(self, run_id: int, text: str, kind: str = outcomes.SANDBOX_LOST) -> int:
-        outcome = runs.fail_run(self.store, int(run_id), text, outcome=kind)
-        if outcome is runs.Outcome.APPLIED:
+        outcome = lifecycle.fail(self.store, int(run_id), text, outcome=kind)
+        if outcome is lifecycle.Outcome.APPLIED:
             logs.for_run(log, int(run_id)).warning("run ended: %s", text)
             return 1
         return 0
-
-    def _renew(self, ids: list[int], deadline: datetime) -> int:
-        renewed = 0
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            names = {f"n{i}": run_id for i, run_id in enumerate(chunk)}
-
-            def tx(names: dict[str, int] = names) -> int:
-                cursor = self.store.db.execute(
-                    "UPDATE script_log SET lease_until = $deadline "
-                    f"WHERE id IN ({', '.join('$' + n for n in names)}) AND state <> 'finished'",
-                    {"deadline": deadline, **names},
-                )
-                return int(cursor.rowcount)
-
-            renewed += self.store.write(tx)
-        return renewed
 
     # --- stale runs ---------------------------------------------------------------------------------------
 
@@ -168,13 +137,7 @@ class Maintenance:
         now = self.store.clock.now()
         ended = 0
         limit = self.config.process_timeout + self.config.lost_grace_secs
-        with db_session:
-            stale = self.store.db.select(
-                "SELECT id FROM script_log WHERE state = 'running' AND dispatched_at IS NULL AND started_at < $cutoff "
-                "LIMIT $limit",
-                {"cutoff": now - timedelta(seconds=limit), "limit": SWEEP_LIMIT},
-            )
-        for run_id in stale:
+        for run_id in queries.running_elsewhere(self.store, now - timedelta(seconds=limit), SWEEP_LIMIT):
             ended += self._lost(int(run_id), texts.SANDBOX_LOST_NO_RESULT.format(seconds=limit))
         if self.config.queue_timeout:
             for run_id in self._claim_expired(now):
@@ -185,26 +148,8 @@ class Maintenance:
 
     def _claim_expired(self, now: datetime) -> list[int]:
         """Claim queued runs past the queue timeout, so no dispatcher hands them out while they are ended."""
-        lock = " FOR UPDATE SKIP LOCKED" if self.store.mysql else ""
-
-        def tx() -> list[int]:
-            ids = [
-                int(r)
-                for r in self.store.db.select(
-                    "SELECT id FROM script_log WHERE state = 'pending' AND dispatched_at IS NULL "
-                    "AND (lease_until IS NULL OR lease_until < $now) AND created_at < $cutoff "
-                    f"ORDER BY id LIMIT $limit{lock}",
-                    {"now": now, "cutoff": now - timedelta(seconds=self.config.queue_timeout), "limit": SWEEP_LIMIT},
-                )
-            ]
-            for run_id in ids:
-                self.store.db.execute(
-                    "UPDATE script_log SET claimed_by = $me, lease_until = $lease WHERE id = $run_id",
-                    {"me": MAINTENANCE_ID, "lease": now + timedelta(seconds=self.config.lease_secs), "run_id": run_id},
-                )
-            return ids
-
-        return self.store.write(tx)
+        cutoff = now - timedelta(seconds=self.config.queue_timeout)
+        return lifecycle.claim_overdue(self.store, MAINTENANCE_ID, self.config.lease_secs, cutoff, SWEEP_LIMIT)
 
     # --- retention ----------------------------------------------------------------------------------------
 
@@ -214,7 +159,7 @@ class Maintenance:
         deleted = {
             "script_log": self._delete_batches(
                 "script_log",
-                "started_at < $cutoff AND (state IS NULL OR state = 'finished')",
+                f"started_at < $cutoff AND {lifecycle.ENDED}",
                 now - timedelta(days=self.config.delete_log_days),
                 pause,
             )
@@ -232,18 +177,17 @@ class Maintenance:
         while not self.stopping.is_set():
 
             def tx() -> int:
-                ids = self.store.db.select(
+                ids = self.store.select(
                     f"SELECT id FROM {table} WHERE {condition} ORDER BY id LIMIT $batch",
                     {"cutoff": cutoff, "batch": batch},
                 )
                 if not ids:
                     return 0
                 # The first `batch` matching ids in id order: every matching row in [min, max] is one of them.
-                cursor = self.store.db.execute(
+                return self.store.execute(
                     f"DELETE FROM {table} WHERE id >= $low AND id <= $high AND {condition}",
                     {"low": min(ids), "high": max(ids), "cutoff": cutoff},
                 )
-                return int(cursor.rowcount)
 
             count = self.store.write(tx)
             total += count

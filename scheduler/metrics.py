@@ -17,13 +17,12 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pony.orm import db_session
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from scheduler import counters, outcomes
+from scheduler import counters, outcomes, queries
 from scheduler.db import Store
 from scheduler.fairshare import team_of
 from scheduler.metrics_dir import MULTIPROC_ENV
@@ -134,11 +133,8 @@ class DatabaseCollector:
 
     def _queue(self) -> list[Metric]:
         now = self.store.clock.now()
-        with db_session:
-            rows = self.store.db.select(
-                "SELECT org_id, owner, COUNT(*), MIN(created_at) FROM script_log "
-                "WHERE state = 'pending' AND dispatched_at IS NULL GROUP BY org_id, owner"
-            )
+        with self.store.reading():
+            rows = queries.queued_by_team(self.store)
         teams: dict[str, list[Any]] = {}
         for org_id, owner, count, oldest in rows:
             key = team_of(org_id, owner).key
@@ -166,16 +162,13 @@ class DatabaseCollector:
         return [total, oldest_all, per_team, per_team_age]
 
     def _nodes(self) -> Metric:
-        with db_session:
-            rows = self.store.db.select(
-                "SELECT sandbox_node, COUNT(*) FROM script_log "
-                "WHERE state IN ('pending', 'running') AND dispatched_at IS NOT NULL GROUP BY sandbox_node"
-            )
+        with self.store.reading():
+            in_flight = queries.in_flight_by_node(self.store)
         family = GaugeMetricFamily(
             "seatable_scheduler_node_runs", "Runs handed to a sandbox node and not finished yet.", labels=["node"]
         )
-        for node, count in rows:
-            family.add_metric([str(node or "")], int(count))
+        for node, count in in_flight.items():
+            family.add_metric([node], count)
         return family
 
 

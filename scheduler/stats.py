@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from pony.orm import db_session
-
 from scheduler.db import Store
 
 _UPSERT_TAIL = {
@@ -41,7 +39,7 @@ def _upsert(store: Store, table: str, unique: str, keys: dict[str, Any], spend: 
     columns = [*keys, "run_date", "total_run_count", "total_run_time", "update_at"]
     params = {**keys, "run_date": now.date(), "total_run_count": 1, "total_run_time": spend, "update_at": now}
     tail = _UPSERT_TAIL[store.mysql].format(keys=f"{unique}, run_date")
-    store.db.execute(
+    store.execute(
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('$' + c for c in columns)}) {tail}",
         params,
     )
@@ -73,8 +71,8 @@ def monthly_count(store: Store, username: str | None, org_id: int | None, month:
         table, column, value = "org_run_script_statistics", "org_id", org_id
     else:
         table, column, value = "user_run_script_statistics", "username", username
-    with db_session:
-        total = store.db.select(
+    with store.reading():
+        total = store.select(
             f"SELECT SUM(total_run_count) FROM {table} "
             f"WHERE {column} = $value AND run_date >= $first AND run_date < $following",
             {"value": value, "first": first, "following": following},
@@ -98,15 +96,15 @@ def by_month(
     where = "run_date >= $first AND run_date < $following"
     direction = "DESC" if descending else "ASC"
     order = f"{ORDER_FIELDS[order_by]} {direction}, {column}" if order_by else f"{column} {direction}"
-    with db_session:
-        rows = store.db.select(
+    with store.reading():
+        rows = store.select(
             f"SELECT {column}, SUM(total_run_count) AS run_count, SUM(total_run_time) AS run_time "
             f"FROM {table} WHERE {where} GROUP BY {column} ORDER BY {order} LIMIT $limit OFFSET $offset",
             params,
         )
         total = 0  # upstream counts only when the page has results: a page past the end answers count 0
         if rows:
-            total = store.db.select(f"SELECT COUNT(DISTINCT {column}) FROM {table} WHERE {where}", params)[0]
+            total = store.select(f"SELECT COUNT(DISTINCT {column}) FROM {table} WHERE {where}", params)[0]
     results = [{label: row[0], "total_run_count": int(row[1] or 0), "total_run_time": int(row[2] or 0)} for row in rows]
     return int(total or 0), results
 
@@ -118,12 +116,6 @@ class LogFilter:
     start: datetime | None = None
     end: datetime | None = None
     end_inclusive: bool = True
-
-
-def _duration_sql(mysql: bool) -> str:
-    if mysql:
-        return "TIMESTAMPDIFF(MICROSECOND, started_at, finished_at) / 1000000"
-    return "(julianday(finished_at) - julianday(started_at)) * 86400.0"
 
 
 def grouped_runs(store: Store, by: str, where: LogFilter, page: Page) -> tuple[list[dict[str, Any]], int]:
@@ -145,15 +137,15 @@ def grouped_runs(store: Store, by: str, where: LogFilter, page: Page) -> tuple[l
         params["end"] = where.end
     condition = " AND ".join(clauses)
     select_sql = (
-        f"SELECT {key} AS grp, COUNT(id), SUM({_duration_sql(store.mysql)}), "
+        f"SELECT {key} AS grp, COUNT(id), SUM({store.seconds_between('started_at', 'finished_at')}), "
         "COUNT(CASE WHEN operate_from = 'manualy' THEN 1 END), "
         "COUNT(CASE WHEN operate_from = 'automation-rule' THEN 1 END), "
         "COUNT(CASE WHEN success = 1 THEN 1 END), COUNT(CASE WHEN success = 0 THEN 1 END) "
         f"FROM script_log WHERE {condition} GROUP BY {key} ORDER BY grp LIMIT $limit OFFSET $offset"
     )
-    with db_session:
-        rows = store.db.select(select_sql, params)
-        total = store.db.select(
+    with store.reading():
+        rows = store.select(select_sql, params)
+        total = store.select(
             f"SELECT COUNT(*) FROM (SELECT {key} AS grp FROM script_log WHERE {condition} GROUP BY {key}) t",
             params,
         )[0]

@@ -1,9 +1,10 @@
 """What the status page shows, read from script_log (and each node's /health): plain data, no HTML.
 
-Every query filters on `started_at`, which is indexed and set on every finished run (the scheduler sets it when
-it ends a run that never started), so the windows cost what they hold, not the table. Aggregation happens in SQL
-(per-minute and per-hour buckets, a fixed-bucket histogram for the latency percentiles); the page's JSON is
-cached briefly per process, so many open pages cost one set of queries every few seconds.
+Every query (scheduler/queries.py) filters on `started_at`, which is indexed and set on every finished run (the
+scheduler sets it when it ends a run that never started), so the windows cost what they hold, not the table.
+Aggregation happens in SQL (per-minute and per-hour buckets, a fixed-bucket histogram for the latency
+percentiles); the page's JSON is cached briefly per process, so many open pages cost one set of queries every
+few seconds.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import requests
-from pony.orm import db_session
 
-from scheduler import outcomes
+from scheduler import outcomes, queries
 from scheduler.db import Store
 from scheduler.fairshare import team_of
 
@@ -31,31 +31,6 @@ CACHE_SECONDS = 10.0
 NODE_TIMEOUT = (1.0, 2.0)
 # Upper bounds (seconds) of the time-to-result histogram the percentiles are estimated from.
 LATENCY_BOUNDS = (0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 86400)
-# Kinds that say nothing about how long a script runs: it never ran.
-NEVER_RAN = (outcomes.RATE_LIMITED, outcomes.NOT_STARTED, outcomes.FETCH_FAILED)
-KIND = f"COALESCE(outcome, CASE WHEN success THEN '{outcomes.SUCCESS}' ELSE '{outcomes.FAILED}' END)"
-
-
-def _seconds(mysql: bool, start: str, end: str) -> str:
-    if mysql:
-        return f"TIMESTAMPDIFF(MICROSECOND, {start}, {end}) / 1000000"
-    return f"(julianday({end}) - julianday({start})) * 86400.0"
-
-
-def _bucket(mysql: bool, column: str) -> str:
-    """The column's minute ("YYYY-MM-DD HH:MM") or hour ("YYYY-MM-DD HH") as text, the same on both backends.
-
-    The format is the parameter $fmt (a literal % would clash with the MySQL driver's placeholders).
-    """
-    return f"DATE_FORMAT({column}, $fmt)" if mysql else f"strftime($fmt, {column})"
-
-
-def _format(mysql: bool, per: str) -> str:
-    if mysql:
-        return "%Y-%m-%d %H:%i" if per == "minute" else "%Y-%m-%d %H"
-    return "%Y-%m-%d %H:%M" if per == "minute" else "%Y-%m-%d %H"
-
-
 def _as_datetime(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
@@ -99,9 +74,9 @@ class StatusReport:
         now = self.store.clock.now().replace(microsecond=0)
         with ThreadPoolExecutor(max_workers=max(1, len(self.nodes))) as pool:
             health = list(pool.map(node_health, self.nodes))
-        with db_session:
+        with self.store.reading():
             queue = self._queue(now)
-            in_flight = self._in_flight()
+            in_flight = queries.in_flight_by_node(self.store)
             return {
                 "generated_at": self.store.clock.iso(now),
                 "queue": queue,
@@ -118,10 +93,7 @@ class StatusReport:
     # --- queue and nodes -------------------------------------------------------------------------------------
 
     def _queue(self, now: datetime) -> dict[str, Any]:
-        rows = self.store.db.select(
-            "SELECT org_id, owner, COUNT(*), MIN(created_at) FROM script_log "
-            "WHERE state = 'pending' AND dispatched_at IS NULL GROUP BY org_id, owner"
-        )
+        rows = queries.queued_by_team(self.store)
         teams: dict[str, dict[str, Any]] = {}
         for org_id, owner, count, oldest in rows:
             entry = teams.setdefault(team_of(org_id, owner).key, {"queued": 0, "oldest": None})
@@ -136,7 +108,7 @@ class StatusReport:
             ),
             key=lambda t: (-t["queued"], t["team"]),
         )
-        running = self.store.db.select("SELECT COUNT(*) FROM script_log WHERE state = 'running'")[0]
+        running = queries.running_count(self.store)
         return {
             "queued": sum(t["queued"] for t in listed),
             "oldest_seconds": max((t["oldest_seconds"] for t in listed), default=0.0),
@@ -144,25 +116,13 @@ class StatusReport:
             "teams": listed[:TOP],
         }
 
-    def _in_flight(self) -> dict[str, int]:
-        rows = self.store.db.select(
-            "SELECT sandbox_node, COUNT(*) FROM script_log "
-            "WHERE state IN ('pending', 'running') AND dispatched_at IS NOT NULL GROUP BY sandbox_node"
-        )
-        return {str(node or ""): int(count) for node, count in rows}
-
     # --- runs over time --------------------------------------------------------------------------------------
 
     def _series(self, now: datetime, per: str, count: int) -> dict[str, Any]:
         """Finished runs per minute or hour by outcome, oldest first, every bucket present (zeros included)."""
         first, labels = buckets(now, per, count)
         index = {label: i for i, label in enumerate(labels)}
-        rows = self.store.db.select(
-            f"SELECT b, k, COUNT(*) FROM (SELECT {_bucket(self.store.mysql, 'finished_at')} AS b, {KIND} AS k "
-            "FROM script_log WHERE started_at >= $early AND finished_at >= $first AND state = 'finished') AS runs "
-            "GROUP BY b, k",
-            {"early": first - timedelta(days=1), "first": first, "fmt": _format(self.store.mysql, per)},
-        )
+        rows = queries.finished_per_bucket(self.store, per, first)
         series: dict[str, list[int]] = {}
         for label, kind, n in rows:
             if str(label) in index:
@@ -172,18 +132,7 @@ class StatusReport:
         return {"per": per, "labels": labels, "series": ordered}
 
     def _histogram(self, since: datetime, group_by_hour: bool = False) -> list[tuple[str, list[int]]]:
-        waited = _seconds(self.store.mysql, "created_at", "finished_at")
-        sums = ", ".join(
-            f"SUM(CASE WHEN d <= {bound} THEN 1 ELSE 0 END)" for bound in LATENCY_BOUNDS
-        )
-        hour = _bucket(self.store.mysql, "finished_at") if group_by_hour else "''"
-        never = ", ".join(f"'{kind}'" for kind in NEVER_RAN)
-        rows = self.store.db.select(
-            f"SELECT h, COUNT(*), {sums} FROM (SELECT {hour} AS h, {waited} AS d FROM script_log "
-            "WHERE started_at >= $early AND finished_at >= $since AND state = 'finished' "
-            f"AND created_at IS NOT NULL AND COALESCE(outcome, '') NOT IN ({never})) AS runs GROUP BY h",
-            {"early": since - timedelta(days=1), "since": since, "fmt": _format(self.store.mysql, "hour")},
-        )
+        rows = queries.time_to_result_histogram(self.store, since, LATENCY_BOUNDS, group_by_hour)
         found = []
         for row in rows:
             cumulative = [int(v or 0) for v in row[2:]]
@@ -210,36 +159,18 @@ class StatusReport:
     # --- scripts ---------------------------------------------------------------------------------------------
 
     def _slowest(self, now: datetime) -> list[dict[str, Any]]:
-        ran = _seconds(self.store.mysql, "started_at", "finished_at")
-        never = ", ".join(f"'{kind}'" for kind in NEVER_RAN)
-        rows = self.store.db.select(
-            f"SELECT dtable_uuid, script_name, COUNT(*), AVG({ran}), MAX({ran}) FROM script_log "
-            "WHERE started_at >= $since AND state = 'finished' "
-            f"AND COALESCE(outcome, '') NOT IN ({never}) GROUP BY dtable_uuid, script_name "
-            f"ORDER BY AVG({ran}) DESC LIMIT {TOP}",
-            {"since": now - timedelta(days=1)},
-        )
+        rows = queries.slowest_scripts(self.store, now - timedelta(days=1), TOP)
         return [
             {"base": str(b), "script": str(s), "runs": int(n), "avg_seconds": _round(avg), "max_seconds": _round(top)}
             for b, s, n, avg, top in rows
         ]
 
     def _failing(self, now: datetime) -> list[dict[str, Any]]:
-        failures = "SUM(CASE WHEN success THEN 0 ELSE 1 END)"
-        rows = self.store.db.select(
-            f"SELECT dtable_uuid, script_name, COUNT(*), {failures} FROM script_log "
-            "WHERE started_at >= $since AND state = 'finished' GROUP BY dtable_uuid, script_name "
-            f"HAVING {failures} > 0 ORDER BY {failures} DESC, COUNT(*) DESC LIMIT {TOP}",
-            {"since": now - timedelta(days=1)},
-        )
+        rows = queries.failing_scripts(self.store, now - timedelta(days=1), TOP)
         return [{"base": str(b), "script": str(s), "runs": int(n), "failures": int(f)} for b, s, n, f in rows]
 
     def _recent_failures(self) -> list[dict[str, Any]]:
-        tail = f"RIGHT(output, {OUTPUT_TAIL})" if self.store.mysql else f"substr(output, -{OUTPUT_TAIL})"
-        rows = self.store.db.select(
-            f"SELECT id, finished_at, dtable_uuid, script_name, owner, {KIND}, return_code, {tail} FROM script_log "
-            f"WHERE state = 'finished' AND success = 0 ORDER BY id DESC LIMIT {RECENT_FAILURES}"
-        )
+        rows = queries.recent_failures(self.store, RECENT_FAILURES, OUTPUT_TAIL)
         return [
             {
                 "id": int(run_id),

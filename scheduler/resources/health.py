@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import falcon
-from pony.orm import db_session
 
 from scheduler import texts
 from scheduler.db import Store
@@ -14,8 +13,8 @@ MAX_REASON_CHARS = 300
 def database_problem(store: Store) -> str | None:
     """None when a trivial query succeeds, else one line saying why it did not (never a credential)."""
     try:
-        with db_session:
-            store.db.select("SELECT 1")
+        with store.reading():
+            store.select("SELECT 1")
     except Exception as exc:  # any failure of the database is the answer, not an error of this endpoint
         cause = getattr(exc, "original_exc", None) or exc
         line = (str(cause).splitlines() or [""])[0]

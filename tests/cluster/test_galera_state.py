@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from pony.orm import db_session
 
-from scheduler import queue, runs, texts
+from scheduler import lifecycle, queue, runs, texts
 from scheduler.config import Config
 from scheduler.db import Store, open_store, run_migrate
 from tests.support.galera import GaleraCluster
@@ -176,7 +176,7 @@ def test_claims_hand_offs_and_results_racing_on_three_nodes(stores: list[Store],
                     continue
                 idle = 0
                 deadline = store.clock.now() + timedelta(seconds=300)
-                ours = queue.mark_handing_off(store, name, {c.id: NODE for c in claimed}, deadline)
+                ours = lifecycle.hand_off(store, name, {c.id: NODE for c in claimed}, deadline)
                 assert ours == {c.id for c in claimed}, "a committed claim must stay ours until the hand-off"
                 handed[name].extend(sorted(ours))
         except BaseException as exc:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from scheduler import queue, texts
+from scheduler import lifecycle, texts
 from scheduler.config import Config
 from scheduler.db import Store, open_store
 from scheduler.seatable import ScriptNotFound, SeaTable
@@ -167,7 +167,7 @@ def test_draft_tokens_leave_the_database_files(scheduler: RunningServer,
     if not store.mysql:
         assert token.encode() in database_bytes(config)  # the attack works before erasure: the test can fail
 
-    queue.erase_drafts(store, [run_id])  # the dispatcher's call once a sandbox accepted the draft
+    lifecycle.erase_drafts(store, [run_id])  # the dispatcher's call once a sandbox accepted the draft
     finish = {"script_id": other, "success": True, "return_code": 0, "output": "", "spend_time": 1}
     assert post_raw(scheduler, "/script-result/", encoded(finish)).status_code == 200
     assert store.scrub()  # the maintenance loop's pass
