@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 
+from pipeline_contract.schemas import RESULT_CALLBACK, RUNNING_CALLBACK
 from sandbox.host import SandboxUser, configured_user, lookup_user, socket_alive, start_api_service
 from sandbox.image import default_image
 from sandbox.podman_api import PodmanAPI
@@ -125,6 +126,10 @@ class PodmanService:
 
 # --- a scheduler stand-in that records the sandbox's callbacks --------------------------
 
+# What the sandbox must send on each path: the contract's callbacks, closed (no field the contract does not name).
+CALLBACKS = {"/script-running-callback/": RUNNING_CALLBACK.closed(), "/script-result/": RESULT_CALLBACK.closed()}
+
+
 @dataclass
 class Callback:
     path: str
@@ -132,6 +137,7 @@ class Callback:
     body: dict[str, Any]
     status: int = 200
     size: int = 0
+    breaches: list[str] = field(default_factory=list)  # where the body breaks the contract (pipeline_contract)
 
 
 @dataclass
@@ -176,7 +182,9 @@ class CallbackReceiver:
                     body = {}
                 auth = self.headers.get("Authorization", "")
                 status = receiver.status_for(self.path, auth, raw, body)
-                call = Callback(self.path, auth, body, status, len(raw))
+                contract = CALLBACKS.get(self.path)
+                breaches = contract.problems(body) if contract is not None else [f"{self.path}: no such callback"]
+                call = Callback(self.path, auth, body, status, len(raw), breaches)
                 with receiver._cond:
                     receiver.attempts.append(call)
                     if 200 <= status < 300:
@@ -205,6 +213,11 @@ class CallbackReceiver:
     def results(self) -> dict[int, dict[str, Any]]:
         with self._cond:
             return {c.body["script_id"]: c.body for c in self.received if c.path == "/script-result/"}
+
+    def breaches(self) -> list[str]:
+        """Every way a callback that arrived broke the contract ([] when all kept it)."""
+        with self._cond:
+            return [f"{c.path} {c.body.get('script_id')}: {b}" for c in self.attempts for b in c.breaches]
 
     def tries(self, script_id: int, path: str | None = "/script-result/") -> list[Callback]:
         """Every attempt to deliver this script's callbacks on `path` (None: any), acknowledged or not."""
@@ -248,6 +261,7 @@ def receiver() -> Iterator[CallbackReceiver]:
     rec.start()
     yield rec
     rec.stop()
+    assert rec.breaches() == [], "the sandbox's callbacks broke the contract"
 
 
 # --- the sandbox service, as the sandbox user --------------------------------------------
@@ -439,6 +453,7 @@ def module_receiver() -> Iterator[CallbackReceiver]:
     rec.start()
     yield rec
     rec.stop()
+    assert rec.breaches() == [], "the sandbox's callbacks broke the contract"
 
 
 @pytest.fixture(scope="module")
