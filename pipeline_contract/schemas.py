@@ -48,9 +48,9 @@ HANDOFF = _message("hand-off", "POST /function/run-python: one run, idempotent b
     "required": ["script_id", "env"],
     "properties": {
         "script_id": RUN_ID,
-        "script_url": {"type": "string", "minLength": 1, "maxLength": 8192, "pattern": HTTP_URL,
+        "script_url": {"type": "string", "minLength": 1, "maxLength": 8192, "pattern": HTTP_URL, **NO_NUL,
                        "description": "one-time URL the sandbox downloads the script from (no auth)"},
-        "script_content": {"type": "string", "maxLength": SCRIPT_MAX_BYTES, "pattern": NO_NUL,
+        "script_content": {"type": "string", "maxLength": SCRIPT_MAX_BYTES, **NO_NUL,
                            "description": f"the script itself (at most {SCRIPT_MAX_BYTES} bytes as UTF-8); "
                            "used instead of script_url when both are sent"},
         "dtable_uuid": {"type": "string", "maxLength": 64, "description": "for the sandbox's log lines only"},
@@ -59,7 +59,7 @@ HANDOFF = _message("hand-off", "POST /function/run-python: one run, idempotent b
             "type": "object",
             "maxProperties": 64,
             "propertyNames": {"pattern": ENV_NAME},
-            "additionalProperties": {"type": "string", "maxLength": 65536, "pattern": NO_NUL},
+            "additionalProperties": {"type": "string", "maxLength": 65536, **NO_NUL},
             "description": "the runner's environment: dtable_web_url and api_token (upstream's env.list)",
         },
         "context_data": {"type": ["object", "string", "null"],

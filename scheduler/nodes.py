@@ -337,8 +337,10 @@ def _free_slots(response: requests.Response) -> int:
         )
     except (ValueError, AttributeError):
         slots = None
-    if isinstance(slots, dict) and isinstance(slots.get("free"), int):
-        return max(0, int(slots["free"]))
+    free = slots.get("free") if isinstance(slots, dict) else None
+    # A JSON integer, as the contract reads it: 3 or 3.0 (not true).
+    if (isinstance(free, int) and not isinstance(free, bool)) or (isinstance(free, float) and free.is_integer()):
+        return max(0, int(free))
     return DEFAULT_SLOTS
 
 
