@@ -18,7 +18,7 @@ from pipeline_contract import Message
 # Reproducible (derandomized) and without hypothesis's example database (nothing written into the checkout).
 EXAMPLES = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                     suppress_health_check=list(HealthCheck))
-FEWER = settings(EXAMPLES, max_examples=12)  # for examples that each cost a round trip or a database write
+FEWER = settings(EXAMPLES, max_examples=10)  # for examples that each cost a round trip or a database write
 
 
 def examples(message: Message) -> st.SearchStrategy[Any]:
