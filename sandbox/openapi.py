@@ -1,19 +1,17 @@
 """The sandbox's API as an OpenAPI 3.1 document, served at GET /openapi.json.
 
-The run request's body is the resource's own JSON schema (what the service validates is what this says). Errors
-are JSON objects {"error": "..."}; the dispatcher reads the status code, operators read the text.
+Every body the dispatcher and the scheduler exchange with a node is the contract's own schema (pipeline_contract):
+what the service validates and what its peers send is what this says. Errors are JSON objects {"error": "..."};
+the dispatcher reads the status code, operators read the text.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from sandbox.config import NETWORK_MODES
-from sandbox.limits import CGROUP_V1_DELEGATED, CGROUP_V2, RLIMIT
-from sandbox.resources.run import RunPython
+from pipeline_contract import schemas as contract
 
-ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+ERROR = contract.ERROR.schema
 TOKEN: list[dict[str, list[str]]] = [{"token": []}]
 
 
@@ -31,31 +29,7 @@ def _text(description: str, text: str) -> dict[str, Any]:
 
 
 FORBIDDEN = _error("The token is missing or wrong.")
-HEALTH = {
-    "type": "object", "required": ["status", "problems", "node", "slots", "limits", "isolation", "egress"],
-    "properties": {
-        "status": {"enum": ["ok", "unhealthy"]},
-        "problems": {"type": "array", "items": {"type": "string"}},
-        "node": {"type": "string"},
-        "limits": {"type": "object", "required": ["memory", "pids", "cpu", "mechanism"], "properties": {
-            "mechanism": {"enum": [CGROUP_V2, CGROUP_V1_DELEGATED, RLIMIT],
-                          "description": "how run limits are enforced on this node"}}},
-        "isolation": {"type": "object", "required": ["mechanism", "runner_uids"],
-                      "description": "the runners' host identities (one uid per live runner) and cgroups"},
-        "egress": {"type": "object", "required": ["mode"], "properties": {"mode": {"enum": list(NETWORK_MODES)}},
-                   "description": "the runners' network: the proxy's counters (seatable) or the rules' (open)"},
-    },
-}
-
-
-def _run_request() -> dict[str, Any]:
-    schema: dict[str, Any] = copy.deepcopy(RunPython.SCHEMA)
-    # NUL bytes are refused in the script, its URL and the environment (400).
-    for name in ("script_url", "script_content"):
-        schema["properties"][name]["pattern"] = schema["properties"][name].get("pattern", "") or "^[^\\u0000]*$"
-    schema["properties"]["env"]["additionalProperties"]["pattern"] = "^[^\\u0000]*$"
-    schema["properties"]["context_data"]["description"] = "upstream's context (a JSON object), or text"
-    return schema
+HEALTH = contract.HEALTH.schema
 
 
 def document() -> dict[str, Any]:
@@ -77,16 +51,13 @@ def document() -> dict[str, Any]:
             "/function/run-python": {"post": {
                 "summary": "Accept one run; its result goes to the scheduler's /script-result/",
                 "security": TOKEN,
-                "requestBody": {"required": True, "content": _json(_run_request())},
+                "requestBody": {"required": True, "content": _json(contract.HANDOFF.schema)},
                 "responses": {
-                    "202": {"description": "Accepted.", "content": _json({
-                        "type": "object", "required": ["accepted"], "properties": {"accepted": {"const": True}}})},
+                    "202": {"description": "Accepted.", "content": _json(contract.HANDOFF_ACCEPTED.schema)},
                     "400": _error("The body is not a run (schema, NUL bytes, a script over 1 MiB)."),
                     "403": FORBIDDEN,
                     "409": {"description": "This script_id is or was here (running, reporting, done): accepted "
-                            "before; it never runs twice.", "content": _json({
-                                "type": "object", "required": ["error"],
-                                "properties": {"error": {"type": "string"}, "state": {"type": "string"}}})},
+                            "before; it never runs twice.", "content": _json(contract.HANDOFF_DUPLICATE.schema)},
                     "413": _error("The body is over 4 MiB."),
                     "415": _error("The body is not JSON."),
                     "429": _error("Every slot is busy; try again after Retry-After seconds.",
@@ -98,13 +69,14 @@ def document() -> dict[str, Any]:
                 "summary": "Whether this node holds a run (the dispatcher's sweep asks)",
                 "security": TOKEN,
                 "parameters": [{"name": "script_id", "in": "path", "required": True,
-                                "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}],
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
+                               contract.NODE_CHALLENGE],
                 "responses": {
-                    "200": {"description": "Held here, or held and acknowledged (done).", "content": _json({
-                        "type": "object", "required": ["script_id", "state"],
-                        "properties": {"script_id": {"type": "integer"}, "state": {"type": "string"}}})},
+                    "200": {"description": "Held here, or held and acknowledged (done).",
+                            "content": _json(contract.RUN_STATE.schema), "headers": contract.NODE_PROOF},
                     "403": FORBIDDEN,
-                    "404": _error("Never accepted here (within the tombstone time)."),
+                    "404": {"description": "Never accepted here (within the tombstone time).",
+                            "content": _json(contract.NOT_HERE.schema), "headers": contract.NODE_PROOF},
                 },
             }},
             "/ping/": {"get": {"summary": "Liveness (upstream's starter path)",
@@ -118,11 +90,13 @@ def document() -> dict[str, Any]:
                                     "503": {"description": "Unhealthy: `problems` say why.", "content": _json(HEALTH)},
                                 }}},
             "/ready": {"get": {"summary": "The dispatcher's cheap poll: can the node take runs, how many (no auth)",
+                               "parameters": [contract.NODE_CHALLENGE],
                                "responses": {
-                                   "200": {"description": "Takes runs.", "content": _json({
-                                       "type": "object", "required": ["slots"],
-                                       "properties": {"node": {"type": "string"}, "slots": {"type": "object"}}})},
-                                   "503": _error("Takes no runs now, and why."),
+                                   "200": {"description": "Takes runs.", "content": _json(contract.READY.schema),
+                                           "headers": contract.NODE_PROOF},
+                                   "503": {"description": "Takes no runs now, and why.",
+                                           "content": _json(contract.NOT_READY.schema),
+                                           "headers": contract.NODE_PROOF},
                                }}},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics of this node", "security": [{"metrics": []}],

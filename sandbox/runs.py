@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from observability import logs
+from pipeline_contract.schemas import SCRIPT_MAX_BYTES
 from sandbox import texts
 from sandbox.driver import Job, RunResult
 from sandbox.egress_policy import EgressPolicy
@@ -29,7 +30,6 @@ from sandbox.metrics import RunMetrics
 
 log = logging.getLogger(__name__)
 SCRIPT_FETCH_TIMEOUT = 60
-SCRIPT_MAX_BYTES = 1 << 20
 
 
 class Busy(Exception):

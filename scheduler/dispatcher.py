@@ -53,12 +53,17 @@ class BatchReport:
 
 
 def _context(raw: str | None) -> Any:
+    """The hand-off's context_data: an object, a string or null (pipeline_contract.schemas.HANDOFF).
+
+    Any other JSON value SeaTable sent (a list, a number) goes as its JSON text, the very text the sandbox
+    writes to the script's stdin for it; sent as it is, the sandbox would refuse the run."""
     if not raw:
         return None
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except ValueError:
         return raw
+    return value if value is None or isinstance(value, (dict, str)) else raw
 
 
 class Dispatcher:

@@ -27,6 +27,8 @@ from typing import Any
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
+from pipeline_contract import Message
+from pipeline_contract.schemas import HEALTH, NOT_HERE, NOT_READY, READY, RUN_STATE
 from scheduler.sessions import ThreadSessions
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ class Nodes:
         self._sessions = ThreadSessions()
         self._rotation = 0
         self._pollers: ThreadPoolExecutor | None = None
+        self._off_contract: set[tuple[str, str]] = set()  # (node, problem) already logged
 
     @property
     def session(self) -> requests.Session:
@@ -137,10 +140,12 @@ class Nodes:
             return
         code = response.status_code
         if code == 200:
+            self._conforms(node.url, "/health" if legacy else "/ready", response, HEALTH if legacy else READY)
             self._ready(node, _free_slots(response))
         elif code == 404 and legacy:
             self._ready(node, DEFAULT_SLOTS)
         elif code == 503:
+            self._conforms(node.url, "/health" if legacy else "/ready", response, HEALTH if legacy else NOT_READY)
             self._unhealthy(node, f"unhealthy: {_error_text(response)}")
         else:
             self._silent(node, f"/ready answered {code}")
@@ -170,6 +175,24 @@ class Nodes:
             node.ready, node.free, node.reason, node.check_at = False, 0, reason, check_at
         if changed:
             log.warning("sandbox node %s skipped until it recovers: %s", node.url, reason)
+
+    def _conforms(self, url: str, what: str, response: requests.Response, message: Message) -> None:
+        """Check a node's answer against the contract (pipeline_contract); a breach is logged once per node and
+        cause, and the answer is still read as before (free slots by default, an unknown state as running)."""
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        wrong = message.problems(data, limit=1)
+        if not wrong:
+            return
+        key = (url, f"{what}: {wrong[0]}")
+        with self._lock:
+            new = key not in self._off_contract
+            self._off_contract.add(key)
+        if new:
+            log.warning("sandbox node %s: its %s answer (HTTP %d) breaks the contract: %s",
+                        url, what, response.status_code, wrong[0])
 
     def recheck(self) -> None:
         """Poll the ready nodes at the next refresh rather than a second later: a slot may have been freed."""
@@ -292,6 +315,7 @@ class Nodes:
             return Status.NO_ANSWER
         is_json = response.headers.get("content-type", "").startswith("application/json")
         if response.status_code == 200:
+            self._conforms(url, "run state", response, RUN_STATE)
             try:
                 state = response.json().get("state") if is_json else None
             except (ValueError, AttributeError):
@@ -299,6 +323,7 @@ class Nodes:
             # An unknown state still means the node holds the run; it is treated as executing.
             return _STATES.get(state, Status.RUNNING) if isinstance(state, str) else Status.RUNNING
         if response.status_code == 404 and is_json:
+            self._conforms(url, "run state", response, NOT_HERE)
             return Status.NEVER
         return Status.NO_ANSWER
 
@@ -312,8 +337,10 @@ def _free_slots(response: requests.Response) -> int:
         )
     except (ValueError, AttributeError):
         slots = None
-    if isinstance(slots, dict) and isinstance(slots.get("free"), int):
-        return max(0, int(slots["free"]))
+    free = slots.get("free") if isinstance(slots, dict) else None
+    # A JSON integer, as the contract reads it: 3 or 3.0 (not true).
+    if (isinstance(free, int) and not isinstance(free, bool)) or (isinstance(free, float) and free.is_integer()):
+        return max(0, int(free))
     return DEFAULT_SLOTS
 
 

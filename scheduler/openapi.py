@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from pipeline_contract import schemas as contract
 from scheduler import outcomes, texts
-from scheduler.resources.callbacks import ResultCallback, RunningCallback
 from scheduler.resources.common import MAX_ID, MAX_PER_PAGE
 from scheduler.resources.runs import RunDraftScript, RunScript
 
@@ -182,15 +182,14 @@ def _operations() -> dict[str, dict[str, Any]]:
     by_day = copy.deepcopy(grouped)
     by_day["get"]["parameters"].insert(1, _query("base_uuid", UUID))
     callback_answers = {
-        "200": _answer("Recorded, or already finished (nothing changes then).", _json({
-            "type": "object", "properties": {"success": {"const": True}}, "required": ["success"]})),
+        "200": _answer("Recorded, or already finished (nothing changes then).", _json(contract.CALLBACK_ACK.schema)),
         "400": _answer("Not a JSON object, or a field of the wrong type.",
                        _text(texts.BAD_REQUEST, texts.PARAMETERS_INVALID)),
         "403": FORBIDDEN,
-        "404": _answer("No run with this script_id.", _json(ERROR_MSG)),
+        "404": _answer("No run with this script_id.", _json(contract.CALLBACK_NOT_FOUND.schema)),
         "413": TOO_LARGE,
     }
-    result_body = copy.deepcopy(ResultCallback.SCHEMA)
+    result_body = copy.deepcopy(contract.RESULT_CALLBACK.schema)
     result_body["properties"]["outcome"]["description"] = "What ended the run: " + ", ".join(outcomes.REPORTED)
     return {
         "/ping/": {"get": {"summary": "Liveness (no auth, no database)", "responses": {
@@ -272,7 +271,7 @@ def _operations() -> dict[str, dict[str, Any]]:
         "/admin/statistics/by-day/": _format_summary(by_day, by="day"),
         "/script-running-callback/": {"post": {
             "summary": "A sandbox (or upstream's starter) started the run", "security": TOKEN,
-            "requestBody": _body(RunningCallback.SCHEMA), "responses": callback_answers}},
+            "requestBody": _body(contract.RUNNING_CALLBACK.schema), "responses": callback_answers}},
         "/script-result/": {"post": {
             "summary": "A sandbox (or upstream's starter) reports the run's result", "security": TOKEN,
             "requestBody": _body(result_body), "responses": callback_answers}},

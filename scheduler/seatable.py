@@ -12,6 +12,7 @@ from urllib.parse import quote
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
+from pipeline_contract.schemas import SCRIPT_MAX_BYTES  # the sandbox's limit for script_content
 from scheduler.names import is_script_name
 from scheduler.sessions import ThreadSessions
 
@@ -22,7 +23,6 @@ TIMEOUT_SECONDS = 30
 # PYTHON_DISPATCH_HANDOFF_SECS together with the POST's retries (nodes.RETRY_BUDGET).
 SCRIPT_TIMEOUT = (3.0, 10.0)  # connect, each read
 SCRIPT_BUDGET = 15.0  # the whole download
-SCRIPT_MAX_BYTES = 1 << 20  # the sandbox's limit for script_content
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import falcon
-from falcon.media.validators import jsonschema
 
+from pipeline_contract import ContractError
+from pipeline_contract.schemas import HANDOFF, SCRIPT_MAX_BYTES
 from sandbox import texts
 from sandbox.runs import Busy, Duplicate, RunRequest, RunService, Unavailable
-
-SCRIPT_MAX_BYTES = 1 << 20
 
 
 def _no_nul(value: Any, where: str = "body") -> None:
@@ -54,32 +53,17 @@ class RunPython:
     started; 400/413 body refused; 403 bad token.
     """
 
-    SCHEMA = {
-        "type": "object",
-        "required": ["script_id", "env"],
-        "properties": {
-            "script_id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
-            "script_url": {"type": "string", "minLength": 1, "maxLength": 8192, "pattern": "^https?://"},
-            "script_content": {"type": "string", "maxLength": SCRIPT_MAX_BYTES},
-            "dtable_uuid": {"type": "string", "maxLength": 64},
-            "script_name": {"type": "string", "maxLength": 255},  # for log lines only
-            "env": {
-                "type": "object",
-                "maxProperties": 64,
-                "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"},
-                "additionalProperties": {"type": "string", "maxLength": 65536},
-            },
-            "context_data": {"type": ["object", "string", "null"]},
-        },
-        "anyOf": [{"required": ["script_url"]}, {"required": ["script_content"]}],
-    }
+    SCHEMA = HANDOFF.schema  # the contract's (pipeline_contract): what the dispatcher sends
 
     def __init__(self, service: RunService) -> None:
         self.service = service
 
-    @jsonschema.validate(req_schema=SCHEMA)
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = req.get_media()
+        try:
+            HANDOFF.check(body)
+        except ContractError as exc:
+            raise falcon.HTTPBadRequest(description=str(exc)) from None
         # NUL cannot be in an environment variable, a URL or a source file. The context reaches the script as JSON
         # on stdin, where an escaped NUL is harmless (a SeaTable cell may hold one); other fields are only logged.
         _no_nul({key: body[key] for key in ("script_url", "script_content", "env") if key in body})

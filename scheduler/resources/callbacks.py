@@ -11,32 +11,22 @@ from __future__ import annotations
 from typing import Any
 
 import falcon
-import jsonschema
 
+from pipeline_contract import Message
+from pipeline_contract.schemas import RESULT_CALLBACK, RUN_ID, RUNNING_CALLBACK
 from scheduler import outcomes, runs, texts
 from scheduler.db import Store
 from scheduler.metrics import ApiMetrics
-from scheduler.resources.common import MAX_ID, ApiError, BodyBudget, Context, validate
+from scheduler.resources.common import ApiError, BodyBudget, Context, validate
 
-_SCRIPT_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
-_EPOCH = {"type": ["number", "null"], "minimum": 0, "maximum": 1e11}
-_NAMES_A_RUN = jsonschema.Draft202012Validator(
-    {"type": "object", "required": ["script_id"], "properties": {"script_id": _SCRIPT_ID}}
-)
-MAX_PROBLEMS = 5
-MAX_PROBLEM_CHARS = 160
+# Without a valid script_id there is no run to store anything on (every other field is salvaged).
+_NAMES_A_RUN = Message("callback head", {"type": "object", "required": ["script_id"],
+                                        "properties": {"script_id": RUN_ID}})
 
 
-def problems(validator: jsonschema.protocols.Validator, data: dict[str, Any]) -> list[str]:
-    """What is wrong with the body, one short line per field ("success: 'yes' is not of type ...")."""
-    found = []
-    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path))):
-        where = ".".join(map(str, error.path)) or "body"
-        message = error.message
-        if len(message) > MAX_PROBLEM_CHARS:
-            message = message[: MAX_PROBLEM_CHARS - 3] + "..."
-        found.append(f"{where}: {message}")
-    return found[:MAX_PROBLEMS]
+def problems(message: Message, data: dict[str, Any]) -> list[str]:
+    """What is wrong with the body, one short line per field ("success: must be of type boolean or null")."""
+    return message.problems(data)
 
 
 _CAUSES = {403: "forbidden", 413: "too_large"}  # any other refusal of a body: "bad_request"
@@ -57,7 +47,7 @@ class _Callback:
             if not self.ctx.accept_unauthenticated_callbacks:
                 self.ctx.require_auth(req)
             data = self.ctx.read_json_object(req, self.BUDGET, salvage_text=True)
-            validate(_NAMES_A_RUN, data)
+            validate(_NAMES_A_RUN.validator, data)
         except ApiError as error:
             self.count_error(_CAUSES.get(error.status, "bad_request"))
             raise
@@ -74,10 +64,10 @@ class _Callback:
         resp.media = {"success": True}
 
 
-def _valid(validator: jsonschema.protocols.Validator, data: dict[str, Any], name: str) -> Any:
+def _valid(message: Message, data: dict[str, Any], name: str) -> Any:
     """The field's value when it alone is valid, else None."""
     value = data.get(name)
-    return value if value is not None and validator.is_valid({"script_id": 1, name: value}) else None
+    return value if value is not None and message.is_valid({"script_id": 1, name: value}) else None
 
 
 class RunningCallback(_Callback):
@@ -86,12 +76,8 @@ class RunningCallback(_Callback):
     A malformed started_at is replaced by the time of arrival.
     """
 
-    SCHEMA: dict[str, Any] = {
-        "type": "object",
-        "required": ["script_id"],
-        "properties": {"script_id": _SCRIPT_ID, "started_at": _EPOCH},
-    }
-    validator = jsonschema.Draft202012Validator(SCHEMA)
+    SCHEMA = RUNNING_CALLBACK.schema  # the contract's (pipeline_contract): what the sandbox sends
+    validator = RUNNING_CALLBACK
     NAME = "running"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -114,22 +100,8 @@ class ResultCallback(_Callback):
     # scheduler's PYTHON_SCHEDULER_MAX_BODY_BYTES, few values.
     BUDGET = BodyBudget(bytes=2**62, values=256)
 
-    SCHEMA: dict[str, Any] = {
-        "type": "object",
-        "required": ["script_id"],
-        "properties": {
-            "script_id": _SCRIPT_ID,
-            "success": {"type": ["boolean", "null"]},
-            "return_code": {"type": ["integer", "null"], "minimum": -(2**31), "maximum": MAX_ID},
-            "output": {"type": ["string", "null"]},
-            "started_at": _EPOCH,
-            "spend_time": {"type": ["number", "null"], "minimum": 0, "maximum": 1e9},
-            "lost": {"type": ["boolean", "null"]},  # the sandbox lost the run (its restart): not counted
-            # what ended the run, as the sandbox observed it (scheduler/outcomes.py); unknown words: success/failed
-            "outcome": {"type": ["string", "null"], "maxLength": 64},
-        },
-    }
-    validator = jsonschema.Draft202012Validator(SCHEMA)
+    SCHEMA = RESULT_CALLBACK.schema  # the contract's (pipeline_contract): what the sandbox sends
+    validator = RESULT_CALLBACK
     NAME = "result"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:

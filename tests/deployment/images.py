@@ -33,8 +33,8 @@ def mirrors(suite: str) -> tuple[str, ...]:
     return (f"deb http://deb.debian.org/debian {suite} main", f"deb http://deb.debian.org/debian {suite}-updates main",
             f"deb http://deb.debian.org/debian-security {suite}-security main")
 # What each Containerfile needs from the repository (the build context is a staging copy of these).
-CONTEXT_PATHS = ("pyproject.toml", "README.md", "pipeline_config", "scheduler", "sandbox", "httpworker",
-                 "observability", "runner-rootfs", "containers")
+CONTEXT_PATHS = ("pyproject.toml", "README.md", "pipeline_config", "pipeline_contract", "scheduler", "sandbox",
+                 "httpworker", "observability", "runner-rootfs", "containers")
 
 
 def digest(*parts: str | bytes) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import requests
 
+from pipeline_contract.schemas import RESULT_CALLBACK, RUNNING_CALLBACK
 from sandbox.driver import LABEL
 from sandbox.host import SandboxUser, configured_user, lookup_user, socket_alive, start_api_service
 from sandbox.image import default_image
@@ -166,6 +167,10 @@ def _podman_pids(pid: int) -> list[int]:
 
 # --- a scheduler stand-in that records the sandbox's callbacks --------------------------
 
+# What the sandbox must send on each path: the contract's callbacks, closed (no field the contract does not name).
+CALLBACKS = {"/script-running-callback/": RUNNING_CALLBACK.closed(), "/script-result/": RESULT_CALLBACK.closed()}
+
+
 @dataclass
 class Callback:
     path: str
@@ -173,6 +178,7 @@ class Callback:
     body: dict[str, Any]
     status: int = 200
     size: int = 0
+    breaches: list[str] = field(default_factory=list)  # where the body breaks the contract (pipeline_contract)
 
 
 @dataclass
@@ -217,7 +223,9 @@ class CallbackReceiver:
                     body = {}
                 auth = self.headers.get("Authorization", "")
                 status = receiver.status_for(self.path, auth, raw, body)
-                call = Callback(self.path, auth, body, status, len(raw))
+                contract = CALLBACKS.get(self.path)
+                breaches = contract.problems(body) if contract is not None else [f"{self.path}: no such callback"]
+                call = Callback(self.path, auth, body, status, len(raw), breaches)
                 with receiver._cond:
                     receiver.attempts.append(call)
                     if 200 <= status < 300:
@@ -246,6 +254,11 @@ class CallbackReceiver:
     def results(self) -> dict[int, dict[str, Any]]:
         with self._cond:
             return {c.body["script_id"]: c.body for c in self.received if c.path == "/script-result/"}
+
+    def breaches(self) -> list[str]:
+        """Every way a callback that arrived broke the contract ([] when all kept it)."""
+        with self._cond:
+            return [f"{c.path} {c.body.get('script_id')}: {b}" for c in self.attempts for b in c.breaches]
 
     def tries(self, script_id: int, path: str | None = "/script-result/") -> list[Callback]:
         """Every attempt to deliver this script's callbacks on `path` (None: any), acknowledged or not."""
@@ -289,6 +302,7 @@ def receiver() -> Iterator[CallbackReceiver]:
     rec.start()
     yield rec
     rec.stop()
+    assert rec.breaches() == [], "the sandbox's callbacks broke the contract"
 
 
 # --- the sandbox service, as the sandbox user --------------------------------------------
@@ -480,6 +494,7 @@ def module_receiver() -> Iterator[CallbackReceiver]:
     rec.start()
     yield rec
     rec.stop()
+    assert rec.breaches() == [], "the sandbox's callbacks broke the contract"
 
 
 @pytest.fixture(scope="module")

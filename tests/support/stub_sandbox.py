@@ -10,6 +10,9 @@ POSTs end in a connection reset, "before" the run is accepted or "after"), `forg
 404 and no result, as after a wiped state directory), `report=False` (accept and hold forever), `set_state()`. Run
 in-process (`with StubSandbox(...) as node:`) or as a process for benchmarks:
 `python -m tests.support.stub_sandbox --port P --token T [--scheduler-url U --scheduler-token S]`.
+
+Every body it sends or answers is checked against the contract (pipeline_contract.schemas) as it is built, and a
+hand-off that breaks the contract gets the real sandbox's 400 with the field named.
 """
 
 from __future__ import annotations
@@ -31,6 +34,23 @@ from typing import Any
 
 import requests
 
+from pipeline_contract import Message
+from pipeline_contract.schemas import (
+    ERROR,
+    HANDOFF,
+    HANDOFF_ACCEPTED,
+    HANDOFF_DUPLICATE,
+    HEALTH,
+    NOT_HERE,
+    NOT_READY,
+    READY,
+    RESULT_CALLBACK,
+    RUN_STATE,
+    RUN_STATES,
+    RUNNING_CALLBACK,
+)
+
+NODE = "stub"
 _RUNS = re.compile(r"^/function/runs/([0-9]+)$")
 
 
@@ -97,6 +117,7 @@ class StubSandbox:
 
     def set_state(self, script_id: int, state: str) -> None:
         """Put a run in a state by hand ("done": as if its result had been acknowledged)."""
+        assert state in RUN_STATES, f"{state!r} is not a state of the contract"
         with self._lock:
             self.states[script_id] = state
             if state == "done":
@@ -108,11 +129,24 @@ class StubSandbox:
         with self._lock:
             self.resets.extend([mode] * count)
 
-    def health(self) -> dict[str, Any]:
+    def slot_counts(self) -> dict[str, int]:
         with self._lock:
             busy = len(self.held)
         free = 0 if self.busy else max(0, self.slots - busy)
-        return {"slots": {"total": self.slots, "busy": busy, "free": free}}
+        return {"total": self.slots, "busy": busy, "free": free}
+
+    def ready(self) -> tuple[int, dict[str, Any], Message]:
+        if self.unhealthy:
+            return 503, {"error": "stub told to be unhealthy", "node": NODE}, NOT_READY
+        return 200, {"node": NODE, "slots": self.slot_counts()}, READY
+
+    def health(self) -> dict[str, Any]:
+        """The /health report, in the real one's shape (the stub enforces nothing: rlimit, no network)."""
+        return {"status": "unhealthy" if self.unhealthy else "ok",
+                "problems": ["stub told to be unhealthy"] if self.unhealthy else [], "node": NODE,
+                "slots": self.slot_counts(), "limits": {"memory": "rlimit", "pids": "rlimit", "cpu": "none",
+                                                  "mechanism": "rlimit"},
+                "isolation": {"mechanism": "rlimit", "runner_uids": {}}, "egress": {"mode": "none"}}
 
     def forget_all(self) -> None:
         """Lose every run held, as a node whose state directory was wiped: 404, and no result is ever sent."""
@@ -148,17 +182,18 @@ class StubSandbox:
                 return
             started = time.time()
             if self.running_callback:
-                self._deliver("/script-running-callback/", {"script_id": script_id, "started_at": started})
+                self._deliver("/script-running-callback/",
+                              _checked(RUNNING_CALLBACK, {"script_id": script_id, "started_at": started}))
             if self.run_seconds:
                 time.sleep(self.run_seconds)
-            result = {
+            result = _checked(RESULT_CALLBACK, {
                 "script_id": script_id,
                 "success": True,
                 "return_code": 0,
                 "output": f"stub ran {script_id}\n",
                 "started_at": started,
                 "spend_time": time.time() - started,
-            }
+            })
             with self._lock:
                 if self.states.get(script_id) == "running":
                     self.states[script_id] = "reporting"
@@ -176,8 +211,8 @@ class StubSandbox:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn serves the real one
 
-            def _answer(self, code: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
+            def _answer(self, code: int, payload: Any, message: Message | None = ERROR) -> None:
+                data = json.dumps(_checked(message, payload) if message is not None else payload).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -208,14 +243,14 @@ class StubSandbox:
                     return
                 try:
                     body = json.loads(raw)
-                    script_id = int(body["script_id"])
-                    if not isinstance(body.get("env"), dict):
-                        raise ValueError("env")
-                    if "script_url" not in body and "script_content" not in body:
-                        raise ValueError("script")
-                except (ValueError, KeyError, TypeError):
+                except ValueError:
                     self._answer(400, {"error": "bad body"})
                     return
+                wrong = HANDOFF.problems(body, limit=1)
+                if wrong:
+                    self._answer(400, {"error": wrong[0]})
+                    return
+                script_id = body["script_id"]
                 if stub.refuse:
                     self._answer(400, {"error": "refused by the stub"})
                     return
@@ -232,9 +267,10 @@ class StubSandbox:
                     self._reset()
                     return
                 if code == 202:
-                    self._answer(202, {"accepted": True})
+                    self._answer(202, {"accepted": True}, HANDOFF_ACCEPTED)
                 elif code == 409:
-                    self._answer(409, {"error": f"script_id {script_id} is already here", "state": state})
+                    self._answer(409, {"error": f"script_id {script_id} is already here", "state": state},
+                                 HANDOFF_DUPLICATE)
                 elif code == 503:
                     self._answer(503, {"error": "stub told to be unhealthy"})
                 else:
@@ -242,18 +278,15 @@ class StubSandbox:
 
             def do_GET(self) -> None:
                 if self.path == "/ready" and not stub.without_ready:
-                    if stub.unhealthy:
-                        self._answer(503, {"error": "stub told to be unhealthy", "node": "stub"})
-                    else:
-                        self._answer(200, {"node": "stub", **stub.health()})
+                    self._answer(*stub.ready())
                     return
                 if self.path == "/health":
-                    self._answer(503 if stub.unhealthy else 200, stub.health())
+                    self._answer(503 if stub.unhealthy else 200, stub.health(), HEALTH)
                     return
                 if self.path == "/_stub/counts":
                     with stub._lock:
                         counts = {"accepted": dict(stub.accepted), "accepted_at": dict(stub.accepted_at)}
-                        self._answer(200, counts)
+                    self._answer(200, counts, None)  # the stub's own route: not in the contract
                     return
                 if not self._authorized():
                     return
@@ -264,9 +297,9 @@ class StubSandbox:
                 script_id = int(match.group(1))
                 state = stub.status(script_id)
                 if state is not None:
-                    self._answer(200, {"script_id": script_id, "state": state})
+                    self._answer(200, {"script_id": script_id, "state": state}, RUN_STATE)
                 else:
-                    self._answer(404, {"error": f"script_id {script_id} is not here"})
+                    self._answer(404, {"error": f"script_id {script_id} is not here"}, NOT_HERE)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -301,6 +334,12 @@ class StubSandbox:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _checked(message: Message, body: dict[str, Any]) -> dict[str, Any]:
+    """The body, after checking it against the contract: a stub that breaks it fails loudly, not the test oddly."""
+    message.check(body)
+    return body
 
 
 def main() -> int:

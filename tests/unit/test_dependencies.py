@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-RUNTIME_PACKAGES = ("pipeline_config", "scheduler", "sandbox", "httpworker", "observability")
+RUNTIME_PACKAGES = ("pipeline_config", "pipeline_contract", "scheduler", "sandbox", "httpworker", "observability")
 # distribution name -> the module it is imported as
 # Host packages, not PyPI's: sandbox/netguard_helper.py runs on /usr/bin/python3 with Debian's python3-nftables
 # (./dev and host-setup install it).
