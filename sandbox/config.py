@@ -6,9 +6,11 @@ import ipaddress
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox import texts
 from sandbox.egress_policy import EgressPolicy
 from sandbox.timezone import host_time_zone, is_zone_name
 
@@ -16,7 +18,14 @@ log = logging.getLogger(__name__)
 
 # name, default, meaning: the README's configuration table is checked against this list.
 VARIABLES: list[tuple[str, str, str]] = [
-    ("PYTHON_SANDBOX_AUTH_TOKEN", "(required)", "token the dispatcher sends as `Authorization: Token …`"),
+    ("PYTHON_SANDBOX_AUTH_TOKEN", "(required)", "this node's own credential: the token the dispatcher sends as "
+     "`Authorization: Token …`, and the key of the proofs on this node's answers (README: Credentials and TLS)"),
+    ("PYTHON_SANDBOX_PREVIOUS_AUTH_TOKENS", "", "tokens still accepted while PYTHON_SANDBOX_AUTH_TOKEN is rotated "
+     "(comma-separated); remove them once every dispatcher sends the new one"),
+    ("PYTHON_SANDBOX_TLS_CERT", "", "PEM certificate (chain) to serve HTTPS with; with PYTHON_SANDBOX_TLS_KEY"),
+    ("PYTHON_SANDBOX_TLS_KEY", "", "PEM private key of PYTHON_SANDBOX_TLS_CERT"),
+    ("PYTHON_SANDBOX_TLS_CLIENT_CA", "", "PEM CA bundle: with it, only clients (dispatchers) presenting a "
+     "certificate signed by it may connect"),
     ("PYTHON_SANDBOX_BIND", "127.0.0.1:8088", "address the sandbox API listens on"),
     ("PYTHON_SANDBOX_PODMAN_URL", "unix:///run/user/<uid>/podman/podman.sock", "the sandbox user's Podman API"),
     ("PYTHON_SANDBOX_NODE_NAME", "<hostname>", "label on this node's containers; orphans are found by it"),
@@ -27,7 +36,11 @@ VARIABLES: list[tuple[str, str, str]] = [
      "acknowledged (it answers \"done\" and never runs that id again); must exceed the scheduler's hand-off "
      "and sweep windows"),
     ("PYTHON_SCHEDULER_URL", "http://127.0.0.1:5055", "where running and result callbacks go"),
-    ("PYTHON_SCHEDULER_AUTH_TOKEN", "(required)", "token sent with the callbacks"),
+    ("PYTHON_SCHEDULER_CA_BUNDLE", "", "PEM CA bundle that verifies an https:// PYTHON_SCHEDULER_URL; empty: the "
+     "system's CAs"),
+    ("PYTHON_SANDBOX_CLIENT_CERT", "", "PEM certificate presented on the callbacks, for a scheduler that "
+     "requires client certificates; with PYTHON_SANDBOX_CLIENT_KEY"),
+    ("PYTHON_SANDBOX_CLIENT_KEY", "", "PEM private key of PYTHON_SANDBOX_CLIENT_CERT"),
     ("PYTHON_SCHEDULER_MAX_BODY_BYTES", "8388608", "the scheduler's body limit: a result's output is cut (with a "
      "notice) so that its callback body fits; set it as on the scheduler"),
     ("PYTHON_RUNNER_IMAGE", "localhost/seatable-python-runner:<recipe hash>", "runner image: ours, or any image "
@@ -88,10 +101,43 @@ def parse_size(text: str) -> int:
 
 
 @dataclass(frozen=True)
+class TLSFiles:
+    """Certificate files, checked readable at start so a typo fails with one line, not at the first request."""
+
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""  # serving: require client certificates signed by it
+    ca_bundle: str = ""  # calling: verify the server with it (empty: the system's CAs)
+
+    @property
+    def client_pair(self) -> tuple[str, str] | None:
+        return (self.cert, self.key) if self.cert else None
+
+    @property
+    def verify(self) -> str | bool:
+        return self.ca_bundle or True
+
+
+def tls_files(env: Mapping[str, str], cert: str, key: str, client_ca: str = "", ca_bundle: str = "") -> TLSFiles:
+    """Read and check the named variables; a certificate needs its key and the other way round."""
+    values = {name: (env.get(name) or "").strip() for name in (cert, key, client_ca, ca_bundle) if name}
+    if bool(values[cert]) != bool(values[key]):
+        raise ValueError(f"{cert} and {key} go together: set both or neither")
+    for name, path in values.items():
+        if path and not os.access(path, os.R_OK):
+            raise ValueError(f"{name}={path}: cannot read it")
+    if client_ca and values[client_ca] and not values[cert]:
+        raise ValueError(f"{client_ca} needs {cert} and {key}: client certificates are checked on HTTPS only")
+    return TLSFiles(values[cert], values[key], values.get(client_ca, ""), values.get(ca_bundle, ""))
+
+
+@dataclass(frozen=True)
 class SandboxConfig:
     auth_token: str
     scheduler_url: str
-    scheduler_token: str
+    previous_auth_tokens: tuple[str, ...] = ()
+    serve_tls: TLSFiles = TLSFiles()  # this service's HTTPS
+    callback_tls: TLSFiles = TLSFiles()  # the callbacks to the scheduler: CA bundle, client certificate
     bind: str = "127.0.0.1:8088"
     podman_url: str = ""
     node_name: str = "sandbox"
@@ -121,12 +167,17 @@ class SandboxConfig:
     preimport: str = "seatable_api,pandas"
     pool_min_available: int = 1 << 30
 
+    @property
+    def accepted_tokens(self) -> tuple[str, ...]:
+        return (self.auth_token, *self.previous_auth_tokens)
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> SandboxConfig:
         env = dict(os.environ if env is None else env)
-        missing = [k for k in ("PYTHON_SANDBOX_AUTH_TOKEN", "PYTHON_SCHEDULER_AUTH_TOKEN") if not env.get(k)]
-        if missing:
-            raise ValueError(f"{', '.join(missing)} must be set")
+        if not env.get("PYTHON_SANDBOX_AUTH_TOKEN"):
+            raise ValueError("PYTHON_SANDBOX_AUTH_TOKEN must be set")
+        if env.get("PYTHON_SCHEDULER_AUTH_TOKEN"):
+            log.warning(texts.SEATABLE_SECRET_NOT_USED)
         home = Path(env.get("HOME") or Path.home())
         network = _network_mode(env.get("PYTHON_RUNNER_NETWORK") or "open")
         runner_dns = _addresses("PYTHON_RUNNER_DNS", env.get("PYTHON_RUNNER_DNS", ""))
@@ -143,7 +194,12 @@ class SandboxConfig:
         return cls(
             auth_token=env["PYTHON_SANDBOX_AUTH_TOKEN"],
             scheduler_url=env.get("PYTHON_SCHEDULER_URL", "http://127.0.0.1:5055").rstrip("/"),
-            scheduler_token=env["PYTHON_SCHEDULER_AUTH_TOKEN"],
+            previous_auth_tokens=tuple(t for t in re.split(r"[\s,]+", env.get(
+                "PYTHON_SANDBOX_PREVIOUS_AUTH_TOKENS", "")) if t),
+            serve_tls=tls_files(env, "PYTHON_SANDBOX_TLS_CERT", "PYTHON_SANDBOX_TLS_KEY",
+                                client_ca="PYTHON_SANDBOX_TLS_CLIENT_CA"),
+            callback_tls=tls_files(env, "PYTHON_SANDBOX_CLIENT_CERT", "PYTHON_SANDBOX_CLIENT_KEY",
+                                   ca_bundle="PYTHON_SCHEDULER_CA_BUNDLE"),
             bind=env.get("PYTHON_SANDBOX_BIND", "127.0.0.1:8088"),
             podman_url=env.get("PYTHON_SANDBOX_PODMAN_URL")
             or f"unix:///run/user/{os.getuid()}/podman/podman.sock",

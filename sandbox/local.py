@@ -43,8 +43,9 @@ def run_local(request: LocalRun) -> RunResult:
     except OSError as exc:
         raise SetupError(f"cannot read {request.path}: {exc}") from None
     # The sandbox's own settings where given (limits, image), without requiring its tokens.
-    config = SandboxConfig.from_env({"PYTHON_SANDBOX_AUTH_TOKEN": "-", "PYTHON_SCHEDULER_AUTH_TOKEN": "-",
-                                     **os.environ})
+    # SeaTable's secret may be in a scheduler host's environment; run-local has no use for it either.
+    config = SandboxConfig.from_env({"PYTHON_SANDBOX_AUTH_TOKEN": "-",
+                                     **{k: v for k, v in os.environ.items() if k != "PYTHON_SCHEDULER_AUTH_TOKEN"}})
     user = lookup_user(request.user or configured_user())
     api = PodmanAPI(config.podman_url if "PYTHON_SANDBOX_PODMAN_URL" in os.environ else user.socket_url)
     if not api.ping():

@@ -55,7 +55,7 @@ class Driver(Protocol):
 
 
 class Ledger(Protocol):
-    def run_accepted(self, script_id: int) -> bool: ...
+    def run_accepted(self, script_id: int, secret: str = "") -> bool: ...
     def run_container(self, script_id: int, container: str) -> None: ...
     def running(self, script_id: int, started_at: float) -> None: ...
     def result(self, script_id: int, body: dict[str, object]) -> None: ...
@@ -70,6 +70,7 @@ class RunRequest:
     context_data: Any = None
     script_content: str | None = None
     script_url: str | None = None
+    callback_secret: str = field(default="", repr=False)  # the run's credential for its callbacks
 
 
 @dataclass
@@ -112,7 +113,7 @@ class RunService:
                     raise Unavailable(reason)
                 if len(self._active) >= self.slots:
                     raise Busy()
-                if not self.outbox.run_accepted(script_id):
+                if not self.outbox.run_accepted(script_id, request.callback_secret):
                     raise Duplicate(script_id, self.outbox.holds(script_id) or "running")
             except sqlite3.Error as exc:
                 raise Unavailable(texts.OUTBOX_UNUSABLE.format(detail=exc)) from None

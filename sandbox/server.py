@@ -37,6 +37,7 @@ from sandbox.pool import WarmPool
 from sandbox.runner_probe import ProbeError, RunnerFacts, probe
 from sandbox.runs import RunService
 from sandbox.seccomp_profile import write_profile
+from sandbox.tls import gunicorn_settings
 
 log = logging.getLogger("sandbox")
 
@@ -143,7 +144,8 @@ def build(config: SandboxConfig) -> Sandbox:
         _fatal(str(exc))
     if not runner.second_filter:
         log.warning("runner image %s has no pyseccomp: runs are filtered by Podman's profile alone", image)
-    outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token,
+    outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url,
+                    verify=config.callback_tls.verify, client_cert=config.callback_tls.client_pair,
                     max_body_bytes=config.max_body_bytes, tombstone_secs=config.tombstone_secs)
     pool = WarmPool(driver, config.warm_pool, config.preimport, config.pool_min_available)
     node_health = NodeHealth(PodmanAPI(config.podman_url, timeout=PODMAN_TIMEOUT), image, outbox,
@@ -208,13 +210,15 @@ class SandboxServer(BaseApplication):
             "loglevel": os.environ.get("PYTHON_SANDBOX_LOG_LEVEL", "info"),
             "proc_name": "seatable-sandbox",
             "worker_exit": worker_exit,
+            **gunicorn_settings(self.config.serve_tls.cert, self.config.serve_tls.key,
+                                self.config.serve_tls.client_ca),
         }
         for key, value in settings.items():
             self.cfg.set(key, value)
 
     def load(self) -> falcon.App:
         self.sandbox = build(self.config)
-        return create_app(self.config.auth_token, self.sandbox.service, self.sandbox.health, self.sandbox.ready)
+        return create_app(self.config.accepted_tokens, self.sandbox.service, self.sandbox.health, self.sandbox.ready)
 
 
 def serve() -> None:
@@ -224,4 +228,5 @@ def serve() -> None:
     except ValueError as exc:
         print(f"seatable-sandbox serve: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    os.environ.pop("PYTHON_SCHEDULER_AUTH_TOKEN", None)  # not used (warned once): no child inherits it
     SandboxServer(config).run()

@@ -17,6 +17,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from sandbox.tls import gunicorn_settings
 from scheduler import systemd
 from scheduler.config import Config, ConfigError
 
@@ -47,6 +48,7 @@ class SchedulerServer(BaseApplication):
             "proc_name": "seatable-scheduler",
             "preload_app": False,
             "limit_request_line": 8190,
+            **gunicorn_settings(*self.config.tls, self.config.tls_client_ca),
         }
         settings.update(self.overrides)
         for key, value in settings.items():
@@ -107,7 +109,7 @@ def dispatch(args: argparse.Namespace, config: Config) -> int:
     config.require_dispatch_settings()
     store = open_store(config)
     read_committed(store)
-    nodes = Nodes(config.sandbox_urls, config.sandbox_auth_token)
+    nodes = Nodes.from_config(config)
     dispatcher = Dispatcher(
         config,
         store,
@@ -118,7 +120,7 @@ def dispatch(args: argparse.Namespace, config: Config) -> int:
     stoppers = [dispatcher.stop]
     maintainer: threading.Thread | None = None
     if args.maintain:
-        maintenance = Maintenance(config, store, Nodes(config.sandbox_urls, config.sandbox_auth_token))
+        maintenance = Maintenance(config, store, Nodes.from_config(config))
         maintainer = threading.Thread(target=maintenance.run, name="maintenance", daemon=True)
         stoppers.append(maintenance.stop)
     _on_sigterm(*stoppers)
@@ -140,7 +142,7 @@ def maintain(args: argparse.Namespace, config: Config) -> int:
     config.require_auth_token()
     store = open_store(config)
     read_committed(store)
-    maintenance = Maintenance(config, store, Nodes(config.sandbox_urls, config.sandbox_auth_token))
+    maintenance = Maintenance(config, store, Nodes.from_config(config))
     if args.once:
         print(f"sweep: {maintenance.sweep_handed_off()}")
         print(f"stale runs ended: {maintenance.end_stale()}")

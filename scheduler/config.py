@@ -8,6 +8,7 @@ table of every variable; the README table is checked against it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -25,7 +26,16 @@ class Variable(NamedTuple):
 
 
 VARIABLES: tuple[Variable, ...] = (
-    Variable("PYTHON_SCHEDULER_AUTH_TOKEN", "", "Shared secret with SeaTable (required); `Token`/`Bearer` auth."),
+    Variable(
+        "PYTHON_SCHEDULER_AUTH_TOKEN",
+        "",
+        "Shared secret with SeaTable (required); `Token`/`Bearer` auth. Only scheduler hosts hold it.",
+    ),
+    Variable(
+        "PYTHON_SCHEDULER_PREVIOUS_AUTH_TOKENS",
+        "",
+        "More secrets SeaTable may call with while PYTHON_SCHEDULER_AUTH_TOKEN is rotated (comma-separated).",
+    ),
     Variable("SEATABLE_SERVER_URL", "", "Base URL of dtable-web, for scripts-running-limit and task files."),
     Variable(
         "PYTHON_SCHEDULER_URL",
@@ -58,17 +68,44 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("TIME_ZONE", "", "IANA time zone of stored timestamps and API output; empty: the host's."),
     Variable("PYTHON_SCHEDULER_BIND_HOST", "127.0.0.1", "Address the API listens on."),
     Variable("PYTHON_SCHEDULER_PORT", "5055", "Port the API listens on (the container image: 80, SeaTable's default)."),
+    Variable("PYTHON_SCHEDULER_TLS_CERT", "", "PEM certificate (chain) to serve HTTPS with (with the key below)."),
+    Variable("PYTHON_SCHEDULER_TLS_KEY", "", "PEM private key of PYTHON_SCHEDULER_TLS_CERT."),
+    Variable(
+        "PYTHON_SCHEDULER_TLS_CLIENT_CA",
+        "",
+        "PEM CA bundle: with it every client must present a certificate it signed (SeaTable cannot: see TLS).",
+    ),
     Variable("PYTHON_SCHEDULER_WORKERS", "2", "gunicorn worker processes."),
     Variable("PYTHON_SCHEDULER_THREADS", "8", "Threads per gunicorn worker (gthread)."),
     Variable(
         "PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS",
         "false",
-        "true: accept result/running callbacks without the token (old upstream starters).",
+        "true: accept result/running callbacks without the run's callback secret (old upstream starters); "
+        "the state checks still apply.",
     ),
     Variable("PYTHON_SCHEDULER_MAX_BODY_BYTES", "8388608", "Largest request body accepted (413 above)."),
     Variable("PYTHON_SCHEDULER_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR)."),
     Variable("PYTHON_SANDBOX_URLS", "http://127.0.0.1:8088", "Comma list of sandbox nodes runs are handed to."),
-    Variable("PYTHON_SANDBOX_AUTH_TOKEN", "", "Token sent to the sandbox nodes (required by `dispatch`)."),
+    Variable(
+        "PYTHON_SANDBOX_AUTH_TOKEN",
+        "",
+        "Token sent to the sandbox nodes that have none of their own in PYTHON_SANDBOX_NODE_TOKENS.",
+    ),
+    Variable(
+        "PYTHON_SANDBOX_NODE_TOKENS",
+        "",
+        "Each node's own token: `URL=TOKEN` pairs (comma-separated, URLs as in PYTHON_SANDBOX_URLS); "
+        "`dispatch` needs a token for every node, from here or PYTHON_SANDBOX_AUTH_TOKEN.",
+    ),
+    Variable(
+        "PYTHON_SANDBOX_CA_BUNDLE", "", "PEM CA bundle that verifies https:// sandbox nodes; empty: the system's."
+    ),
+    Variable(
+        "PYTHON_DISPATCH_TLS_CERT",
+        "",
+        "PEM client certificate the dispatcher presents to nodes that require one (with PYTHON_DISPATCH_TLS_KEY).",
+    ),
+    Variable("PYTHON_DISPATCH_TLS_KEY", "", "PEM private key of PYTHON_DISPATCH_TLS_CERT."),
     Variable("PYTHON_DISPATCH_BATCH", "50", "Most runs claimed per transaction (and never more than free slots)."),
     Variable("PYTHON_DISPATCH_THREADS", "16", "Parallel task-file fetches and hand-offs per dispatcher."),
     Variable("PYTHON_DISPATCH_LEASE_SECS", "30", "A claim not handed off within this time returns to the queue."),
@@ -134,6 +171,40 @@ def _str(env: Mapping[str, str], name: str) -> str:
     return env.get(name, _DEFAULTS[name]).strip()
 
 
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(part for part in re.split(r"[\s,]+", _str(env, name)) if part)
+
+
+def _file(env: Mapping[str, str], name: str) -> str:
+    path = _str(env, name)
+    if path and not os.access(path, os.R_OK):
+        raise ConfigError(f"{name}={path}: cannot read it")
+    return path
+
+
+def _pair(env: Mapping[str, str], cert: str, key: str) -> tuple[str, str]:
+    pair = _file(env, cert), _file(env, key)
+    if bool(pair[0]) != bool(pair[1]):
+        raise ConfigError(f"{cert} and {key} go together: set both or neither")
+    return pair
+
+
+def _node_tokens(env: Mapping[str, str], urls: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """PYTHON_SANDBOX_NODE_TOKENS as (url, token) pairs, each url one of PYTHON_SANDBOX_URLS."""
+    pairs = []
+    for entry in _list(env, "PYTHON_SANDBOX_NODE_TOKENS"):
+        url, sep, token = entry.rpartition("=")
+        url = url.rstrip("/")
+        if not sep or not url or not token:
+            raise ConfigError("PYTHON_SANDBOX_NODE_TOKENS entries look like URL=TOKEN")
+        if url not in urls:
+            raise ConfigError(f"PYTHON_SANDBOX_NODE_TOKENS names {url}, which is not in PYTHON_SANDBOX_URLS")
+        pairs.append((url, token))
+    if len({url for url, _ in pairs}) != len(pairs):
+        raise ConfigError("PYTHON_SANDBOX_NODE_TOKENS names a node twice")
+    return tuple(pairs)
+
+
 def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     urls = tuple(u.strip().rstrip("/") for u in _str(env, name).split(",") if u.strip())
     for url in urls:
@@ -146,7 +217,8 @@ def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Config:
-    auth_token: str = ""
+    auth_token: str = field(default="", repr=False)
+    previous_auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     seatable_server_url: str = ""
     scheduler_url: str = "http://127.0.0.1:5055"
     db_host: str = ""
@@ -171,6 +243,11 @@ class Config:
     log_level: str = "INFO"
     sandbox_urls: tuple[str, ...] = ("http://127.0.0.1:8088",)
     sandbox_auth_token: str = field(default="", repr=False)
+    node_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    sandbox_ca_bundle: str = ""
+    dispatch_tls: tuple[str, str] = ("", "")  # client certificate and key presented to the nodes
+    tls: tuple[str, str] = ("", "")  # certificate and key the API serves HTTPS with
+    tls_client_ca: str = ""
     dispatch_batch: int = 50
     dispatch_threads: int = 16
     lease_secs: int = 30
@@ -202,11 +279,17 @@ class Config:
                 ZoneInfo(time_zone)
             except (ZoneInfoNotFoundError, ValueError):
                 raise ConfigError(f"TIME_ZONE is not a known IANA time zone: {time_zone!r}") from None
+        sandbox_urls = _urls(env, "PYTHON_SANDBOX_URLS")
+        tls = _pair(env, "PYTHON_SCHEDULER_TLS_CERT", "PYTHON_SCHEDULER_TLS_KEY")
+        tls_client_ca = _file(env, "PYTHON_SCHEDULER_TLS_CLIENT_CA")
+        if tls_client_ca and not tls[0]:
+            raise ConfigError("PYTHON_SCHEDULER_TLS_CLIENT_CA needs PYTHON_SCHEDULER_TLS_CERT and _KEY")
         log_level = _str(env, "PYTHON_SCHEDULER_LOG_LEVEL").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"PYTHON_SCHEDULER_LOG_LEVEL is not a log level: {log_level!r}")
         return cls(
             auth_token=_str(env, "PYTHON_SCHEDULER_AUTH_TOKEN"),
+            previous_auth_tokens=_list(env, "PYTHON_SCHEDULER_PREVIOUS_AUTH_TOKENS"),
             seatable_server_url=_str(env, "SEATABLE_SERVER_URL").rstrip("/"),
             scheduler_url=_str(env, "PYTHON_SCHEDULER_URL").rstrip("/"),
             db_host=_str(env, "DB_HOST"),
@@ -229,8 +312,13 @@ class Config:
             accept_unauthenticated_callbacks=_bool(env, "PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS"),
             max_body_bytes=_int(env, "PYTHON_SCHEDULER_MAX_BODY_BYTES", 1024),
             log_level=log_level,
-            sandbox_urls=_urls(env, "PYTHON_SANDBOX_URLS"),
+            sandbox_urls=sandbox_urls,
             sandbox_auth_token=_str(env, "PYTHON_SANDBOX_AUTH_TOKEN"),
+            node_tokens=_node_tokens(env, sandbox_urls),
+            sandbox_ca_bundle=_file(env, "PYTHON_SANDBOX_CA_BUNDLE"),
+            dispatch_tls=_pair(env, "PYTHON_DISPATCH_TLS_CERT", "PYTHON_DISPATCH_TLS_KEY"),
+            tls=tls,
+            tls_client_ca=tls_client_ca,
             dispatch_batch=_int(env, "PYTHON_DISPATCH_BATCH", 1),
             dispatch_threads=_int(env, "PYTHON_DISPATCH_THREADS", 1),
             lease_secs=_int(env, "PYTHON_DISPATCH_LEASE_SECS", 1),
@@ -247,13 +335,20 @@ class Config:
         if not self.auth_token:
             raise ConfigError("PYTHON_SCHEDULER_AUTH_TOKEN must be set")
 
+    def node_token(self, url: str) -> str:
+        """The node's own token, else the shared one ("" when there is neither)."""
+        return dict(self.node_tokens).get(url, self.sandbox_auth_token)
+
     def require_dispatch_settings(self) -> None:
-        """The dispatcher needs somewhere to send runs and a token the nodes accept."""
+        """The dispatcher needs somewhere to send runs and, for every node, a token that node accepts."""
         self.require_auth_token()
-        if not self.sandbox_auth_token:
-            raise ConfigError("PYTHON_SANDBOX_AUTH_TOKEN must be set")
         if not self.sandbox_urls:
             raise ConfigError("PYTHON_SANDBOX_URLS must name at least one sandbox node")
+        without = [url for url in self.sandbox_urls if not self.node_token(url)]
+        if without:
+            raise ConfigError(
+                f"PYTHON_SANDBOX_AUTH_TOKEN must be set (or PYTHON_SANDBOX_NODE_TOKENS for {', '.join(without)})"
+            )
 
 
 def markdown_table() -> str:

@@ -3,7 +3,8 @@
 A run's dispatch life in the extra columns (state stays upstream's `pending` until the running callback):
   claimed     claimed_by = dispatcher, lease_until = now + lease, attempt + 1 (dispatched_at NULL)
   handing off dispatched_at and sandbox_node set, committed BEFORE the POST; lease_until becomes the time
-              by which the node must have vouched for the run (sweeper)
+              by which the node must have vouched for the run (sweeper); callback_secret_hash is the digest
+              of the secret in this hand-off's body (a new hand-off replaces it)
   released    all four cleared again, only while the run provably never reached a sandbox
 Every write re-checks the state it expects, so a dispatcher that lost its lease changes nothing.
 """
@@ -129,11 +130,15 @@ def draft_payload(store: Store, run_id: int) -> tuple[str, str] | None:
     return str(rows[0][0]), str(rows[0][1] or "")
 
 
-def mark_handing_off(store: Store, me: str, assignments: dict[int, str], deadline: datetime) -> set[int]:
-    """Phase one: record node and time for each run BEFORE posting it; returns the runs still ours.
+def mark_handing_off(
+    store: Store, me: str, assignments: dict[int, str], deadline: datetime, digests: dict[int, str] | None = None
+) -> set[int]:
+    """Phase one: record node, time and callback secret digest for each run BEFORE posting it; returns the runs
+    still ours.
 
     From here on the run may reach a sandbox, so only the sweeper (which asks the node) may release it.
     """
+    digests = digests or {}
 
     def tx() -> set[int]:
         now = store.clock.now()
@@ -143,11 +148,15 @@ def mark_handing_off(store: Store, me: str, assignments: dict[int, str], deadlin
             by_node.setdefault(node, []).append(run_id)
         for node, ids in by_node.items():
             placeholders, params = _in_list("h", ids)
+            # One statement per node: each run's digest picked by id (its bind name is the id's, "h<i>").
+            cases = " ".join(f"WHEN ${name} THEN $k{i}" for i, name in enumerate(params))
+            keyed = {f"k{i}": digests.get(run_id) for i, run_id in enumerate(params.values())}
             store.db.execute(
-                "UPDATE script_log SET dispatched_at = $now, sandbox_node = $node, lease_until = $deadline "
+                "UPDATE script_log SET dispatched_at = $now, sandbox_node = $node, lease_until = $deadline, "
+                f"callback_secret_hash = CASE id {cases} END "
                 f"WHERE id IN ({placeholders}) AND claimed_by = $me AND state = 'pending' "
                 "AND dispatched_at IS NULL AND lease_until >= $now",
-                {"now": now, "node": node, "deadline": deadline, "me": me, **params},
+                {"now": now, "node": node, "deadline": deadline, "me": me, **params, **keyed},
             )
             rows = store.db.select(
                 f"SELECT id FROM script_log WHERE id IN ({placeholders}) AND claimed_by = $me "
@@ -186,7 +195,8 @@ def release_unsent(store: Store, ids: list[int], node: str) -> int:
 
     def tx() -> int:
         cursor = store.db.execute(
-            "UPDATE script_log SET claimed_by = NULL, lease_until = NULL, dispatched_at = NULL, sandbox_node = NULL "
+            "UPDATE script_log SET claimed_by = NULL, lease_until = NULL, dispatched_at = NULL, sandbox_node = NULL, "
+            "callback_secret_hash = NULL "
             f"WHERE id IN ({placeholders}) AND sandbox_node = $node AND state = 'pending' AND started_at IS NULL",
             {"node": node, **params},
         )

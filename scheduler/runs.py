@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from pony.orm import db_session, desc, select
 
-from scheduler import stats
+from scheduler import stats, texts
+from scheduler.callback_auth import Credential, duration_problem, start_problem
 from scheduler.db import Store
 from scheduler.models import FINISHED, PENDING, RUNNING
 
@@ -183,8 +184,16 @@ def list_runs(store: Store, where: RunFilter, offset: int, limit: int) -> tuple[
         return [to_json(store, row, full=False) for row in rows], int(total)
 
 
-def mark_running(store: Store, run_id: int, started_at: datetime | None = None) -> Outcome:
-    """The sandbox started the run. Ignored once the run is finished (a late callback)."""
+def mark_running(
+    store: Store, run_id: int, started_at: datetime | None = None, credential: Credential | None = None
+) -> Outcome:
+    """The sandbox started the run. Ignored once the run is finished (a late callback).
+
+    With a `credential` (a callback): refused (callback_auth.Refused) unless it is the run's own secret and the
+    run was handed off and not yet running; a start the scheduler cannot believe is replaced by the arrival time.
+    """
+    if credential is not None:
+        return _callback_running(store, run_id, started_at, credential)
     started = started_at or store.clock.now()
 
     def tx() -> Outcome:
@@ -201,21 +210,78 @@ def mark_running(store: Store, run_id: int, started_at: datetime | None = None) 
     return store.write(tx)
 
 
-def record_result(store: Store, run_id: int, result: RunResult) -> Outcome:
-    """Finish the run and (when `result.counted`) count it in the statistics, in one transaction, at most once."""
+def _callback_running(store: Store, run_id: int, started_at: datetime | None, credential: Credential) -> Outcome:
+    def tx() -> Outcome:
+        rows = store.db.select(
+            "SELECT state, dispatched_at, callback_secret_hash, created_at FROM script_log "
+            f"WHERE id = $run_id{_lock(store)}",
+            {"run_id": run_id},
+        )
+        if not rows:
+            return Outcome.NOT_FOUND
+        credential.running_allowed(rows[0])  # raises Refused
+        now = store.clock.now()
+        believable = start_problem(started_at, _as_datetime(rows[0].created_at), now) is None
+        store.db.execute(
+            "UPDATE script_log SET started_at = $started, state = $running, draft_api_token = NULL "
+            "WHERE id = $run_id AND state = $pending",
+            {"started": started_at if started_at and believable else now, "running": RUNNING,
+             "pending": PENDING, "run_id": run_id},
+        )  # fmt: skip
+        return Outcome.APPLIED
+
+    return store.write(tx)
+
+
+def _lock(store: Store) -> str:
+    return " FOR UPDATE" if store.mysql else ""  # SQLite: Pony already holds BEGIN IMMEDIATE
+
+
+def _believable(result: RunResult, row: Any, now: datetime) -> RunResult:
+    """The result with the times the scheduler cannot believe taken out, as malformed fields are."""
+    started = result.started_at or _as_datetime(row.started_at)
+    problems = [start_problem(result.started_at, _as_datetime(row.created_at), now)]
+    if problems[0] is not None:
+        started = _as_datetime(row.started_at)
+    # Without any start, the run cannot have taken longer than it has existed.
+    problems.append(duration_problem(result.spend_time, started or _as_datetime(row.created_at), now))
+    wrong = [p for p in problems if p is not None]
+    if not wrong:
+        return result
+    notice = texts.RESULT_MALFORMED.format(problems="; ".join(wrong))
+    return replace(
+        result,
+        success=False,
+        output=f"{result.output}\n{notice}" if result.output else notice,
+        started_at=None if problems[0] is not None else result.started_at,
+        spend_time=None if problems[1] is not None else result.spend_time,
+    )
+
+
+def record_result(store: Store, run_id: int, result: RunResult, credential: Credential | None = None) -> Outcome:
+    """Finish the run and (when `result.counted`) count it in the statistics, in one transaction, at most once.
+
+    With a `credential` (a callback): refused (callback_auth.Refused) unless it is the run's own secret and the
+    run was handed off and not finished; reported times the scheduler cannot believe are not stored.
+    """
 
     def tx() -> Outcome:
-        lock = " FOR UPDATE" if store.mysql else ""  # SQLite: Pony already holds BEGIN IMMEDIATE
+        nonlocal result
         rows = store.db.select(
-            f"SELECT state, started_at, dtable_uuid, owner, org_id FROM script_log WHERE id = $run_id{lock}",
+            "SELECT state, started_at, dtable_uuid, owner, org_id, dispatched_at, callback_secret_hash, created_at "
+            f"FROM script_log WHERE id = $run_id{_lock(store)}",
             {"run_id": run_id},
         )
         if not rows:
             return Outcome.NOT_FOUND
         row = rows[0]
+        if credential is not None:
+            credential.result_allowed(row)  # raises Refused
         if row.state == FINISHED:
             return Outcome.ALREADY_FINISHED
         now = store.clock.now()
+        if credential is not None:
+            result = _believable(result, row, now)
         spend = result.spend_time
         started = result.started_at or _as_datetime(row.started_at)
         if started is None:

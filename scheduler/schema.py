@@ -38,6 +38,8 @@ EXTRA_SCRIPT_LOG_COLUMNS: tuple[Column, ...] = (
     Column("sandbox_node", "varchar(255) DEFAULT NULL", "TEXT"),
     Column("attempt", "int(11) DEFAULT 0", "INTEGER DEFAULT 0"),
     Column("dispatched_at", "datetime(6) DEFAULT NULL", "DATETIME"),
+    # SHA-256 (hex) of the secret the run's callbacks must present; set at hand-off (scheduler.callback_auth).
+    Column("callback_secret_hash", "char(64) DEFAULT NULL", "TEXT"),
 )
 
 # Columns added by upstream's 6.2.0.sql, needed when adopting an older database.

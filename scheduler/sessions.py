@@ -8,13 +8,18 @@ import requests
 
 
 class ThreadSessions:
-    def __init__(self) -> None:
+    def __init__(self, verify: str | bool = True, cert: tuple[str, str] | None = None) -> None:
+        """`verify`: a CA bundle's path (or True: the system's CAs); `cert`: a client certificate and key."""
         self._local = threading.local()
+        self._verify = verify
+        self._cert = cert
 
     def get(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
+            session.verify = self._verify
+            session.cert = self._cert
         return session
 
     def reset(self) -> None:

@@ -51,12 +51,13 @@ class RunPython:
     Idempotent by script_id. 202 {"accepted": true}; 409 {"error", "state"} the node holds or has
     held this id (the caller counts it as accepted; it never runs twice); 429 every slot busy
     (with Retry-After) and 503 {"error": reason} node unhealthy: not accepted, provably not
-    started; 400/413 body refused; 403 bad token.
+    started; 400/413 body refused; 403 bad token. `callback_secret` is the run's own credential for its
+    callbacks, issued by the dispatcher; it is kept in the outbox (0600) and nowhere else.
     """
 
     SCHEMA = {
         "type": "object",
-        "required": ["script_id", "env"],
+        "required": ["script_id", "env", "callback_secret"],
         "properties": {
             "script_id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
             "script_url": {"type": "string", "minLength": 1, "maxLength": 8192, "pattern": "^https?://"},
@@ -69,6 +70,7 @@ class RunPython:
                 "additionalProperties": {"type": "string", "maxLength": 65536},
             },
             "context_data": {"type": ["object", "string", "null"]},
+            "callback_secret": {"type": "string", "pattern": "^[A-Za-z0-9_-]{32,128}$"},
         },
         "anyOf": [{"required": ["script_url"]}, {"required": ["script_content"]}],
     }
@@ -89,6 +91,7 @@ class RunPython:
             context_data=body.get("context_data"),
             script_content=content,
             script_url=body.get("script_url") if content is None else None,
+            callback_secret=body["callback_secret"],
         )
         try:
             self.service.submit(request)

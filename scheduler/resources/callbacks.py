@@ -1,7 +1,9 @@
 """Callbacks from the sandbox (or an upstream starter): the run started, the run ended.
 
-Both require the shared token unless PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS is set for old
-starters. Both are idempotent: a duplicate or late call for a finished run is acknowledged and ignored.
+Both need the run's own callback secret (issued at hand-off, scheduler.callback_auth), unless
+PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS is set for old starters; the state rules hold either way:
+running once after the hand-off, a result once. What the rules refuse is answered 403/409 with
+{"error_msg", "refused"}, the sandbox's sign that sending again cannot help.
 A body that names a valid run but is otherwise malformed is salvaged, never refused: a refused result is a
 lost result (the sandbox would have to give it up), so it is stored as a failed run saying what was wrong.
 """
@@ -14,6 +16,8 @@ import falcon
 import jsonschema
 
 from scheduler import runs, texts
+from scheduler.auth import presented
+from scheduler.callback_auth import Credential, Refused
 from scheduler.db import Store
 from scheduler.resources.common import MAX_ID, ApiError, Context, validate
 
@@ -43,16 +47,25 @@ class _Callback:
         self.ctx = ctx
         self.store = store
 
-    def read(self, req: falcon.Request) -> dict[str, Any]:
-        """The body, which must at least name a run; 400 otherwise (there is no run to store anything on)."""
-        if not self.ctx.accept_unauthenticated_callbacks:
-            self.ctx.require_auth(req)
+    def read(self, req: falcon.Request) -> tuple[dict[str, Any], Credential]:
+        """The body, which must at least name a run (400 otherwise), and what the caller presented."""
+        header = req.get_header("Authorization")
+        secret = presented(header)
+        allowed = self.ctx.accept_unauthenticated_callbacks
+        if allowed and self.ctx.auth.accepts(header):
+            secret = None  # an old starter sending SeaTable's token: as unauthenticated, behind the switch
+        elif secret is None and not allowed:
+            raise ApiError(403, {"error_msg": texts.CALLBACK_SECRET_MISSING, "refused": "secret"})
         data = self.ctx.read_json_object(req)
         validate(_NAMES_A_RUN, data)
-        return data
+        return data, Credential(secret, allowed)
 
     @staticmethod
-    def answer(resp: falcon.Response, outcome: runs.Outcome) -> None:
+    def answer(resp: falcon.Response, apply: Any) -> None:
+        try:
+            outcome = apply()
+        except Refused as refused:
+            raise ApiError(refused.status, {"error_msg": refused.message, "refused": refused.reason}) from None
         if outcome is runs.Outcome.NOT_FOUND:
             raise ApiError(404, {"error_msg": texts.SCRIPT_NOT_FOUND_ERROR})
         resp.media = {"success": True}
@@ -65,9 +78,9 @@ def _valid(validator: jsonschema.protocols.Validator, data: dict[str, Any], name
 
 
 class RunningCallback(_Callback):
-    """POST /script-running-callback/ {script_id*, started_at (epoch seconds)}: {"success": true}; 404.
+    """POST /script-running-callback/ {script_id*, started_at (epoch seconds)}: {"success": true}; 404; 403/409.
 
-    A malformed started_at is replaced by the time of arrival.
+    A malformed or unbelievable started_at is replaced by the time of arrival.
     """
 
     SCHEMA: dict[str, Any] = {
@@ -78,18 +91,18 @@ class RunningCallback(_Callback):
     validator = jsonschema.Draft202012Validator(SCHEMA)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = self.read(req)
+        data, credential = self.read(req)
         started = _valid(self.validator, data, "started_at")
         started_at = self.store.clock.from_epoch(started) if started is not None else None
-        self.answer(resp, runs.mark_running(self.store, data["script_id"], started_at))
+        self.answer(resp, lambda: runs.mark_running(self.store, data["script_id"], started_at, credential))
 
 
 class ResultCallback(_Callback):
     """POST /script-result/ {script_id*, success, return_code, output, started_at, spend_time}.
 
-    {"success": true} also for a run that already finished (nothing changes then); 404 unknown run.
-    A result with invalid fields is stored as failed: the valid fields are kept, and the output says
-    which fields were wrong.
+    404 unknown run; 409 {"refused"} for a run that already finished or was never handed off.
+    A result with invalid fields (or times that cannot be true) is stored as failed: the valid fields are
+    kept, and the output says which fields were wrong.
     """
 
     SCHEMA: dict[str, Any] = {
@@ -108,8 +121,8 @@ class ResultCallback(_Callback):
     validator = jsonschema.Draft202012Validator(SCHEMA)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = self.read(req)
-        self.answer(resp, runs.record_result(self.store, data["script_id"], self.result(data)))
+        data, credential = self.read(req)
+        self.answer(resp, lambda: runs.record_result(self.store, data["script_id"], self.result(data), credential))
 
     def result(self, data: dict[str, Any]) -> runs.RunResult:
         wrong = problems(self.validator, data)

@@ -16,7 +16,7 @@ import requests
 from sandbox import texts
 from sandbox.driver import LABEL
 from sandbox.podman_api import PodmanAPI
-from tests.support.podman import CallbackReceiver, SandboxProcess
+from tests.support.podman import CallbackReceiver, SandboxProcess, secret_for
 
 
 def ours(podman: PodmanAPI, sandbox: SandboxProcess) -> list[dict[str, Any]]:
@@ -40,7 +40,7 @@ def test_hello_world_with_callbacks(sandbox: SandboxProcess, receiver: CallbackR
     running = [c for c in receiver.received if c.path == "/script-running-callback/"]
     assert [c.body["script_id"] for c in running] == [101]
     assert running[0].body["started_at"] == result["started_at"]
-    assert all(c.auth == "Token scheduler-test-token" for c in receiver.received)
+    assert all(c.auth == f"Token {secret_for(101)}" for c in receiver.received)  # the run's own secret
     assert receiver.received[-1].path == "/script-result/"
     # The used runner is removed; what remains are the pool's idle runners, waiting.
     pool = int(sandbox.env["PYTHON_SANDBOX_WARM_POOL"])
