@@ -20,6 +20,7 @@ RESULT_REFUSED = ("result refused by the scheduler (HTTP {status} on /script-res
 # Upstream's texts, kept word for word because SeaTable users know them.
 SCRIPT_URL_MISSING = "Script URL is missing"
 FAIL_TO_GET_SCRIPT = "Fail to get script"
+FETCH_REFUSED = "Fail to get script: its URL leads where runners may not connect ({reason})"
 
 # --- API answers -----------------------------------------------------------------------------------
 ALREADY_HERE = "script_id {script_id} is already here"
