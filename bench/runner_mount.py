@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from bench.report import median
-from sandbox.host import DEFAULT_USER, lookup_user
+from sandbox.host import configured_user, lookup_user
 from sandbox.image import RUNNER_FILES, default_image, runner_files_dir
 from sandbox.podman_api import PodmanAPI
 
@@ -45,7 +45,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
-    api = PodmanAPI(lookup_user(DEFAULT_USER).socket_url)
+    api = PodmanAPI(lookup_user(configured_user()).socket_url)
     image = default_image()
     times: dict[bool, list[float]] = {False: [], True: []}
     try:

@@ -7,11 +7,12 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import texts
+from sandbox import runner_options, texts
 from sandbox.egress_policy import EgressPolicy
+from sandbox.runner_options import RunnerOptions
 from sandbox.timezone import host_time_zone, is_zone_name
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,17 @@ VARIABLES: list[tuple[str, str, str]] = [
      "slirp4netns's forwarder to this host's resolvers"),
     ("PYTHON_RUNNER_CA_BUNDLE", "", "PEM file of extra CA certificates the runners trust (REQUESTS_CA_BUNDLE, "
      "SSL_CERT_FILE), e.g. for a SeaTable server with an in-house CA"),
+    ("PYTHON_RUNNER_OTHER_OPTIONS", "", "upstream's extra `docker run` options, a Python list of strings; here "
+     "`--volume=/host:/path[:ro|rw]` and `--mount=type=bind,...` (read-only unless rw is written; never a system "
+     "path or the sandbox's own), `--env=NAME=VALUE` and `--add-host=name:ip` (open mode); anything else is refused "
+     "at start"),
+    ("PYTHON_RUNNER_READ_ONLY_FILESYSTEM", "", "upstream's switch; runners are always read-only here: true is "
+     "accepted, false refused at start"),
+    ("PYTHON_RUNNER_NO_NEW_PRIVILEGES", "", "upstream's switch; always on here: true is accepted, false refused"),
+    ("PYTHON_RUNNER_DROPPED_CAPABILITIES", "", "upstream's list; runners have no capabilities at all here, any "
+     "list of capability names is accepted"),
+    ("PYTHON_RUNNER_UID", "", "upstream's runner user (also _GID, _USER, _GROUP); each run has an unprivileged "
+     "uid of its own here: 0/root is refused, other values have no effect"),
     ("PYTHON_SANDBOX_EGRESS_DIR", "<state dir>/egress", "where the per-run egress sockets are created"),
     ("PYTHON_SANDBOX_EGRESS_HOST_DIR", "(same)", "that directory as the Podman host sees it, when the sandbox itself "
      "runs in a container"),
@@ -166,6 +178,7 @@ class SandboxConfig:
     warm_pool: int = 2
     preimport: str = "seatable_api,pandas"
     pool_min_available: int = 1 << 30
+    runner_options: RunnerOptions = field(default_factory=RunnerOptions)
 
     @property
     def accepted_tokens(self) -> tuple[str, ...]:
@@ -188,6 +201,7 @@ class SandboxConfig:
         if len(str(egress_dir)) > MAX_EGRESS_DIR:
             raise ValueError(f"PYTHON_SANDBOX_EGRESS_DIR {egress_dir} is too long for Unix socket paths "
                              f"(at most {MAX_EGRESS_DIR} characters)")
+        options = runner_options.read(env, network, protected=(str(state_dir), str(home)))
         ca_bundle = env.get("PYTHON_RUNNER_CA_BUNDLE", "")
         if ca_bundle:
             ca_bundle = _read_ca_bundle(ca_bundle)
@@ -231,6 +245,7 @@ class SandboxConfig:
             warm_pool=_whole(env, "PYTHON_SANDBOX_WARM_POOL", 2),
             preimport=env.get("PYTHON_SANDBOX_PREIMPORT", "seatable_api,pandas"),
             pool_min_available=parse_size(env.get("PYTHON_SANDBOX_POOL_MIN_AVAILABLE") or "1g"),
+            runner_options=options,
         )
 
 

@@ -28,6 +28,7 @@ from sandbox.network import CLOSED, OpenNetwork
 from sandbox.outcome import READY, ControlStream, Evidence, Outcome, decide
 from sandbox.output import OutputCap
 from sandbox.podman_api import STDERR, AttachStream, PodmanAPI, PodmanError
+from sandbox.runner_options import RunnerOptions
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ class ContainerDriver:
     cgroups: RunCgroups | None = None
     # The open network (an interface, rules outside the runner); None: loopback only.
     network: OpenNetwork | None = None
+    # The admin's mounts and hosts from upstream's PYTHON_RUNNER_OTHER_OPTIONS (checked at start).
+    options: RunnerOptions = field(default_factory=RunnerOptions)
     _egress_keys: dict[str, str] = field(default_factory=dict)
     _uids: dict[str, int] = field(default_factory=dict)
     _keys_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -157,6 +160,7 @@ class ContainerDriver:
             base = self.egress_host_dir or str(self.egress.base_dir)
             mounts.append({"destination": EGRESS_MOUNT, "type": "bind", "source": f"{base}/{key}",
                            "options": ["ro", "rbind", "nosuid", "nodev", "noexec"]})
+        mounts += [mount.spec() for mount in self.options.mounts]
         spec: dict[str, Any] = {
             "image": self.image,
             "name": f"seatable-run-{label}-{key}",
@@ -171,6 +175,7 @@ class ContainerDriver:
             "cap_drop": ["ALL"],
             "no_new_privileges": True,
             **(self.network.spec() if self.network is not None else CLOSED),
+            **self.options.spec(),
             "labels": {LABEL: self.node, LABEL_SCRIPT: label, LABEL_UID: str(uid)},
             "stdin": True,
             "terminal": False,

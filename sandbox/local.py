@@ -71,8 +71,9 @@ def run_local(request: LocalRun) -> RunResult:
                                 timeout=config.timeout, tmpfs_size=config.tmpfs_size),
             enforcement=isolation.enforcement, seccomp_profile=str(write_profile(Path(state))),
             egress=egress, identities=isolation.identities, cgroups=isolation.cgroups, network=network,
+            options=config.runner_options,
         )
-        env = {"is_cloud": "1", "TZ": config.time_zone, **dict(request.env)}
+        env = {**config.runner_options.env, "is_cloud": "1", "TZ": config.time_zone, **dict(request.env)}
         context = "" if request.context is None else json.dumps(request.context)
         containers: list[str] = []
         try:

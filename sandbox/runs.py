@@ -86,6 +86,7 @@ class RunService:
     network: str = "none"  # none, seatable or open (PYTHON_RUNNER_NETWORK)
     egress_allow: str = ""  # PYTHON_RUNNER_EGRESS_ALLOW
     ca_bundle: str = ""  # PEM text of extra CAs for the runners
+    extra_env: dict[str, str] = field(default_factory=dict)  # the admin's (PYTHON_RUNNER_OTHER_OPTIONS --env)
     refusal: Callable[[], str | None] = lambda: None  # why the node cannot take runs now, or None
     host_addresses: Callable[[], tuple[Address, ...]] = this_hosts_addresses  # refused to the script download
     _active: set[int] = field(default_factory=set)
@@ -207,7 +208,7 @@ class RunService:
         return EgressPolicy.for_run(self.network, self.egress_allow, env.get("dtable_web_url"), extra)
 
     def _env(self, env: dict[str, str]) -> dict[str, str]:
-        return {**env, "is_cloud": "1", "TZ": self.time_zone}
+        return {**self.extra_env, **env, "is_cloud": "1", "TZ": self.time_zone}
 
     def recover(self) -> int:
         """After a crash: end what was in flight as lost, remove its containers and other orphans."""

@@ -134,7 +134,10 @@ def build(config: SandboxConfig) -> Sandbox:
                              seccomp_profile=profile, time_zone=config.time_zone,
                              egress=egress, egress_host_dir=config.egress_host_dir,
                              runner_files=config.runner_files or str(runner_files_dir()),
-                             identities=isolation.identities, cgroups=isolation.cgroups, network=network)
+                             identities=isolation.identities, cgroups=isolation.cgroups, network=network,
+                             options=config.runner_options)
+    for note in config.runner_options.notes:
+        log.info("%s", note)
     took = driver.prepare_id_mapping()
     if took > 2:
         log.info("made the runner image's copy for the runners' id mapping in %.0f s (once per image)", took)
@@ -157,6 +160,7 @@ def build(config: SandboxConfig) -> Sandbox:
                          alternative_file_server_root=config.alternative_file_server_root,
                          pool=pool if config.warm_pool else None, network=config.network,
                          egress_allow=config.egress_allow, ca_bundle=config.ca_bundle,
+                         extra_env=dict(config.runner_options.env),
                          refusal=node_health.refusal)
     lost = service.recover()
     if lost:

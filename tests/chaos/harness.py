@@ -25,7 +25,7 @@ import pymysql
 import requests
 
 from sandbox.driver import LABEL
-from sandbox.host import DEFAULT_USER, SandboxUser, lookup_user
+from sandbox.host import SandboxUser, configured_user, lookup_user
 from sandbox.podman_api import PodmanAPI
 from tests.chaos.proxy import ResetProxy
 from tests.seatable_stub import StubServer
@@ -111,7 +111,7 @@ class Chaos:
 
     def start(self) -> Chaos:
         self.workdir.chmod(0o755)
-        self.user = lookup_user(DEFAULT_USER)
+        self.user = lookup_user(configured_user())
         self.say("chaos: starting MariaDB, the SeaTable stand-in and a private Podman API service")
         self.mariadb = start_server(("--innodb-buffer-pool-size=64M",))
         self.stub = StubServer(self.secret, host="127.0.0.1").start()

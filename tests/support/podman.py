@@ -28,6 +28,7 @@ from sandbox.host import SandboxUser, configured_user, lookup_user, socket_alive
 from sandbox.image import default_image
 from sandbox.podman_api import PodmanAPI
 
+START_SECS = 120
 VENV_BIN = Path(os.environ.get("SEATABLE_PIPELINE_PREFIX", "/opt/seatable-pipeline")) / "venv" / "bin"
 
 
@@ -214,7 +215,9 @@ class SandboxProcess:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + 30
+        # The worker boots before it answers: a runner probe, the id-mapped image copy, the network helper.
+        # On a loaded machine that is tens of seconds; a sandbox that dies at start is seen at once.
+        deadline = time.monotonic() + START_SECS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"sandbox exited at start:\n{self.log()}")
@@ -223,7 +226,7 @@ class SandboxProcess:
                     return
             except requests.RequestException:  # not listening yet, or the worker still booting
                 time.sleep(0.1)
-        raise AssertionError(f"sandbox did not answer within 30 s:\n{self.log()}")
+        raise AssertionError(f"sandbox did not answer within {START_SECS} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import sandbox.config
+import sandbox.runner_options
 import scheduler.config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -23,6 +24,6 @@ def test_configuration_tables_match_the_code() -> None:
 
 
 def test_every_sandbox_variable_is_read() -> None:
-    source = Path(sandbox.config.__file__).read_text()
+    source = Path(sandbox.config.__file__).read_text() + Path(sandbox.runner_options.__file__).read_text()
     for name, _default, _meaning in sandbox.config.VARIABLES:
         assert source.count(f'"{name}"') >= 2, f"{name} is listed but never read"
