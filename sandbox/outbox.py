@@ -33,7 +33,7 @@ import requests
 from sandbox import texts
 from sandbox.outbox_store import RESULT_KINDS, Entry, InFlight, OutboxStore, pack
 from sandbox.output import encode_body, fit_result
-from sandbox.tls import PLAIN_HTTP_HINT, plain_http_to_tls, tls_reason
+from sandbox.tls import PLAIN_HTTP_HINT, is_tls_error, plain_http_to_tls, tls_reason
 
 __all__ = ["InFlight", "Outbox", "OutboxStats", "backoff"]
 
@@ -401,7 +401,7 @@ def _refusal(resp: requests.Response) -> str | None:
 
 def _cause(exc: requests.RequestException) -> str:
     """The exception's name, and for TLS what was wrong (an unknown CA, a wrong host name, plain HTTP)."""
-    if isinstance(exc, requests.exceptions.SSLError):
+    if is_tls_error(exc):
         return f"TLS: {tls_reason(exc)}"
     if plain_http_to_tls(exc):
         return f"{type(exc).__name__}: {PLAIN_HTTP_HINT}"

@@ -52,7 +52,16 @@ def tls_reason(exc: BaseException) -> str:
         return "the server does not speak TLS: an http:// server behind an https:// URL?"
     if "CERTIFICATE_REQUIRED" in text or "BAD_CERTIFICATE" in text or "UNKNOWN_CA" in text:
         return "the server refused the handshake: it requires a client certificate signed by its client CA"
+    if any(isinstance(inner, ssl.SSLEOFError) for inner in _chain(exc)) or "EOF occurred" in text:
+        return ("the server ended the handshake: does it require a client certificate (one signed by its client "
+                "CA)?")
     return text[:200] or type(exc).__name__
+
+
+def is_tls_error(exc: BaseException) -> bool:
+    """A failure of TLS itself, however deeply requests and urllib3 wrapped it (a client certificate the
+    server wanted arrives as an alert after the handshake, inside a "connection aborted")."""
+    return any(isinstance(inner, ssl.SSLError) for inner in _chain(exc))
 
 
 def plain_http_to_tls(exc: BaseException) -> bool:

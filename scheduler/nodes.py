@@ -31,7 +31,7 @@ import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
 from sandbox import node_proof
-from sandbox.tls import PLAIN_HTTP_HINT, plain_http_to_tls, tls_reason
+from sandbox.tls import PLAIN_HTTP_HINT, is_tls_error, plain_http_to_tls, tls_reason
 from scheduler.config import Config
 from scheduler.sessions import ThreadSessions
 
@@ -357,7 +357,7 @@ def _retry_after(response: requests.Response) -> float:
 
 def describe(exc: requests.RequestException) -> str:
     """One line for a failed request: TLS problems and plain HTTP on a TLS port in words, else the cause's name."""
-    if isinstance(exc, requests.exceptions.SSLError):
+    if is_tls_error(exc):
         return f"TLS: {tls_reason(exc)}"
     if plain_http_to_tls(exc):
         return f"{_exception_text(exc)}: {PLAIN_HTTP_HINT}"
