@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from sandbox.limits import OOM_SCORE_IDLE, Enforcement, RunnerLimits, human_size
 from sandbox.network import CLOSED, OpenNetwork
 from sandbox.outcome import READY, ControlStream, Evidence, Outcome, decide
 from sandbox.output import OutputCap
-from sandbox.podman_api import STDERR, AttachStream, PodmanAPI, PodmanError
+from sandbox.podman_api import STDERR, AttachStream, PodmanAPI, PodmanError, unreachable
 from sandbox.runner_options import RunnerOptions
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,11 @@ IMAGE_UID = 1000  # the image's own user; runners without managed identities run
 
 
 EGRESS_MOUNT = "/run/egress"
+# When the Podman service goes away during a run (its attach is cut), the run waits for it to come back up to
+# this long past its own time limit, then reads the container's exit and its log; past it the run is lost.
+PODMAN_RETURN_SLACK = 10.0
+RETRY_FIRST, RETRY_MAX = 0.25, 4.0  # backoff between attempts to reach Podman again
+POLL = 0.25  # how often a run read from its log asks whether its container still runs
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,17 @@ class RunResult:
     def success(self) -> bool:
         return self.outcome == "exited" and self.return_code == 0
 
+    @property
+    def kind(self) -> str:
+        """What ended the run, in the scheduler's words (scheduler/outcomes.py)."""
+        if self.outcome == "exited":
+            return "success" if self.return_code == 0 else "failed"
+        if self.outcome == "signal":
+            return "cpu_limit" if self.return_code == 128 + signal.SIGXCPU else "killed_by_signal"
+        return _KINDS.get(self.outcome, "failed")
+
     def body(self, script_id: int) -> dict[str, object]:
-        """upstream's /script-result/ body."""
+        """upstream's /script-result/ body, plus the outcome kind (upstream's scheduler ignores it)."""
         return {
             "script_id": script_id,
             "success": self.success,
@@ -80,7 +95,30 @@ class RunResult:
             "output": self.output,
             "started_at": self.started_at,
             "spend_time": round(self.spend_time, 3),
+            "outcome": self.kind,
         }
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How a run ended (None: unknown, Podman did not come back in time) and the output and control stream
+    it was decided from."""
+
+    outcome: Outcome | None
+    cap: OutputCap
+    control: ControlStream
+    gap: bool = False  # part of the output is missing (the log was started over while the attach was cut)
+    from_log: bool = False
+
+
+_KINDS = {
+    "timeout": "time_limit",
+    "output_limit": "output_limit",
+    "out_of_memory": "out_of_memory",
+    "error": "sandbox_error",
+    "lost": "sandbox_lost",
+    "fetch_failed": "fetch_failed",
+}
 
 
 @dataclass
@@ -137,8 +175,15 @@ class ContainerDriver:
     # The admin's mounts and hosts from upstream's PYTHON_RUNNER_OTHER_OPTIONS (checked at start).
     options: RunnerOptions = field(default_factory=RunnerOptions)
     _egress_keys: dict[str, str] = field(default_factory=dict)
+    _unremoved: set[str] = field(default_factory=set)  # removal failed (Podman down?): retried by retry_removals
     _uids: dict[str, int] = field(default_factory=dict)
     _keys_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def log_max_bytes(self) -> int:
+        """Room for the output limit in UTF-8 plus the log's per-line prefixes; past it conmon starts the file
+        over, and a cut log is noticed because it does not begin with what the attach already delivered."""
+        return 4 * self.output_limit + (1 << 20)
 
     def __post_init__(self) -> None:
         if self.cgroups is not None:
@@ -181,8 +226,9 @@ class ContainerDriver:
             "terminal": False,
             "r_limits": self.limits.r_limits(),
             "resource_limits": self.limits.resource_limits(self.enforcement),
-            # Output arrives over attach; no log file of it on the host's disk.
-            "log_configuration": {"driver": "none"},
+            # Output arrives over attach. The log file (in the container's own storage, gone with it, bounded) is
+            # read only when the attach was cut: the Podman service restarted while the script ran on under conmon.
+            "log_configuration": {"driver": "k8s-file", "size": self.log_max_bytes},
             "hostname": "runner",
             # Idle until its job arrives; the entrypoint then raises itself to OOM_SCORE_RUNNING.
             "oom_score_adj": OOM_SCORE_IDLE,
@@ -269,20 +315,83 @@ class ContainerDriver:
             # Before any kill: conmon blocks on an attach socket nobody reads.
             runner.stream.close()
         spend = time.monotonic() - clock
-        if timed_out:
-            self._stop(runner.container)
-        if control.notes:
-            log.warning("runner %s said on its control stream: %s", runner.container[:12], " | ".join(control.notes))
-        outcome = self.outcome(runner.container, timed_out, control, timeout)
-        output = cap.text() + cap.notice()
-        if outcome.notice:
-            output += texts.notice(outcome.notice)
-        result = RunResult(outcome.return_code, output, started_at, spend, outcome.kind)
+        settled = self._settle(runner.container, clock + timeout, timed_out, Settled(None, cap, control), timeout)
+        if settled.from_log:  # it ended (or was stopped) while the sandbox waited for Podman, not at the cut
+            spend = min(time.monotonic() - clock, float(timeout))
+        if settled.control.notes:
+            log.warning("runner %s said on its control stream: %s", runner.container[:12],
+                        " | ".join(settled.control.notes))
+        outcome = settled.outcome
+        output = settled.cap.text() + settled.cap.notice() + (texts.notice(texts.OUTPUT_GAP) if settled.gap else "")
+        if outcome is None:
+            result = RunResult(None, output + texts.notice(texts.PODMAN_LOST), started_at, spend, "lost")
+        else:
+            output += texts.notice(outcome.notice) if outcome.notice else ""
+            result = RunResult(outcome.return_code, output, started_at, spend, outcome.kind)
         lines = self._egress_lines(runner.container)
         if lines and result.output and not result.output.endswith("\n"):
             lines = "\n" + lines
         result.output += lines
         return result
+
+    def _settle(self, container: str, deadline: float, timed_out: bool, attached: Settled,
+                timeout: int) -> Settled:
+        """The run's outcome, and its output: the attach's, or the log's when the attach was cut before pid 1's
+        record (the Podman service died; conmon ran the script on). While Podman is unreachable, retried with
+        backoff up to PODMAN_RETURN_SLACK past the run's deadline; no outcome when it does not come back by then."""
+        control = attached.control
+        if timed_out:  # the host's timer decided; a runner Podman cannot kill now goes with its removal
+            try:
+                self._stop(container)
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+                log.warning("runner %s: Podman unreachable at the time limit; it is removed once Podman is back",
+                            container[:12])
+            return Settled(self.outcome(container, True, control, timeout), attached.cap, control)
+        give_up = deadline + PODMAN_RETURN_SLACK
+        delay, warned = RETRY_FIRST, False
+        cut = control.trusted_record() is None and not control.overflow
+        while True:
+            try:
+                if cut:
+                    return self._from_log(container, deadline, attached.cap, timeout)
+                return Settled(self.outcome(container, False, control, timeout), attached.cap, control)
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+                now = time.monotonic()
+                if not warned:
+                    log.warning("runner %s: Podman unreachable (%s); waiting up to %.0f s for it",
+                                container[:12], type(exc).__name__, max(0.0, give_up - now))
+                    warned = True
+                if now + delay > give_up:
+                    log.error("runner %s: Podman did not come back before the run's deadline; run lost", container[:12])
+                    return attached
+                time.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX)
+
+    def _from_log(self, container: str, deadline: float, attached: OutputCap, timeout: int) -> Settled:
+        """Wait (to the run's deadline) for the container to end, then decide from its log file."""
+        timed_out = False
+        while self.api.running(container):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._stop(container)
+                timed_out = True
+                break
+            time.sleep(min(POLL, left))
+        cap, control = OutputCap(self.output_limit), ControlStream()
+        for kind, data in self.api.logs(container):
+            if kind == STDERR:
+                control.feed(data)
+            else:
+                cap.feed(data)
+        outcome = self.outcome(container, timed_out, control, timeout)
+        if attached.reached or not cap.text().startswith(attached.text()):
+            # The attach already holds all that is kept, or the log was started over (a flood): keep the attach's.
+            return Settled(outcome, attached, control, gap=not attached.reached, from_log=True)
+        return Settled(outcome, cap, control, from_log=True)
 
     def _stop(self, container: str) -> None:
         """Kill a runner and wait until it is gone: its processes count against per-uid limits
@@ -360,22 +469,53 @@ class ContainerDriver:
         with self._keys_lock:
             return self._uids.get(container)
 
-    def cleanup(self, container: str) -> None:
+    def cleanup(self, container: str) -> bool:
+        """Remove a runner and release what it held; False when Podman failed (retry_removals tries again)."""
+        self._release_egress(container)  # its socket closes now: whatever still runs there has no way out
         try:
             self.api.remove(container)
         except PodmanError as exc:
-            log.warning("could not remove container %s: %s", container[:12], exc)
-        else:
-            # Gone with all its processes: its cgroups can go and its uid may serve another run.
-            if self.cgroups is not None:
-                self.cgroups.remove(container)
             with self._keys_lock:
-                uid = self._uids.pop(container, None)
-            if uid is not None and self.identities is not None:
-                self.identities.release(uid)
-        self._release_egress(container)
+                first = container not in self._unremoved
+                self._unremoved.add(container)
+            if first:
+                log.warning("could not remove container %s (retried later): %s", container[:12], exc)
+            return False
+        with self._keys_lock:
+            self._unremoved.discard(container)
+            uid = self._uids.pop(container, None)
+        # Gone with all its processes: its cgroups and network can go and its uid may serve another run.
+        if self.cgroups is not None:
+            self.cgroups.remove(container)
+        if uid is not None and self.identities is not None:
+            self.identities.release(uid)
         if self.network is not None:
             self.network.release(container)
+        return True
+
+    def retry_removals(self) -> int:
+        """Remove the runners whose removal failed before (the health thread calls this while Podman answers);
+        how many are still left."""
+        with self._keys_lock:
+            pending = sorted(self._unremoved)
+        left = 0
+        for container in pending:
+            if self.cleanup(container):
+                log.info("removed container %s on a later attempt", container[:12])
+            else:
+                left += 1
+        return left
+
+    def remove_leftovers(self) -> int:
+        """At a graceful stop, when no run is left: remove every runner of this node (failed removals included);
+        how many could not be removed (the next start removes them)."""
+        try:
+            for container in self.orphans():
+                self.cleanup(container)
+            return self.retry_removals()
+        except Exception as exc:  # Podman gone: the next start's recover() removes them
+            log.warning("runner containers of this node left at stop: %s", exc)
+            return len(self._unremoved)
 
     def prepare_id_mapping(self) -> float:
         """Create and remove one runner (never started) so that the image's id-shifted copy for the fixed

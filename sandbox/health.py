@@ -19,14 +19,16 @@ from typing import Protocol
 
 from sandbox import texts
 from sandbox.limits import human_size
-from sandbox.podman_api import PingFailure
+from sandbox.podman_api import PingFailure, describe
 
 log = logging.getLogger(__name__)
 
 INTERVAL = 1.0
 STALE_AFTER = 15.0  # a check takes at most two Podman calls of PODMAN_TIMEOUT each
 PODMAN_TIMEOUT = 5.0
-SLOW_PINGS = 3  # a ping that only timed out counts after this many in a row (a loaded host answers late)
+# A Podman call that failed without a refused connection (a timeout, an error answer: a loaded host)
+# counts after this many checks in a row; no socket or a refused connection counts at once.
+PODMAN_FAILURES = 3
 RSS_EVERY = 5.0
 MIN_FREE_BYTES = 64 << 20
 
@@ -58,6 +60,9 @@ class NodeHealth:
     outbox_max_bytes: int
     min_free_bytes: int = MIN_FREE_BYTES
     pool_rss: Callable[[], list[int | None]] | None = None
+    # Work that needs Podman and may wait for it (removals that failed while it was down): run after a check
+    # that found it answering.
+    sweep: Callable[[], object] | None = None
     interval: float = INTERVAL
     last: Check | None = None
     idle_runner_rss: list[int | None] = field(default_factory=list)
@@ -65,21 +70,21 @@ class NodeHealth:
     _thread: threading.Thread | None = None
     _rss_at: float = 0.0
     _reported: tuple[str, ...] = ()
-    _slow_pings: int = 0
+    _podman_failures: int = 0
+    _sweeping: threading.Thread | None = None
 
     def check_now(self) -> Check:
         problems: list[str] = []
         failure = self.podman.ping_error()
-        self._slow_pings = self._slow_pings + 1 if failure is not None and failure.slow else 0
-        if failure is not None:
-            if not failure.slow or self._slow_pings >= SLOW_PINGS:
-                problems.append(texts.PODMAN_UNREACHABLE.format(detail=failure.detail))
-        else:
+        if failure is None:
             try:
                 if not self.podman.image_exists(self.image):
                     problems.append(texts.IMAGE_MISSING.format(image=self.image))
-            except Exception as exc:  # an answer cut short is as bad as none
-                problems.append(texts.PODMAN_UNREACHABLE.format(detail=type(exc).__name__))
+            except Exception as exc:
+                failure = describe(exc)
+        self._podman_failures = self._podman_failures + 1 if failure is not None else 0
+        if failure is not None and (not failure.slow or self._podman_failures >= PODMAN_FAILURES):
+            problems.append(texts.PODMAN_UNREACHABLE.format(detail=failure.detail))
         unusable = self.outbox.check_writable()
         if unusable is not None:
             problems.append(texts.OUTBOX_UNUSABLE.format(detail=unusable))
@@ -129,10 +134,27 @@ class NodeHealth:
             self._thread.join(timeout=PODMAN_TIMEOUT * 2 + 1)
             self._thread = None
 
+    def _start_sweep(self) -> None:
+        """In a thread of its own, one at a time: slow Podman work must not make the check look stalled."""
+        if self._sweeping is not None and self._sweeping.is_alive():
+            return
+        assert self.sweep is not None
+        self._sweeping = threading.Thread(target=self._sweep, args=(self.sweep,), name="podman-sweep", daemon=True)
+        self._sweeping.start()
+
+    @staticmethod
+    def _sweep(sweep: Callable[[], object]) -> None:
+        try:
+            sweep()
+        except Exception:
+            log.exception("background removal of runners failed")
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self.check_now()
+                if self.sweep is not None and self._podman_failures == 0:
+                    self._start_sweep()
                 if self.pool_rss is not None and time.monotonic() - self._rss_at >= RSS_EVERY:
                     self._rss_at = time.monotonic()
                     self.idle_runner_rss = self.pool_rss()

@@ -160,7 +160,7 @@ class RunnerImageBuilder:
         self._check_tools()
         self._check_cache_dir()
         progress(f"recipe {self.recipe.digest()}")
-        if not force and self.image_exists():  # no need to queue behind other builds on this cache
+        if not force and self.image_exists():  # without the lock: another recipe's build may hold it for minutes
             progress(f"image {self.recipe.tag} is present; nothing to build")
             return self.recipe.tag
         with self._lock():

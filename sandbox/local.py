@@ -42,12 +42,14 @@ def run_local(request: LocalRun) -> RunResult:
         script = request.path.read_bytes()  # decoded in the runner as Python decodes a file
     except OSError as exc:
         raise SetupError(f"cannot read {request.path}: {exc}") from None
-    # The sandbox's own settings where given (limits, image), without requiring its tokens.
-    # SeaTable's secret may be in a scheduler host's environment; run-local has no use for it either.
-    config = SandboxConfig.from_env({"PYTHON_SANDBOX_AUTH_TOKEN": "-",
-                                     **{k: v for k, v in os.environ.items() if k != "PYTHON_SCHEDULER_AUTH_TOKEN"}})
     user = lookup_user(request.user or configured_user())
-    api = PodmanAPI(config.podman_url if "PYTHON_SANDBOX_PODMAN_URL" in os.environ else user.socket_url)
+    # The sandbox's own settings where given (limits, image), without requiring its tokens; the Podman API
+    # is the sandbox user's unless PYTHON_SANDBOX_PODMAN_URL says otherwise, whoever runs this.
+    # SeaTable's secret may be in a scheduler host's environment; run-local neither uses nor warns about it.
+    config = SandboxConfig.from_env(fallbacks={"PYTHON_SANDBOX_AUTH_TOKEN": "-",
+                                               "PYTHON_SANDBOX_PODMAN_URL": user.socket_url},
+                                    warn_unused_secret=False)
+    api = PodmanAPI(config.podman_url)
     if not api.ping():
         raise SetupError(f"no Podman API at {api.socket_path}; run 'seatable-sandbox host-setup' as root")
     image = config.image or default_image()

@@ -59,6 +59,7 @@ class OutboxStats:
     dropped: int = 0  # running callbacks refused as a body (their result still goes)
     replaced: int = 0  # results refused as a body, replaced by a minimal failure result
     refused: int = 0  # callbacks the scheduler refused for their run (replay, wrong state): acknowledged
+    causes: dict[str, int] = field(default_factory=dict)  # failed attempts by cause, for /metrics
 
 
 @dataclass
@@ -95,6 +96,12 @@ class DeliveryTrouble:
         return {"failing": self.failing_since is not None, "failing_since": self.failing_since,
                 "failed_attempts": self.failed_attempts, "last_error": self.last_error or None,
                 "last_error_at": self.last_error_at, "errors_total": self.errors_total}
+
+
+def metric_cause(cause: str) -> str:
+    """A delivery cause as a short metrics label: http_403, http_503, ... or unreachable."""
+    status = cause[5:8] if cause.startswith("HTTP ") else ""
+    return f"http_{status}" if status.isdigit() else "unreachable"
 
 
 def backoff(attempts: int, cap: float) -> float:
@@ -368,6 +375,8 @@ class Outbox:
         with self._lock:
             self.stats.retried += 1
             self.trouble.failed(cause, what)
+            label = metric_cause(cause)
+            self.stats.causes[label] = self.stats.causes.get(label, 0) + 1
         log.debug("outbox: %s failed: %s (attempt %d), retry in %.1f s", what, cause, entry.attempts + 1, delay)
 
     def health(self) -> dict[str, object]:

@@ -32,7 +32,7 @@ class PodmanError(Exception):
 @dataclass(frozen=True)
 class PingFailure:
     detail: str
-    slow: bool  # it timed out (a busy service?), rather than: no socket, refused, an error answer
+    slow: bool  # it may pass (a timeout, an error answer on a loaded host); False: no socket, connection refused
 
 
 @dataclass(frozen=True)
@@ -90,15 +90,7 @@ class AttachStream:
         return frames
 
     def _pop_frame(self) -> tuple[int, bytes] | None:
-        """The next whole (stream, payload) frame from the buffer, or None until more arrives."""
-        if len(self.buffer) < 8:
-            return None
-        kind, size = struct.unpack_from(">BxxxI", self.buffer)
-        if len(self.buffer) < 8 + size:
-            return None
-        payload = bytes(self.buffer[8:8 + size])
-        del self.buffer[:8 + size]  # O(1): CPython moves a bytearray's start instead of copying
-        return kind, payload
+        return pop_frame(self.buffer)
 
     def close(self) -> None:
         self.sock.close()
@@ -121,17 +113,9 @@ class PodmanAPI:
         try:
             if self.client.ping():
                 return None
-            return PingFailure("ping answered with an error", slow=False)
+            return PingFailure("ping answered with an error", slow=True)
         except Exception as exc:  # podman-py wraps the transport's error: name the innermost one
-            causes: list[BaseException] = []
-            cause: BaseException | None = exc
-            while cause is not None and len(causes) < 8:
-                causes.append(cause)
-                cause = cause.__cause__ or cause.__context__
-            slow = any(isinstance(c, (TimeoutError, requests.Timeout)) for c in causes)
-            root = causes[-1]
-            text = str(root).splitlines()[0][:160] if str(root) else ""
-            return PingFailure(f"{type(root).__name__}: {text}".rstrip(": "), slow)
+            return describe(exc)
 
     def version(self) -> str:
         return str(self.client.version().get("Version", ""))
@@ -185,6 +169,25 @@ class PodmanAPI:
             raise PodmanError(f"wait failed ({response.status_code})")
         return int(response.text.strip())
 
+    def logs(self, container: str) -> Iterator[tuple[int, bytes]]:
+        """The container's whole output so far from its log file, as (stream, payload) frames
+        like attach's: what it wrote while nobody was attached (the Podman service was down)."""
+        response = self.client.api.get(f"/containers/{quote(container)}/logs",
+                                       params={"stdout": "true", "stderr": "true"}, stream=True)
+        if response.status_code != 200:
+            raise PodmanError(f"logs failed ({response.status_code}): {_json(response).get('message', '')}")
+        buffer = bytearray()
+        try:
+            for chunk in response.iter_content(AttachStream.RECV_BYTES):
+                buffer += chunk
+                while (frame := pop_frame(buffer)) is not None:
+                    yield frame
+        finally:
+            response.close()
+
+    def running(self, container: str) -> bool:
+        return bool(self.inspect(container).get("State", {}).get("Running"))
+
     def kill(self, container: str, signal: str = "KILL") -> None:
         # 409: already stopped, which is what we wanted.
         self.client.api.post(f"/containers/{quote(container)}/kill", params={"signal": signal})
@@ -218,6 +221,42 @@ class PodmanAPI:
 
     def close(self) -> None:
         self.client.close()
+
+
+def pop_frame(buffer: bytearray) -> tuple[int, bytes] | None:
+    """The next whole (stream, payload) frame of a multiplexed stream, or None until more arrives."""
+    if len(buffer) < 8:
+        return None
+    kind, size = struct.unpack_from(">BxxxI", buffer)
+    if len(buffer) < 8 + size:
+        return None
+    payload = bytes(buffer[8:8 + size])
+    del buffer[:8 + size]  # O(1): CPython moves a bytearray's start instead of copying
+    return kind, payload
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Did a call fail because the Podman service is not there (no socket, refused, cut off)?
+    Not an answer of it (an error status): those are ordinary failures."""
+    causes: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(causes) < 8:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return any(isinstance(c, (ConnectionError, FileNotFoundError, requests.ConnectionError)) for c in causes)
+
+
+def describe(exc: BaseException) -> PingFailure:
+    """A failed call in one line, by its innermost cause; `slow` unless it could not even connect."""
+    causes: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(causes) < 8:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    root = causes[-1]
+    text = str(root).splitlines()[0][:160] if str(root) else ""
+    refused = isinstance(root, (FileNotFoundError, ConnectionRefusedError, PermissionError))
+    return PingFailure(f"{type(root).__name__}: {text}".rstrip(": "), slow=not refused)
 
 
 @dataclass(frozen=True)

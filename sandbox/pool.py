@@ -153,6 +153,10 @@ class WarmPool:
                 self._cond.wait(remaining)
             return True
 
+    def idle_count(self) -> int:
+        with self._cond:
+            return len(self._idle)
+
     def _drop_dead(self) -> None:
         """Idle runners whose container ended before it was ready (entrypoint failed): replace them."""
         for runner in [r for r in self._idle if not r.check_ready() and r.gone]:

@@ -21,9 +21,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from observability import logs
 from sandbox import script_fetch, texts
 from sandbox.driver import Job, RunResult
 from sandbox.egress_policy import Address, EgressPolicy
+from sandbox.metrics import RunMetrics
 from sandbox.network import host_addresses as this_hosts_addresses
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,13 @@ class Unavailable(Exception):
     """The node cannot take runs now (Podman, image, outbox); str() says why."""
 
 
+_REFUSALS = {Busy: "busy", Duplicate: "duplicate", Unavailable: "unavailable"}  # metrics labels
+
+
 class Driver(Protocol):
     def run(self, job: Job, timeout: int, on_container: Any, on_started: Any,
             runner: Any = None) -> RunResult: ...
-    def cleanup(self, container: str) -> None: ...
+    def cleanup(self, container: str) -> bool: ...
     def orphans(self) -> list[str]: ...
 
 
@@ -72,6 +77,8 @@ class RunRequest:
     script_content: str | None = None
     script_url: str | None = None
     callback_secret: str = field(default="", repr=False)  # the run's credential for its callbacks
+    script_name: str | None = None  # for log lines only
+    dtable_uuid: str | None = None  # for log lines only
 
 
 @dataclass
@@ -86,6 +93,8 @@ class RunService:
     network: str = "none"  # none, seatable or open (PYTHON_RUNNER_NETWORK)
     egress_allow: str = ""  # PYTHON_RUNNER_EGRESS_ALLOW
     ca_bundle: str = ""  # PEM text of extra CAs for the runners
+    node: str = ""  # this node's name, on every log line about a run
+    metrics: RunMetrics | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # the admin's (PYTHON_RUNNER_OTHER_OPTIONS --env)
     refusal: Callable[[], str | None] = lambda: None  # why the node cannot take runs now, or None
     host_addresses: Callable[[], tuple[Address, ...]] = this_hosts_addresses  # refused to the script download
@@ -104,25 +113,36 @@ class RunService:
     def submit(self, request: RunRequest) -> None:
         """Accept a run, or raise Duplicate (remembered id), Unavailable (unhealthy) or Busy (no slot)."""
         script_id = request.script_id
-        with self._lock:
-            if script_id in self._active:
-                raise Duplicate(script_id, "running")
-            try:
-                state = self.outbox.holds(script_id)
-                if state is not None:
-                    raise Duplicate(script_id, state)
-                reason = self.refusal()
-                if reason is not None:
-                    raise Unavailable(reason)
-                if len(self._active) >= self.slots:
-                    raise Busy()
-                if not self.outbox.run_accepted(script_id, request.callback_secret):
-                    raise Duplicate(script_id, self.outbox.holds(script_id) or "running")
-            except sqlite3.Error as exc:
-                raise Unavailable(texts.OUTBOX_UNUSABLE.format(detail=exc)) from None
-            self._active.add(script_id)
+        try:
+            with self._lock:
+                if script_id in self._active:
+                    raise Duplicate(script_id, "running")
+                try:
+                    state = self.outbox.holds(script_id)
+                    if state is not None:
+                        raise Duplicate(script_id, state)
+                    reason = self.refusal()
+                    if reason is not None:
+                        raise Unavailable(reason)
+                    if len(self._active) >= self.slots:
+                        raise Busy()
+                    if not self.outbox.run_accepted(script_id, request.callback_secret):
+                        raise Duplicate(script_id, self.outbox.holds(script_id) or "running")
+                except sqlite3.Error as exc:
+                    raise Unavailable(texts.OUTBOX_UNUSABLE.format(detail=exc)) from None
+                self._active.add(script_id)
+        except (Busy, Duplicate, Unavailable) as refused:
+            if self.metrics is not None:
+                self.metrics.refused.labels(_REFUSALS[type(refused)]).inc()
+            raise
+        if self.metrics is not None:
+            self.metrics.accepted.inc()
+        self._log(request).info("accepted")
         assert self._pool is not None
         self._pool.submit(self._run, request)
+
+    def _log(self, request: RunRequest) -> logs.RunLog:
+        return logs.for_run(log, request.script_id, request.script_name, request.dtable_uuid, self.node)
 
     def status(self, script_id: int) -> str | None:
         """What this node knows of a run: "running", "reporting" (result not yet acknowledged),
@@ -142,8 +162,12 @@ class RunService:
         try:
             result = self._execute(request, remember)
         except Exception as exc:  # a failure of one run never stops the service
-            log.exception("run %s failed in the sandbox", request.script_id)
+            self._log(request).exception("failed in the sandbox")
             result = RunResult(None, texts.SANDBOX_ERROR.format(reason=_reason(exc)), time.time(), 0.0, "error")
+        self._log(request).info("finished: %s (return code %s, %.2f s)", result.kind, result.return_code,
+                                result.spend_time)
+        if self.metrics is not None:
+            self.metrics.ended(result.kind, result.spend_time)
         try:
             self.outbox.result(request.script_id, result.body(request.script_id))
         finally:
@@ -178,7 +202,7 @@ class RunService:
             log.warning("run %s: script fetch refused: %s", request.script_id, refused)
             return RunResult(None, texts.FETCH_REFUSED.format(reason=refused), time.time(), 0.0, "fetch_failed")
         except requests.RequestException as exc:
-            log.warning("run %s: script fetch failed: %s", request.script_id, type(exc).__name__)
+            self._log(request).warning("script fetch failed: %s", type(exc).__name__)
             return RunResult(None, texts.FAIL_TO_GET_SCRIPT, time.time(), 0.0, "fetch_failed")
         if status != 200 or len(body) > SCRIPT_MAX_BYTES:
             return RunResult(None, texts.FAIL_TO_GET_SCRIPT, time.time(), 0.0, "fetch_failed")
@@ -216,7 +240,11 @@ class RunService:
         for entry in self.outbox.in_flight():
             if entry.container:
                 self.driver.cleanup(entry.container)
-            body = RunResult(None, texts.SANDBOX_LOST, entry.accepted_at, 0.0, "lost").body(entry.script_id)
+            lost_result = RunResult(None, texts.SANDBOX_LOST, entry.accepted_at, 0.0, "lost")
+            if self.metrics is not None:
+                self.metrics.ended(lost_result.kind, 0.0)
+            logs.for_run(log, entry.script_id, node=self.node).warning("lost: the sandbox restarted while it ran")
+            body = lost_result.body(entry.script_id)
             body["lost"] = True  # no result of its own: the scheduler does not count it (upstream's starter sent none)
             self.outbox.result(entry.script_id, body)
             lost += 1

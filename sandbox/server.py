@@ -10,7 +10,6 @@ call per request.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -18,9 +17,11 @@ from typing import Any, NoReturn
 import falcon
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from prometheus_client import CollectorRegistry
 
+from observability import logs
 from sandbox.app import create_app
-from sandbox.config import SandboxConfig
+from sandbox.config import SandboxConfig, forget_seatable_secret, log_settings
 from sandbox.driver import ContainerDriver
 from sandbox.egress import EgressProxy
 from sandbox.egress_policy import allow_entries
@@ -29,6 +30,7 @@ from sandbox.image import default_image, runner_files_dir
 from sandbox.isolation import Isolation
 from sandbox.isolation import probe as probe_isolation
 from sandbox.limits import Enforcement, RunnerLimits
+from sandbox.metrics import NodeCollector, RunMetrics
 from sandbox.netguard import NetGuardError
 from sandbox.network import OpenNetwork, start_open_network
 from sandbox.outbox import Outbox
@@ -52,6 +54,7 @@ class Sandbox:
     pool: WarmPool
     egress: EgressProxy | None
     node_health: NodeHealth
+    registry: CollectorRegistry
     isolation: Isolation
     runner: RunnerFacts | None = None
     network: OpenNetwork | None = None
@@ -96,6 +99,9 @@ class Sandbox:
         self.node_health.stop()
         self.pool.stop()
         self.service.shutdown(wait=True)
+        left = self.driver.remove_leftovers()  # no run is left: every runner of this node is a leftover
+        if left:
+            log.warning("%d runner container(s) of this node could not be removed; the next start removes them", left)
         self.outbox.flush(timeout=5)
         self.outbox.stop()
         if self.egress is not None:
@@ -154,8 +160,11 @@ def build(config: SandboxConfig) -> Sandbox:
     node_health = NodeHealth(PodmanAPI(config.podman_url, timeout=PODMAN_TIMEOUT), image, outbox,
                              config.state_dir, config.outbox_max_bytes,
                              min_free_bytes=max(2 * config.max_body_bytes, 64 << 20),
-                             pool_rss=pool.idle_rss if config.warm_pool else None)
-    service = RunService(driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
+                             pool_rss=pool.idle_rss if config.warm_pool else None,
+                             sweep=driver.retry_removals)
+    registry = CollectorRegistry()
+    service = RunService(node=config.node_name, metrics=RunMetrics(registry),
+                         driver=driver, outbox=outbox, slots=config.slots, timeout=config.timeout,
                          time_zone=config.time_zone,
                          alternative_file_server_root=config.alternative_file_server_root,
                          pool=pool if config.warm_pool else None, network=config.network,
@@ -172,7 +181,10 @@ def build(config: SandboxConfig) -> Sandbox:
     pool.start()
     node_health.check_now()  # the first answer of /ready is already a real one
     node_health.start()
-    return Sandbox(config, api, driver, outbox, service, pool, egress, node_health, isolation, runner, network)
+    sandbox = Sandbox(config, api, driver, outbox, service, pool, egress, node_health, registry, isolation, runner,
+                      network)
+    registry.register(NodeCollector(sandbox, lambda: len(driver.orphans())))
+    return sandbox
 
 
 def _fatal(message: str) -> NoReturn:
@@ -211,7 +223,8 @@ class SandboxServer(BaseApplication):
             "graceful_timeout": self.config.timeout + 10,
             "accesslog": None,
             "errorlog": "-",
-            "loglevel": os.environ.get("PYTHON_SANDBOX_LOG_LEVEL", "info"),
+            "loglevel": self.config.log_level.lower(),
+            "logger_class": "observability.logs.GunicornLogger",
             "proc_name": "seatable-sandbox",
             "worker_exit": worker_exit,
             **gunicorn_settings(self.config.serve_tls.cert, self.config.serve_tls.key,
@@ -222,15 +235,18 @@ class SandboxServer(BaseApplication):
 
     def load(self) -> falcon.App:
         self.sandbox = build(self.config)
-        return create_app(self.config.accepted_tokens, self.sandbox.service, self.sandbox.health, self.sandbox.ready)
+        sandbox = self.sandbox
+        return create_app(self.config.accepted_tokens, sandbox.service, sandbox.health, sandbox.ready,
+                          metrics=(lambda: sandbox.registry, self.config.metrics_credential))
 
 
 def serve() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        settings = log_settings()
+        logs.configure(settings.level, settings.format, settings.to_stdout)
         config = SandboxConfig.from_env()
     except ValueError as exc:
         print(f"seatable-sandbox serve: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    os.environ.pop("PYTHON_SCHEDULER_AUTH_TOKEN", None)  # not used (warned once): no child inherits it
+    forget_seatable_secret()
     SandboxServer(config).run()

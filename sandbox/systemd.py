@@ -23,12 +23,13 @@ import os
 import pwd
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from sandbox.config import VARIABLES
+from pipeline_config import render
+from pipeline_config.variables import SANDBOX
 from sandbox.limits import OOM_SCORE_SERVICES
 
 DEFAULT_USER = "seatable-sandbox"
@@ -113,21 +114,12 @@ def delegate_dropin(settings: Settings = Settings()) -> str:
     )
 
 
-def env_template(variables: Iterable[tuple[str, str, str]] = VARIABLES) -> str:
-    """Every sandbox variable with its meaning and default, commented out unless it must be set."""
-    lines = [
-        "# SeaTable Python pipeline: sandbox environment (generated from sandbox.config.VARIABLES).",
+def env_template() -> str:
+    """Every sandbox variable with its meaning and default, commented out unless it must be filled in."""
+    return render.env_template(SANDBOX, (
+        "# SeaTable Python pipeline: sandbox environment (generated from pipeline_config/variables.py).",
         "# Holds secrets: root-owned, group of the sandbox user, mode 0640.",
-        "",
-    ]
-    for name, default, meaning in variables:
-        required = default == "(required)"
-        literal = "" if default.startswith(("(", "<", "~")) else default
-        shown = "" if required else f" Default: {default or '(empty)'}"
-        lines.append(f"# {meaning[0].upper() + meaning[1:]}.{shown}")
-        lines.append(f"{name}=" if required else f"#{name}={literal}")
-        lines.append("")
-    return "\n".join(lines)
+    ))
 
 
 def install(settings: Settings, root: Path, enable: bool = False, out: TextIO = sys.stdout) -> list[Path]:

@@ -15,6 +15,10 @@ KILLED_BY_SIGNAL = "killed by signal {signal}"
 SANDBOX_ERROR = "sandbox error: {reason}"
 NO_EXIT_RECORD = "the runner ended without reporting how the script ended (container exit code {code})"
 SANDBOX_LOST = "sandbox lost: the sandbox service restarted while the script ran; it was stopped"
+PODMAN_LOST = ("sandbox lost: Podman unreachable until past the run's time limit; how the script ended is "
+               "unknown (its container is removed once Podman is back)")
+OUTPUT_GAP = ("part of the output is missing: the connection to the runner was cut (Podman restarted?) and "
+              "its log had been started over")
 RESULT_REFUSED = ("result refused by the scheduler (HTTP {status} on /script-result/): the script's output "
                   "could not be stored")
 # Upstream's texts, kept word for word because SeaTable users know them.
@@ -64,6 +68,6 @@ def delivery_cause(status: int | None, error: str = "") -> str:
     return DELIVERY_OTHER.format(status=status)
 
 # Logged once at start when the sandbox's environment still holds SeaTable's secret.
-SEATABLE_SECRET_NOT_USED = (
+UNUSED_SEATABLE_SECRET = (
     "PYTHON_SCHEDULER_AUTH_TOKEN is set but not used: a sandbox needs no SeaTable secret (each run's callbacks "  # noqa: S105
     "carry a secret of their own); remove it from this host's environment")

@@ -8,19 +8,25 @@ from typing import Any
 import falcon
 from falcon.routing import CompiledRouter
 
+from observability.metrics_http import Metrics, MetricsAuth
 from scheduler import texts
 from scheduler.auth import TokenAuth
 from scheduler.config import Config
 from scheduler.db import Store, open_store
+from scheduler.metrics import ApiMetrics, registry_factory
+from scheduler.openapi import document
 from scheduler.resources.callbacks import ResultCallback, RunningCallback
 from scheduler.resources.common import ApiError, Context, render_error
 from scheduler.resources.health import Health
 from scheduler.resources.logs import TaskLog, TaskLogs
+from scheduler.resources.openapi import OpenApi
 from scheduler.resources.ping import Ping
 from scheduler.resources.routing import SlashRedirect, add_route
 from scheduler.resources.runs import RunDraftScript, RunScript, RunStatus
 from scheduler.resources.statistics import AdminRuns, GroupedStatistics, MonthlyStatistics, RunningCount
+from scheduler.resources.status import StatusAsset, StatusAuth, StatusData
 from scheduler.seatable import SeaTable
+from scheduler.status import StatusReport
 
 log = logging.getLogger(__name__)
 TARGETS = ("user", "org", "base")  # the monthly statistics' /by-{target}/ routes
@@ -46,6 +52,9 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
         max_body_bytes=config.max_body_bytes,
         accept_unauthenticated_callbacks=config.accept_unauthenticated_callbacks,
     )
+    metrics = ApiMetrics()
+    status_auth = StatusAuth(config.status_token)
+    status_page = StatusAsset(status_auth)
     router = CompiledRouter()
     app = falcon.App(router=router)
     app.add_error_handler(Exception, _unexpected)
@@ -64,8 +73,13 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
         ("/admin/runs/", AdminRuns(ctx, store)),
         ("/admin/statistics/by-base/", GroupedStatistics(ctx, store, "base")),
         ("/admin/statistics/by-day/", GroupedStatistics(ctx, store, "day")),
-        ("/script-running-callback/", RunningCallback(ctx, store)),
-        ("/script-result/", ResultCallback(ctx, store)),
+        ("/script-running-callback/", RunningCallback(ctx, store, metrics)),
+        ("/script-result/", ResultCallback(ctx, store, metrics)),
+        ("/metrics", Metrics(registry_factory(store, metrics), MetricsAuth(config.metrics_credential))),
+        ("/status/", status_page),
+        ("/status/{name}", status_page),
+        ("/status/data", StatusData(status_auth, StatusReport(store, config.sandbox_urls))),
+        ("/openapi.json", OpenApi(document)),
     ]
     for template, resource in routes:
         add_route(app, template, resource)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -17,8 +16,9 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from observability import logs
 from sandbox.tls import gunicorn_settings
-from scheduler import systemd
+from scheduler import metrics_dir, systemd
 from scheduler.config import Config, ConfigError
 
 
@@ -45,10 +45,14 @@ class SchedulerServer(BaseApplication):
             "accesslog": None,
             "errorlog": "-",
             "loglevel": self.config.log_level.lower(),
+            "logger_class": "observability.logs.GunicornLogger",
             "proc_name": "seatable-scheduler",
             "preload_app": False,
             "limit_request_line": 8190,
             **gunicorn_settings(*self.config.tls, self.config.tls_client_ca),
+            # /metrics: a dead worker's live gauges leave the sums; this start's directory goes with the master.
+            "child_exit": lambda server, worker: metrics_dir.worker_exited(worker.pid),
+            "on_exit": lambda server: metrics_dir.remove_multiprocess_dir(),
         }
         settings.update(self.overrides)
         for key, value in settings.items():
@@ -71,6 +75,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
         overrides["accesslog"] = "-"
     if args.migrate:
         migrate(args, config)
+    metrics_dir.prepare_multiprocess_dir()
     SchedulerServer(config, overrides).run()
     return 0
 
@@ -115,7 +120,7 @@ def dispatch(args: argparse.Namespace, config: Config) -> int:
         store,
         SeaTable(config.seatable_server_url, config.auth_token),
         nodes,
-        pause=test_pause(os.environ.get("PYTHON_DISPATCH_TEST_PAUSE", "")),
+        pause=test_pause(config.dispatch_test_pause),
     )
     stoppers = [dispatcher.stop]
     maintainer: threading.Thread | None = None
@@ -211,11 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = Config.from_env()
-        logging.basicConfig(
-            level=config.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        logs.configure(config.log_level, config.log_format, config.log_to_stdout)
         result: int = args.handler(args, config)
         return result
     except ConfigError as exc:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from scheduler import callback_auth, fairshare, queue, runs, texts
+from observability import logs
+from scheduler import callback_auth, counters, fairshare, outcomes, queue, runs, texts
 from scheduler.config import Config
 from scheduler.db import Store
 from scheduler.fairshare import Team
@@ -168,18 +169,27 @@ class Dispatcher:
         lost = set(assignments) - ours
         if lost:
             log.warning("lease lost before hand-off for runs %s", sorted(lost))
+            counters.add(self.store, {(counters.HANDOFF_ERROR, "lease_lost"): len(lost)})
         sends = [(run_id, assignments[run_id]) for run_id in assignments if run_id in ours]
-        outcomes = list(self.pool.map(lambda s: self.nodes.post(s[1], prepared[s[0]]), sends))
-        self._settle(sends, outcomes, {c.id: c for c in todo}, report)
+        answers = list(self.pool.map(lambda s: self.nodes.post(s[1], prepared[s[0]]), sends))
+        self._settle(sends, answers, {c.id: c for c in todo}, report)
         self.pause("after-handoff", [run_id for run_id, _ in sends])
         return report
 
     def _settle(
-        self, sends: list[tuple[int, str]], outcomes: list[Any], by_id: dict[int, ClaimedRun], report: BatchReport
+        self, sends: list[tuple[int, str]], answers: list[Any], by_id: dict[int, ClaimedRun], report: BatchReport
     ) -> None:
         accepted_drafts: list[int] = []
         unsent: dict[str, list[int]] = {}
-        for (run_id, node), outcome in zip(sends, outcomes, strict=True):
+        tally: dict[tuple[str, str], int] = {}
+        for (run_id, node), outcome in zip(sends, answers, strict=True):
+            accepted = outcome.sent is Sent.ACCEPTED
+            key = (counters.HANDED_OFF, "") if accepted else (counters.HANDOFF_ERROR, _cause(outcome))
+            tally[key] = tally.get(key, 0) + 1
+            run = by_id[run_id]
+            logs.for_run(log, run_id, run.script_name, run.dtable_uuid, node).info(
+                "hand-off: %s%s", outcome.sent.value, f" ({outcome.reason})" if outcome.reason else ""
+            )
             if outcome.sent is Sent.ACCEPTED:
                 report.handed_off += 1
                 if by_id[run_id].is_draft:
@@ -187,13 +197,17 @@ class Dispatcher:
             elif outcome.sent is Sent.NOT_SENT:
                 unsent.setdefault(node, []).append(run_id)
             elif outcome.sent is Sent.REJECTED:
-                runs.fail_run(self.store, run_id, texts.SANDBOX_REJECTED.format(reason=outcome.reason))
+                runs.fail_run(
+                    self.store, run_id, texts.SANDBOX_REJECTED.format(reason=outcome.reason),
+                    outcome=outcomes.SANDBOX_ERROR,
+                )
                 report.ended += 1
             else:
                 report.uncertain += 1  # the sweeper asks the node once no POST can still be on its way
         queue.erase_drafts(self.store, accepted_drafts)
         for node, ids in unsent.items():
             report.released += queue.release_unsent(self.store, ids, node)
+        counters.add(self.store, tally)
 
     def _prepare(self, run: ClaimedRun) -> dict[str, Any] | str | None:
         """The POST body, with a fresh temp_api_token; None when the run was ended, RETRY to try later.
@@ -204,6 +218,7 @@ class Dispatcher:
         body: dict[str, Any] = {
             "script_id": run.id,
             "dtable_uuid": run.dtable_uuid,
+            "script_name": run.script_name,  # for the sandbox's log lines only
             "context_data": _context(run.context_data),
         }
         try:
@@ -216,13 +231,20 @@ class Dispatcher:
                 task = self.seatable.task_file(run.dtable_uuid, run.script_name)
                 body["script_url"], token = task.script_url, task.temp_api_token
         except ScriptNotFound:
-            runs.fail_run(self.store, run.id, texts.SCRIPT_NOT_FOUND.format(script_name=run.script_name))
+            runs.fail_run(
+                self.store, run.id, texts.SCRIPT_NOT_FOUND.format(script_name=run.script_name),
+                outcome=outcomes.FETCH_FAILED,
+            )
             return None
         except FetchFailed as exc:
             if not run.is_draft and run.attempt < FETCH_ATTEMPTS:
-                log.info("run %s: task/file failed (%s), attempt %d: retrying later", run.id, exc, run.attempt)
+                logs.for_run(log, run.id, run.script_name, run.dtable_uuid).info(
+                    "task/file failed (%s), attempt %d: retrying later", exc, run.attempt
+                )
                 return RETRY
-            runs.fail_run(self.store, run.id, texts.SCRIPT_FETCH_FAILED.format(reason=exc))
+            runs.fail_run(
+                self.store, run.id, texts.SCRIPT_FETCH_FAILED.format(reason=exc), outcome=outcomes.FETCH_FAILED
+            )
             return None
         body["env"] = {"dtable_web_url": self.config.seatable_server_url, "api_token": token}
         return body
@@ -231,7 +253,7 @@ class Dispatcher:
         """Upstream's answer to a team over its share: end the run, tell SeaTable once per window."""
         teams: dict[Team, None] = {}
         for run in limited:
-            runs.fail_run(self.store, run.id, texts.RATE_LIMITED, return_code=-1)
+            runs.fail_run(self.store, run.id, texts.RATE_LIMITED, return_code=-1, outcome=outcomes.RATE_LIMITED)
             teams[run.team] = None
         for team in teams:
             if not team.is_group and self._first_notice(team):
@@ -261,6 +283,20 @@ class Dispatcher:
                 {"team": team.key, "w": self._window()},
             )
         )
+
+
+def _cause(answer: Any) -> str:
+    """A failed hand-off's cause, as a metrics label from a fixed set."""
+    if answer.sent is Sent.REJECTED:
+        return "rejected"
+    if answer.sent is Sent.UNCERTAIN:
+        return "uncertain"
+    reason = str(answer.reason).lower()
+    if "busy" in reason:
+        return "busy"
+    if "reachable" in reason:
+        return "not_reachable"
+    return "refused"
 
 
 def test_pause(spec: str) -> Callable[[str, list[int]], None] | None:

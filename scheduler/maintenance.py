@@ -26,7 +26,8 @@ from typing import Any
 
 from pony.orm import db_session
 
-from scheduler import queue, runs, texts
+from observability import logs
+from scheduler import outcomes, queue, runs, texts
 from scheduler.config import Config
 from scheduler.db import Store
 from scheduler.nodes import Nodes, Status
@@ -115,10 +116,10 @@ class Maintenance:
         report.renewed = self._renew(renew, now + self.node_deadline)
         return report
 
-    def _lost(self, run_id: int, text: str) -> int:
-        outcome = runs.fail_run(self.store, int(run_id), text)
+    def _lost(self, run_id: int, text: str, kind: str = outcomes.SANDBOX_LOST) -> int:
+        outcome = runs.fail_run(self.store, int(run_id), text, outcome=kind)
         if outcome is runs.Outcome.APPLIED:
-            log.warning("run %s ended: %s", run_id, text)
+            logs.for_run(log, int(run_id)).warning("run ended: %s", text)
             return 1
         return 0
 
@@ -156,7 +157,9 @@ class Maintenance:
             ended += self._lost(int(run_id), texts.SANDBOX_LOST_NO_RESULT.format(seconds=limit))
         if self.config.queue_timeout:
             for run_id in self._claim_expired(now):
-                ended += self._lost(run_id, texts.QUEUE_TIMEOUT.format(seconds=self.config.queue_timeout))
+                ended += self._lost(
+                    run_id, texts.QUEUE_TIMEOUT.format(seconds=self.config.queue_timeout), outcomes.NOT_STARTED
+                )
         return ended
 
     def _claim_expired(self, now: datetime) -> list[int]:

@@ -55,6 +55,7 @@ def define_entities(db: Database) -> Entities:
         sandbox_node = Optional(str, 255, nullable=True)
         attempt = Optional(int, nullable=True, default=0)
         dispatched_at = Optional(datetime, precision=6, nullable=True)
+        outcome = Optional(str, 20, nullable=True)
         callback_secret_hash = Optional(str, 64, nullable=True)
 
     class DTableStats(db.Entity):

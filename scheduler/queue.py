@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from scheduler import fairshare
+from scheduler import counters, fairshare
 from scheduler.db import Store
 from scheduler.fairshare import CLAIMABLE, Team
 
@@ -102,6 +102,7 @@ class Claim:
             f"WHERE id IN ({placeholders})",
             {"me": self.me, "lease": now + timedelta(seconds=self.lease_secs), **params},
         )
+        counters.bump(store, counters.CLAIMED, n=len(ids))
         rows = store.db.select(
             "SELECT id, dtable_uuid, script_name, owner, org_id, context_data, "
             f"script_content IS NOT NULL, attempt FROM script_log WHERE id IN ({placeholders})",

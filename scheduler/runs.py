@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from pony.orm import db_session, desc, select
 
-from scheduler import stats, texts
+from observability import logs
+from scheduler import counters, outcomes, stats, texts
 from scheduler.callback_auth import Credential, duration_problem, start_problem
 from scheduler.db import Store
 from scheduler.models import FINISHED, PENDING, RUNNING
 
 NOT_FINISHED = "(state IS NULL OR state <> 'finished')"
+log = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = (
     "id",
@@ -69,6 +73,11 @@ class RunResult:
     started_at: datetime | None = None
     spend_time: float | None = None
     counted: bool = True  # False: finished without a result of its own, so not in the quota or statistics
+    outcome: str | None = None  # scheduler.outcomes; None: success or failed by `success`
+
+    @property
+    def kind(self) -> str:
+        return self.outcome or (outcomes.SUCCESS if self.success else outcomes.FAILED)
 
 
 def create_run(store: Store, run: NewRun) -> int:
@@ -88,7 +97,15 @@ def create_run(store: Store, run: NewRun) -> int:
     if run.script_content is not None:
         values["script_content"] = run.script_content
         values["draft_api_token"] = run.draft_api_token
-    return int(store.write(lambda: store.db.insert("script_log", returning="id", **values)))
+
+    def tx() -> int:
+        run_id = int(store.db.insert("script_log", returning="id", **values))
+        counters.bump(store, counters.CREATED, key=run_id)
+        return run_id
+
+    run_id = store.write(tx)
+    logs.for_run(log, run_id, run.script_name, run.dtable_uuid).info("queued (%s)", run.operate_from)
+    return run_id
 
 
 def to_json(store: Store, row: Any, full: bool = True) -> dict[str, Any]:
@@ -185,52 +202,56 @@ def list_runs(store: Store, where: RunFilter, offset: int, limit: int) -> tuple[
 
 
 def mark_running(
-    store: Store, run_id: int, started_at: datetime | None = None, credential: Credential | None = None
+    store: Store,
+    run_id: int,
+    started_at: datetime | None = None,
+    waited: Callable[[float], None] | None = None,
+    credential: Credential | None = None,
 ) -> Outcome:
     """The sandbox started the run. Ignored once the run is finished (a late callback).
 
+    The first start of a run is counted and logged, and `waited` hears how long it was queued.
     With a `credential` (a callback): refused (callback_auth.Refused) unless it is the run's own secret and the
     run was handed off and not yet running; a start the scheduler cannot believe is replaced by the arrival time.
     """
-    if credential is not None:
-        return _callback_running(store, run_id, started_at, credential)
-    started = started_at or store.clock.now()
+    first: list[tuple[float, Any]] = []  # (seconds queued, the row) when this call started the run
 
     def tx() -> Outcome:
+        first.clear()
+        # Locked: two callbacks for one run, one of them counts it (SQLite: Pony holds BEGIN IMMEDIATE).
+        before = store.db.select(
+            "SELECT state, created_at, script_name, dtable_uuid, sandbox_node, dispatched_at, callback_secret_hash "
+            f"FROM script_log WHERE id = $run_id{_lock(store)}",
+            {"run_id": run_id},
+        )
+        started = started_at or store.clock.now()
+        if credential is not None and before:
+            credential.running_allowed(before[0])  # raises Refused
+            now = store.clock.now()
+            if start_problem(started_at, _as_datetime(before[0].created_at), now) is not None:
+                started = now
         cursor = store.db.execute(
             "UPDATE script_log SET started_at = $started, state = $running, draft_api_token = NULL "
             f"WHERE id = $run_id AND {NOT_FINISHED}",
             {"started": started, "running": RUNNING, "run_id": run_id},
         )
-        if cursor.rowcount:
-            return Outcome.APPLIED
-        exists = store.db.select("SELECT id FROM script_log WHERE id = $run_id", {"run_id": run_id})
-        return Outcome.ALREADY_FINISHED if exists else Outcome.NOT_FOUND
-
-    return store.write(tx)
-
-
-def _callback_running(store: Store, run_id: int, started_at: datetime | None, credential: Credential) -> Outcome:
-    def tx() -> Outcome:
-        rows = store.db.select(
-            "SELECT state, dispatched_at, callback_secret_hash, created_at FROM script_log "
-            f"WHERE id = $run_id{_lock(store)}",
-            {"run_id": run_id},
-        )
-        if not rows:
-            return Outcome.NOT_FOUND
-        credential.running_allowed(rows[0])  # raises Refused
-        now = store.clock.now()
-        believable = start_problem(started_at, _as_datetime(rows[0].created_at), now) is None
-        store.db.execute(
-            "UPDATE script_log SET started_at = $started, state = $running, draft_api_token = NULL "
-            "WHERE id = $run_id AND state = $pending",
-            {"started": started_at if started_at and believable else now, "running": RUNNING,
-             "pending": PENDING, "run_id": run_id},
-        )  # fmt: skip
+        if not cursor.rowcount:
+            return Outcome.ALREADY_FINISHED if before else Outcome.NOT_FOUND
+        row = before[0]
+        if row.state in (None, PENDING):
+            counters.bump(store, counters.STARTED, key=run_id)
+            created_at = _as_datetime(row.created_at)
+            first.append((max(0.0, (started - created_at).total_seconds()) if created_at else 0.0, row))
         return Outcome.APPLIED
 
-    return store.write(tx)
+    outcome = store.write(tx)
+    if first:
+        queued, row = first[0]
+        run_log = logs.for_run(log, run_id, row.script_name, row.dtable_uuid, row.sandbox_node)
+        run_log.info("running after %.1f s in the queue", queued)
+        if waited is not None:
+            waited(queued)
+    return outcome
 
 
 def _lock(store: Store) -> str:
@@ -267,9 +288,10 @@ def record_result(store: Store, run_id: int, result: RunResult, credential: Cred
 
     def tx() -> Outcome:
         nonlocal result
+        ended.clear()
         rows = store.db.select(
-            "SELECT state, started_at, dtable_uuid, owner, org_id, dispatched_at, callback_secret_hash, created_at "
-            f"FROM script_log WHERE id = $run_id{_lock(store)}",
+            "SELECT state, started_at, dtable_uuid, owner, org_id, script_name, sandbox_node, dispatched_at, "
+            f"callback_secret_hash, created_at FROM script_log WHERE id = $run_id{_lock(store)}",
             {"run_id": run_id},
         )
         if not rows:
@@ -290,7 +312,7 @@ def record_result(store: Store, run_id: int, result: RunResult, credential: Cred
         cursor = store.db.execute(
             "UPDATE script_log SET state = $finished_state, started_at = $started, finished_at = $finished, "
             "success = $success, return_code = $return_code, output = $output, "
-            "draft_api_token = NULL, script_content = NULL "
+            "draft_api_token = NULL, script_content = NULL, outcome = $outcome "
             f"WHERE id = $run_id AND {NOT_FINISHED}",
             {
                 "finished_state": FINISHED,
@@ -299,24 +321,37 @@ def record_result(store: Store, run_id: int, result: RunResult, credential: Cred
                 "success": bool(result.success),
                 "return_code": result.return_code,
                 "output": result.output,
+                "outcome": result.kind,
                 "run_id": run_id,
             },
         )
         if not cursor.rowcount:
             return Outcome.ALREADY_FINISHED
+        counters.bump(store, counters.FINISHED, result.kind, key=run_id)
+        if result.counted and row.state in (None, PENDING):
+            counters.bump(store, counters.STARTED, key=run_id)  # a result without a running callback: it ran
         if result.counted:
             stats.count_run(store, row.dtable_uuid, row.owner, row.org_id, spend or 0.0, now)
+        ended.append(row)
         return Outcome.APPLIED
 
-    return store.write(tx)
+    ended: list[Any] = []
+    outcome = store.write(tx)
+    if ended:
+        row = ended[-1]
+        run_log = logs.for_run(log, run_id, row.script_name, row.dtable_uuid, row.sandbox_node)
+        run_log.info("finished: %s (return code %s)", result.kind, result.return_code)
+    return outcome
 
 
-def fail_run(store: Store, run_id: int, output: str, return_code: int | None = None) -> Outcome:
-    """End a run as failed with a text the user reads (rate limit, sandbox lost, fetch failure...).
+def fail_run(
+    store: Store, run_id: int, output: str, return_code: int | None = None, outcome: str = outcomes.FAILED
+) -> Outcome:
+    """End a run as failed with a text the user reads and its kind (rate limit, sandbox lost, fetch failure...).
 
     The scheduler ends the run, not a sandbox's result: it is not counted (upstream's rule).
     """
-    result = RunResult(success=False, return_code=return_code, output=output, counted=False)
+    result = RunResult(success=False, return_code=return_code, output=output, counted=False, outcome=outcome)
     return record_result(store, run_id, result)
 
 

@@ -38,6 +38,8 @@ EXTRA_SCRIPT_LOG_COLUMNS: tuple[Column, ...] = (
     Column("sandbox_node", "varchar(255) DEFAULT NULL", "TEXT"),
     Column("attempt", "int(11) DEFAULT 0", "INTEGER DEFAULT 0"),
     Column("dispatched_at", "datetime(6) DEFAULT NULL", "DATETIME"),
+    # What ended the run, as one word (scheduler/outcomes.py); NULL for rows finished before it existed.
+    Column("outcome", "varchar(20) DEFAULT NULL", "TEXT"),
     # SHA-256 (hex) of the secret the run's callbacks must present; set at hand-off (scheduler.callback_auth).
     Column("callback_secret_hash", "char(64) DEFAULT NULL", "TEXT"),
 )
@@ -123,6 +125,14 @@ _MYSQL_TABLES: dict[str, str] = {
   `created_at` datetime(6) DEFAULT NULL,
   PRIMARY KEY (`team`, `window_start`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
+    # Ours: run counters for /metrics, bumped with the change they count (scheduler/counters.py).
+    "run_counter": """CREATE TABLE IF NOT EXISTS `run_counter` (
+  `name` varchar(32) NOT NULL,
+  `label` varchar(32) NOT NULL DEFAULT '',
+  `shard` smallint NOT NULL,
+  `value` bigint NOT NULL DEFAULT 0,
+  PRIMARY KEY (`name`, `label`, `shard`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
 }
 
 _SQLITE_TABLES: dict[str, str] = {
@@ -180,6 +190,13 @@ _SQLITE_TABLES: dict[str, str] = {
   window_start INTEGER NOT NULL,
   created_at DATETIME,
   PRIMARY KEY (team, window_start)
+)""",
+    "run_counter": """CREATE TABLE IF NOT EXISTS run_counter (
+  name TEXT NOT NULL,
+  label TEXT NOT NULL DEFAULT '',
+  shard INTEGER NOT NULL,
+  value INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (name, label, shard)
 )""",
 }
 

@@ -12,12 +12,13 @@ import os
 import pwd
 import subprocess
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from scheduler.config import VARIABLES, Config
+from pipeline_config import render
+from pipeline_config.variables import SCHEDULER
+from scheduler.config import Config
 
 DEFAULT_USER = "seatable-scheduler"
 DEFAULT_VENV = Path("/opt/seatable-pipeline/venv")
@@ -163,20 +164,12 @@ def sysusers(settings: Settings = Settings()) -> str:
     )
 
 
-def env_template(variables: Iterable[tuple[str, str, str]] = VARIABLES, title: str = "scheduler") -> str:
-    """Every variable with its meaning and default, commented out unless it must be set."""
-    lines = [
-        f"# SeaTable Python pipeline: {title} environment (generated from the code's VARIABLES table).",
+def env_template() -> str:
+    """Every scheduler variable with its meaning and default, commented out unless it must be filled in."""
+    return render.env_template(SCHEDULER, (
+        "# SeaTable Python pipeline: scheduler environment (generated from pipeline_config/variables.py).",
         "# Holds secrets: keep it root-owned and readable only by the service (mode 0640).",
-        "",
-    ]
-    for name, default, meaning in variables:
-        required = default == "(required)" or name.endswith("_AUTH_TOKEN")
-        shown = "" if default == "(required)" else default
-        lines.append(f"# {meaning.rstrip('.')}." + ("" if required else f" Default: {shown or '(empty)'}"))
-        lines.append(f"{name}=" if required else f"#{name}={'' if shown.startswith(('(', '<', '~')) else shown}")
-        lines.append("")
-    return "\n".join(lines)
+    ))
 
 
 def _system_units_enabled() -> bool:

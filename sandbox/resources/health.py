@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from typing import Any
 
 import falcon
 
@@ -52,3 +54,14 @@ class Health:
         healthy, body = self.report()
         resp.status = falcon.HTTP_200 if healthy else falcon.HTTP_503
         resp.media = body
+
+
+class OpenApi:
+    """GET /openapi.json: the API's description."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.body = json.dumps(document).encode()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self.body

@@ -63,6 +63,7 @@ class RunPython:
             "script_url": {"type": "string", "minLength": 1, "maxLength": 8192, "pattern": "^https?://"},
             "script_content": {"type": "string", "maxLength": SCRIPT_MAX_BYTES},
             "dtable_uuid": {"type": "string", "maxLength": 64},
+            "script_name": {"type": "string", "maxLength": 255},  # for log lines only
             "env": {
                 "type": "object",
                 "maxProperties": 64,
@@ -81,7 +82,9 @@ class RunPython:
     @jsonschema.validate(req_schema=SCHEMA)
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = req.get_media()
-        _no_nul(body)
+        # NUL cannot be in an environment variable, a URL or a source file. The context reaches the script as JSON
+        # on stdin, where an escaped NUL is harmless (a SeaTable cell may hold one); other fields are only logged.
+        _no_nul({key: body[key] for key in ("script_url", "script_content", "env") if key in body})
         content = body.get("script_content")
         if content is not None and len(content.encode()) > SCRIPT_MAX_BYTES:
             raise falcon.HTTPBadRequest(description=f"script over {SCRIPT_MAX_BYTES} bytes")
@@ -92,6 +95,8 @@ class RunPython:
             script_content=content,
             script_url=body.get("script_url") if content is None else None,
             callback_secret=body["callback_secret"],
+            script_name=body.get("script_name"),
+            dtable_uuid=body.get("dtable_uuid"),
         )
         try:
             self.service.submit(request)

@@ -10,15 +10,17 @@ lost result (the sandbox would have to give it up), so it is stored as a failed 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import falcon
 import jsonschema
 
-from scheduler import runs, texts
+from scheduler import outcomes, runs, texts
 from scheduler.auth import presented
 from scheduler.callback_auth import Credential, Refused
 from scheduler.db import Store
+from scheduler.metrics import ApiMetrics
 from scheduler.resources.common import MAX_ID, ApiError, Context, validate
 
 _SCRIPT_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
@@ -42,33 +44,50 @@ def problems(validator: jsonschema.protocols.Validator, data: dict[str, Any]) ->
     return found[:MAX_PROBLEMS]
 
 
+_CAUSES = {403: "forbidden", 413: "too_large"}  # any other refusal of a body: "bad_request"
+
+
 class _Callback:
-    def __init__(self, ctx: Context, store: Store) -> None:
+    NAME = ""  # the metrics label
+
+    def __init__(self, ctx: Context, store: Store, metrics: ApiMetrics | None = None) -> None:
         self.ctx = ctx
         self.store = store
+        self.metrics = metrics
 
     def read(self, req: falcon.Request) -> tuple[dict[str, Any], Credential]:
         """The body, which must at least name a run (400 otherwise), and what the caller presented."""
-        header = req.get_header("Authorization")
-        secret = presented(header)
-        allowed = self.ctx.accept_unauthenticated_callbacks
-        if allowed and self.ctx.auth.accepts(header):
-            secret = None  # an old starter sending SeaTable's token: as unauthenticated, behind the switch
-        elif secret is None and not allowed:
-            raise ApiError(403, {"error_msg": texts.CALLBACK_SECRET_MISSING, "refused": "secret"})
-        data = self.ctx.read_json_object(req)
-        validate(_NAMES_A_RUN, data)
+        try:
+            header = req.get_header("Authorization")
+            secret = presented(header)
+            allowed = self.ctx.accept_unauthenticated_callbacks
+            if allowed and self.ctx.auth.accepts(header):
+                secret = None  # an old starter sending SeaTable's token: as unauthenticated, behind the switch
+            elif secret is None and not allowed:
+                raise ApiError(403, {"error_msg": texts.CALLBACK_SECRET_MISSING, "refused": "secret"})
+            data = self.ctx.read_json_object(req)
+            validate(_NAMES_A_RUN, data)
+        except ApiError as error:
+            self.count_error(_CAUSES.get(error.status, "bad_request"))
+            raise
         return data, Credential(secret, allowed)
 
-    @staticmethod
-    def answer(resp: falcon.Response, apply: Any) -> None:
+    def count_error(self, cause: str) -> None:
+        if self.metrics is not None:
+            self.metrics.callback_error(self.NAME, cause)
+
+    def answer(self, resp: falcon.Response, apply: Callable[[], runs.Outcome]) -> runs.Outcome:
+        """Apply the callback; a refusal for its run (wrong secret, replay, wrong state) is a 403/409 JSON error."""
         try:
             outcome = apply()
         except Refused as refused:
+            self.count_error(_CAUSES.get(refused.status, "refused"))
             raise ApiError(refused.status, {"error_msg": refused.message, "refused": refused.reason}) from None
         if outcome is runs.Outcome.NOT_FOUND:
+            self.count_error("unknown_run")
             raise ApiError(404, {"error_msg": texts.SCRIPT_NOT_FOUND_ERROR})
         resp.media = {"success": True}
+        return outcome
 
 
 def _valid(validator: jsonschema.protocols.Validator, data: dict[str, Any], name: str) -> Any:
@@ -89,12 +108,14 @@ class RunningCallback(_Callback):
         "properties": {"script_id": _SCRIPT_ID, "started_at": _EPOCH},
     }
     validator = jsonschema.Draft202012Validator(SCHEMA)
+    NAME = "running"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         data, credential = self.read(req)
         started = _valid(self.validator, data, "started_at")
         started_at = self.store.clock.from_epoch(started) if started is not None else None
-        self.answer(resp, lambda: runs.mark_running(self.store, data["script_id"], started_at, credential))
+        waited = self.metrics.waited if self.metrics is not None else None
+        self.answer(resp, lambda: runs.mark_running(self.store, data["script_id"], started_at, waited, credential))
 
 
 class ResultCallback(_Callback):
@@ -116,26 +137,38 @@ class ResultCallback(_Callback):
             "started_at": _EPOCH,
             "spend_time": {"type": ["number", "null"], "minimum": 0, "maximum": 1e9},
             "lost": {"type": ["boolean", "null"]},  # the sandbox lost the run (its restart): not counted
+            # what ended the run, as the sandbox observed it (scheduler/outcomes.py); unknown words: success/failed
+            "outcome": {"type": ["string", "null"], "maxLength": 64},
         },
     }
     validator = jsonschema.Draft202012Validator(SCHEMA)
+    NAME = "result"
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         data, credential = self.read(req)
-        self.answer(resp, lambda: runs.record_result(self.store, data["script_id"], self.result(data), credential))
+        result = self.result(data)
+        recorded = self.answer(resp, lambda: runs.record_result(self.store, data["script_id"], result, credential))
+        if recorded is runs.Outcome.APPLIED and self.metrics is not None:
+            self.metrics.finished(result.kind, result.spend_time)
 
     def result(self, data: dict[str, Any]) -> runs.RunResult:
         wrong = problems(self.validator, data)
+        if wrong:
+            self.count_error("malformed")  # stored as a failed run all the same
         started = _valid(self.validator, data, "started_at")
         output = _valid(self.validator, data, "output")
         if wrong:
             notice = texts.RESULT_MALFORMED.format(problems="; ".join(wrong))
             output = f"{output}\n{notice}" if output else notice
+        success = bool(data.get("success")) and not wrong
+        lost = _valid(self.validator, data, "lost") is True
+        kind = outcomes.SANDBOX_LOST if lost else outcomes.reported(_valid(self.validator, data, "outcome"), success)
         return runs.RunResult(
-            success=bool(data.get("success")) and not wrong,
+            success=success,
             return_code=_valid(self.validator, data, "return_code"),
             output=output,
             started_at=self.store.clock.from_epoch(started) if started is not None else None,
             spend_time=_valid(self.validator, data, "spend_time"),
-            counted=_valid(self.validator, data, "lost") is not True,
+            counted=not lost,
+            outcome=kind,
         )

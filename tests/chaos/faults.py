@@ -123,6 +123,8 @@ class Plan:
 
 def run_fault(chaos: Chaos, fault: Fault, plan: Plan, org_id: int) -> Row:
     hold = fault.quick_hold if plan.quick else fault.hold
+    if not chaos.sandbox_running():
+        chaos.start_sandbox()  # stopped after the previous fault to count what it left
     problems = chaos.healthy()
     if problems:
         raise RuntimeError(f"the pipeline is not healthy before '{fault.name}': {problems}")
@@ -137,5 +139,4 @@ def run_fault(chaos: Chaos, fault: Fault, plan: Plan, org_id: int) -> Row:
     load.wait_finished(plan.settle_secs)
     chaos.stop_sandbox()  # graceful: in-flight runs end, warm runners are removed; what remains was left
     left = len(chaos.containers())
-    chaos.start_sandbox()
-    return load.tally(left, time.monotonic() - started)
+    return load.tally(left, time.monotonic() - started)  # the next fault starts the sandbox again

@@ -267,6 +267,9 @@ class Chaos:
             "PYTHON_PROCESS_TIMEOUT": str(s.process_timeout),
             "PYTHON_SCHEDULER_MAX_BODY_BYTES": str(s.max_body_bytes),
             "PYTHON_SANDBOX_WARM_POOL": str(s.warm_pool),
+            # The stand-in that counts executions listens on loopback, which runners of the open network never
+            # reach; the seatable mode's egress proxy runs on the host and does (as in tests.support.pipeline).
+            "PYTHON_RUNNER_NETWORK": "seatable",
         }
 
     def start_sandbox(self, scheduler_url: str | None = None) -> None:
@@ -279,6 +282,9 @@ class Chaos:
         self.sandbox = SandboxProcess(self.user, self.sandbox_env(scheduler_url), self.sandbox_port, state,
                                       token=self.sandbox_token)
         self.sandbox.start()
+
+    def sandbox_running(self) -> bool:
+        return self.sandbox is not None and self.sandbox.process is not None and self.sandbox.process.poll() is None
 
     def stop_sandbox(self, sig: int = signal.SIGTERM) -> None:
         """SIGTERM: a graceful stop (runs in hand finish, warm runners are removed); SIGKILL: a crash."""

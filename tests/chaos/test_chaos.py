@@ -13,7 +13,6 @@ import pytest
 from tests.chaos.faults import FAULTS, QUICK, Fault, Plan, run_fault
 from tests.chaos.harness import Chaos, Settings
 
-pytestmark = [pytest.mark.podman, pytest.mark.mariadb]
 PLAN = Plan(runs=6, quick=True, big_emoji=300_000, settle_secs=180)
 
 

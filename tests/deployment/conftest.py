@@ -1,9 +1,19 @@
-"""Deployment tests: the `compose` marker selects the slow podman-compose stack (`pytest -m compose`)."""
+"""Deployment fixtures: `compose_host` is the sandbox user's rootless Podman, ready to build images and run
+compose stacks; tests using it are marked `compose` (and `podman`) by tests/conftest.py."""
 
 from __future__ import annotations
 
 import pytest
 
+from sandbox.host import DEFAULT_USER, lookup_user, socket_alive, start_api_service
+from tests.deployment.images import Podman
+from tests.deployment.stack import rootless_networking
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "compose: builds the images and runs containers/compose.yaml offline (slow)")
+
+@pytest.fixture(scope="session")
+def compose_host() -> Podman:
+    user = lookup_user(DEFAULT_USER)
+    if not socket_alive(user):
+        start_api_service(user)
+    rootless_networking()
+    return Podman(user)

@@ -33,7 +33,8 @@ def mirrors(suite: str) -> tuple[str, ...]:
     return (f"deb http://deb.debian.org/debian {suite} main", f"deb http://deb.debian.org/debian {suite}-updates main",
             f"deb http://deb.debian.org/debian-security {suite}-security main")
 # What each Containerfile needs from the repository (the build context is a staging copy of these).
-CONTEXT_PATHS = ("pyproject.toml", "README.md", "scheduler", "sandbox", "httpworker", "runner-rootfs",
+CONTEXT_PATHS = ("pyproject.toml", "README.md", "pipeline_config", "scheduler", "sandbox", "httpworker",
+                 "runner-rootfs",
                  "containers")
 
 

@@ -1,65 +1,31 @@
-"""The generated files committed under systemd/ and containers/, rendered from the code.
+"""The generated files committed under systemd/ and containers/, and the README's configuration tables.
 
-`python -m tests.deployment.render` rewrites them; test_systemd.py fails when they drift from the code
-(a variable added to a VARIABLES table, a hardening key changed, ...).
+`python -m tests.deployment.render` rewrites them; test_systemd.py and tests/unit/test_readme.py fail when they
+drift from the code (a variable added to the registry in pipeline_config/variables.py, a hardening key changed).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline_config.render import compose_env_example, markdown_table
+from pipeline_config.variables import SANDBOX, SCHEDULER
 from sandbox import systemd as sandbox_systemd
-from sandbox.config import VARIABLES as SANDBOX_VARIABLES
 from scheduler import systemd as scheduler_systemd
-from scheduler.config import VARIABLES as SCHEDULER_VARIABLES
 
 REPO = Path(__file__).resolve().parents[2]
-
-# Set by compose.yaml per service (addresses on the compose network, the socket path inside the container);
-# the env file must not override them, so the example lists them as comments only.
-COMPOSE_FIXED = {
-    "DB_HOST", "PYTHON_SCHEDULER_BIND_HOST", "PYTHON_SCHEDULER_PORT", "PYTHON_SANDBOX_URLS", "PYTHON_SCHEDULER_URL",
-    "PYTHON_SANDBOX_BIND", "PYTHON_SANDBOX_NODE_NAME", "PYTHON_SANDBOX_PODMAN_URL", "PYTHON_SANDBOX_STATE_DIR",
-    "PYTHON_RUNNER_IMAGE", "PYTHON_SANDBOX_SECCOMP_PROFILE", "PYTHON_SCHEDULER_SQLITE_PATH", "PYTHON_RUNNER_NETWORK",
-}
-MARIADB_VARIABLES = (
-    ("MARIADB_USER", "(required)", "database user the MariaDB container creates at its first start; = DB_USER"),
-    ("MARIADB_PASSWORD", "(required)", "its password; = DB_PASSWD"),
-    ("MARIADB_ROOT_PASSWORD", "(required)", "MariaDB's root password (the scheduler does not use it)"),
-)
+# README heading -> the service whose configuration table follows it.
+README_TABLES = {"### Scheduler and dispatcher": SCHEDULER, "### Sandbox": SANDBOX}
 
 
-def compose_env_example() -> str:
-    """containers/pipeline.env.example: every variable of both services, shared by the compose services."""
-    seen: set[str] = set()
-    lines = [
-        "# SeaTable Python pipeline for podman-compose: copy to pipeline.env (mode 0600, owned by the sandbox user)",
-        "# and fill in the secrets. Generated from the scheduler's and the sandbox's VARIABLES tables.",
-        "# Variables compose.yaml sets per service are listed as comments only: setting them here has no effect.",
-        "",
-        "## Secrets (required)",
-        "PYTHON_SCHEDULER_AUTH_TOKEN=",
-        "PYTHON_SANDBOX_AUTH_TOKEN=",
-        "SEATABLE_SERVER_URL=",
-        "DB_USER=seatable",
-        "DB_PASSWD=",
-        *(f"{name}=" + ("seatable" if name == "MARIADB_USER" else "") for name, _d, _m in MARIADB_VARIABLES),
-        "",
-    ]
-    seen.update({"PYTHON_SCHEDULER_AUTH_TOKEN", "PYTHON_SANDBOX_AUTH_TOKEN", "SEATABLE_SERVER_URL", "DB_USER",
-                 "DB_PASSWD", *(name for name, _d, _m in MARIADB_VARIABLES)})
-    for title, variables in (("Scheduler, dispatcher, maintenance", SCHEDULER_VARIABLES),
-                             ("Sandbox", SANDBOX_VARIABLES)):
-        lines += [f"## {title}", ""]
-        for name, default, meaning in variables:
-            if name in seen:
-                continue
-            seen.add(name)
-            fixed = " Set by compose.yaml." if name in COMPOSE_FIXED else ""
-            lines.append(f"# {meaning.rstrip('.')}. Default: {default or '(empty)'}.{fixed}")
-            literal = "" if default.startswith(("(", "<", "~")) else default
-            lines.append(f"#{name}={literal}")
-            lines.append("")
+def readme_with_tables(text: str) -> str:
+    """The README with each configuration table replaced by the one the registry renders."""
+    lines = text.split("\n")
+    for heading, service in README_TABLES.items():
+        at = next(i for i, line in enumerate(lines) if line.startswith(heading))
+        start = next(i for i in range(at, len(lines)) if lines[i].startswith("| Variable |"))
+        end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+        lines[start:end] = markdown_table(service).split("\n")
     return "\n".join(lines)
 
 
@@ -72,6 +38,7 @@ def expected_files() -> dict[Path, str]:
     files[REPO / "systemd" / "scheduler.env"] = scheduler_systemd.env_template()
     files[REPO / "systemd" / "sandbox.env"] = sandbox_systemd.env_template()
     files[REPO / "containers" / "pipeline.env.example"] = compose_env_example()
+    files[REPO / "README.md"] = readme_with_tables((REPO / "README.md").read_text())
     return files
 
 

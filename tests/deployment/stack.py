@@ -23,6 +23,7 @@ import requests
 from sandbox.host import SandboxUser
 from tests.deployment.images import (
     CACHE,
+    CONTEXT_PATHS,
     LABEL,
     REPO,
     Podman,
@@ -90,8 +91,7 @@ def build_images(podman: Podman) -> Images:
     base = build_base(podman)
     wheels = wheelhouse(podman.user)
     context = build_context(podman.user)
-    source = tree_digest(REPO, ("pyproject.toml", "README.md", "scheduler", "sandbox", "httpworker",
-                                "runner-rootfs", "containers"))
+    source = tree_digest(REPO, CONTEXT_PATHS)
     return Images(
         base=base,
         scheduler=build_image(podman, "scheduler", "Containerfile.scheduler", base, context, wheels, source),

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from sandbox.host import DEFAULT_USER, lookup_user, socket_alive, start_api_service
 from sandbox.image import default_image
 from tests.deployment.images import Podman
 from tests.deployment.stack import (
@@ -21,24 +20,20 @@ from tests.deployment.stack import (
     Images,
     build_images,
     host_address,
-    rootless_networking,
 )
 from tests.seatable_stub import StubServer
 from tests.seatable_stub.button import RunScriptButton
 from tests.support.podman import free_port
 
-pytestmark = [pytest.mark.compose, pytest.mark.podman]
+# The first test pays for the module's fixtures: up to four image builds (900 s each at most) and compose up.
+pytestmark = pytest.mark.timeout(4 * 900 + 600)
 
 SCRIPT = 'import sys, platform\nprint("hello from compose", platform.python_version())\n'
 
 
 @pytest.fixture(scope="module")
-def podman() -> Podman:
-    user = lookup_user(DEFAULT_USER)
-    if not socket_alive(user):
-        start_api_service(user)
-    rootless_networking()
-    return Podman(user)
+def podman(compose_host: Podman) -> Podman:
+    return compose_host
 
 
 @pytest.fixture(scope="module")

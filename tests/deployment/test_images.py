@@ -1,123 +1,34 @@
-"""Image sizes: printed, written to BENCHMARKS.md, and the runner compared with an alpine-based equivalent.
+"""Image sizes: the runner against an alpine-based equivalent, and what the scheduler and sandbox images add.
 
-The alpine image cannot be pulled here (no registry), so its size is an estimate, built from measured and
-published numbers (see ALPINE_PYTHON_MB and estimate_alpine_runner): the Python packages are the same wheels
-(musllinux wheels of numpy/scipy/pandas/Pillow bundle the same libraries as the manylinux ones, so their
-installed size is taken as equal to ours, measured), on top of alpine + its python3 package.
+Measured as `./dev bench image_sizes` measures (bench/image_sizes.py says how the alpine size is estimated); the
+bench writes BENCHMARKS.md, this test only checks the limits and the section's format (no test writes the repo).
 """
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
 import pytest
 
-from bench.report import machine, update_section
-from sandbox.host import DEFAULT_USER, lookup_user
-from sandbox.image import DEFAULT_CACHE, SITE_PACKAGES, Recipe
-from tests.deployment.images import CACHE, LABEL, REPO, Podman, digest
-from tests.deployment.stack import build_images, prune
-
-pytestmark = [pytest.mark.compose, pytest.mark.podman]
-
-MB = 1_000_000
-# alpine:3.19 base ~7.4 MB; python3 3.11 (Alpine v3.19, pkgs.alpinelinux.org) 23.7 MiB installed plus its
-# byte-code (python3-pyc, split out since Alpine 3.18) and shared-library dependencies (libcrypto3, libssl3,
-# sqlite-libs, libffi, mpdecimal, xz, ...): ~50 MB together, as the official python:3.11-alpine image is.
-ALPINE_PYTHON_MB = 50.0
-LIMIT = 1.20
-
-
-def site_packages_bytes(tarball: Path) -> int:
-    """Installed size of the runner's Python packages (with byte-code), measured in the rootfs tarball."""
-    import tarfile
-
-    total = 0
-    with tarfile.open(tarball) as tar:
-        for member in tar:
-            if member.isfile() and member.name.lstrip("./").startswith(SITE_PACKAGES + "/"):
-                total += member.size
-    return total
-
-
-def estimate_alpine_runner(site_packages: int) -> float:
-    return site_packages / MB + ALPINE_PYTHON_MB
-
-
-def build_runner(podman: Podman, tarball: Path, recipe: str) -> str:
-    """Containerfile.runner on the cached rootfs tarball (a hard link in a context the sandbox user reads)."""
-    containerfile = (REPO / "containers" / "Containerfile.runner").read_text()
-    tag = f"localhost/seatable-deploy-runner:{digest(containerfile, recipe)}"
-    if podman.exists(tag):
-        return tag
-    context = CACHE / f"runner-context-{recipe}"
-    context.mkdir(parents=True, exist_ok=True)
-    link = context / "rootfs.tar"
-    if not link.exists():
-        os.link(tarball, link)
-    (context / "Containerfile").write_text(containerfile)
-    for path in (CACHE, context):
-        path.chmod(0o755)
-    podman.run("build", "-q", "--network", "none", "-f", str(context / "Containerfile"),
-               "--build-arg", f"RECIPE={recipe}", "--label", f"{LABEL}=runner", "-t", tag, str(context), timeout=900)
-    prune(podman, tag)
-    return tag
+from bench.image_sizes import LIMIT, RUNNER, MissingRootfs, measure, render
+from tests.deployment.images import Podman
 
 
 @pytest.fixture(scope="module")
-def podman() -> Podman:
-    return Podman(lookup_user(DEFAULT_USER))
+def podman(compose_host: Podman) -> Podman:
+    return compose_host
 
 
+@pytest.mark.timeout(5 * 900 + 120)  # builds (or finds cached) the four compose images and the runner image
 def test_image_sizes_and_runner_against_alpine(podman: Podman) -> None:
-    recipe = Recipe.packaged()
-    tarball = DEFAULT_CACHE / f"rootfs-{recipe.digest()}.tar"
-    if not tarball.exists():
-        pytest.fail(f"{tarball} missing: `seatable-sandbox build-runner` (./dev setup) makes it")
-    started = time.monotonic()
-    images = build_images(podman)
-    runner = build_runner(podman, tarball, recipe.digest())
-    built_in = time.monotonic() - started
+    try:
+        result = measure(podman)
+    except MissingRootfs as exc:
+        pytest.fail(str(exc))
     # The trimmed runner still runs what scripts import.
-    check = podman.run("run", "--rm", "--network", "none", "--label", f"{LABEL}=probe", "--entrypoint",
-                       "/usr/bin/python3", runner, "-c",
-                       "import pandas, scipy, seatable_api, PIL, qrcode, barcode, openai; print('ok')")
-    assert check.stdout.strip() == "ok"
-
-    base = podman.size(images.base)
-    sizes = {
-        "base (Debian bookworm minbase + python3, mmdebstrap)": base,
-        "scheduler (Containerfile.scheduler)": podman.size(images.scheduler),
-        "sandbox (Containerfile.sandbox)": podman.size(images.sandbox),
-        "mariadb (Containerfile.mariadb, Debian's mariadb-server)": podman.size(images.mariadb),
-        "runner (Containerfile.runner)": podman.size(runner),
-        "runner (build-runner import, used by ./dev)": podman.size(recipe.tag) if podman.exists(recipe.tag) else 0,
-    }
-    packages = site_packages_bytes(tarball)
-    alpine = estimate_alpine_runner(packages)
-    ours = sizes["runner (Containerfile.runner)"] / MB
-    rows = "\n".join(f"| {name} | {size / MB:.0f} MB | "
-                     f"{(size - base) / MB:.0f} MB |" if "scheduler" in name or "sandbox" in name or "mariadb" in name
-                     else f"| {name} | {size / MB:.0f} MB | |" for name, size in sizes.items())
-    body = f"""Measured by `tests/deployment/test_images.py` on {machine()}; sizes as `podman image inspect` reports
-them (uncompressed). Scheduler, sandbox and MariaDB share the base layer; "own" is what each adds to it.
-
-| Image | Size | Own layers |
-|---|---|---|
-{rows}
-
-Runner against an alpine-based image with the same packages (estimated; no registry here to pull alpine):
-the Python packages installed with byte-code measure {packages / MB:.0f} MB in our root filesystem; musllinux
-wheels of the same packages bundle the same native libraries, so that part is taken as equal. Alpine plus its
-python3 3.11 package (23.7 MiB installed, pkgs.alpinelinux.org, v3.19), its byte-code and shared-library
-dependencies come to about {ALPINE_PYTHON_MB:.0f} MB, as the official python:3.11-alpine image does. Estimate:
-{alpine:.0f} MB; ours: {ours:.0f} MB, i.e. {ours / alpine * 100 - 100:+.0f} % (limit +{LIMIT * 100 - 100:.0f} %).
-Build time of all images this run: {built_in:.0f} s (cached images are not rebuilt).
-"""
-    print("\n" + body)
-    update_section("Image sizes (deployment)", body)
+    assert result.runner_check == "ok"
+    section = render(result)
+    print("\n" + section)
+    assert "| Image | Size | Own layers |" in section and f"| {RUNNER} | {result.ours_mb:.0f} MB | |" in section
+    ours, alpine = result.ours_mb, result.alpine_mb
     assert ours <= alpine * LIMIT, f"runner {ours:.0f} MB > {LIMIT} x alpine estimate {alpine:.0f} MB"
     for name in ("scheduler (Containerfile.scheduler)", "sandbox (Containerfile.sandbox)"):
-        assert (sizes[name] - base) / MB < 60, f"{name} adds more than 60 MB to the base"
+        assert result.own_mb(name) < 60, f"{name} adds more than 60 MB to the base"

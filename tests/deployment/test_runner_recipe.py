@@ -15,13 +15,11 @@ from typing import Any
 
 import pytest
 
-from sandbox.host import DEFAULT_USER, SandboxUser, lookup_user
+from sandbox.host import SandboxUser
 from sandbox.image import SUITE, Recipe, RunnerImageBuilder
 from tests.deployment.images import LABEL, REPO, Podman, build_base, build_context, digest, tree_digest
 from tests.deployment.stack import prune
 from tests.support.podman import CallbackReceiver, SandboxProcess
-
-pytestmark = [pytest.mark.compose, pytest.mark.podman]
 
 FACTS = """\
 import importlib.metadata, json, os, pwd, subprocess, sys
@@ -39,8 +37,9 @@ print(json.dumps({'python': sys.version.split()[0], 'packages': packages, 'user'
 
 
 @pytest.fixture(scope="module")
-def cli() -> Podman:
-    return Podman(lookup_user(DEFAULT_USER))
+def cli(compose_host: Podman) -> Podman:
+    """The sandbox user's Podman, as the deployment tests build images with it (lane: compose)."""
+    return compose_host
 
 
 @pytest.fixture(scope="module")

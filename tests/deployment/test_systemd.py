@@ -9,13 +9,14 @@ import configparser
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from sandbox import systemd as sandbox_systemd
 from sandbox.config import VARIABLES as SANDBOX_VARIABLES
-from sandbox.host import DEFAULT_USER
+from sandbox.host import SandboxUser
 from sandbox.seccomp_profile import DENIED, ENOSYS
 from scheduler import systemd as scheduler_systemd
 from scheduler.config import VARIABLES as SCHEDULER_VARIABLES
@@ -174,7 +175,7 @@ def test_install_systemd_writes_for_another_user_and_paths(tmp_path: Path) -> No
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON_", "DB_"))}
     result = subprocess.run(
-        ["/opt/seatable-pipeline/venv/bin/python", "-c", "import sys; from scheduler.cli import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from scheduler.cli import main; sys.exit(main())",
          "install-systemd", "--root", str(tmp_path), "--user", "pipeline", "--venv", "/srv/venv",
          "--env-file", "/etc/pipeline/sched.env"],
         capture_output=True, text=True, cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, timeout=60, check=False)
@@ -190,11 +191,10 @@ def test_install_systemd_writes_for_another_user_and_paths(tmp_path: Path) -> No
     assert scheduler_main(["install-systemd", "--root", str(tmp_path), "--user", "root"]) == 2
 
 
-def test_sandbox_install_systemd_stages_user_unit_and_dropin(tmp_path: Path) -> None:
+def test_sandbox_install_systemd_stages_user_unit_and_dropin(sandbox_account: SandboxUser, tmp_path: Path) -> None:
     from sandbox.cli import main as sandbox_main
-    from sandbox.host import lookup_user
 
-    user = lookup_user(DEFAULT_USER)
+    user = sandbox_account
     assert sandbox_main(["install-systemd", "--root", str(tmp_path), "--venv", "/srv/venv"]) == 0
     unit = tmp_path / user.home.relative_to("/") / ".config/systemd/user/seatable-sandbox.service"
     assert parse(unit)["Service"]["ExecStart"] == ["/srv/venv/bin/seatable-sandbox serve"]
@@ -204,7 +204,7 @@ def test_sandbox_install_systemd_stages_user_unit_and_dropin(tmp_path: Path) -> 
     assert sandbox_main(["install-systemd", "--root", str(tmp_path), "--user", "root"]) == 2
 
 
-def test_enable_refuses_without_systemd_as_pid1(tmp_path: Path) -> None:
+def test_enable_refuses_without_systemd_as_pid1(sandbox_account: SandboxUser, tmp_path: Path) -> None:
     if sandbox_systemd.systemd_is_pid1():
         pytest.skip("systemd is PID 1 here: --enable would really enable units")
     with pytest.raises(SystemExit, match="--root /"):

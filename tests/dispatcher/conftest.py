@@ -18,7 +18,7 @@ from pony.orm import db_session
 
 from scheduler import runs
 from scheduler.config import Config
-from scheduler.db import Store, open_store, run_migrate
+from scheduler.db import Store, open_store
 from tests.scheduler.conftest import (  # noqa: F401 - fixtures reused, not copied
     REPO,
     TOKEN,
@@ -38,10 +38,8 @@ SCRIPT_CONTENT = "print('hello from the sandbox')\n"
 
 @pytest.fixture
 def db_env(make_env: Callable[..., dict[str, str]]) -> dict[str, str]:  # noqa: F811
-    """Environment of a fresh, migrated database of the test's backend."""
-    env = make_env()
-    run_migrate(Config.from_env(env))
-    return env
+    """Environment of the test's migrated, empty database of its backend."""
+    return make_env()
 
 
 @pytest.fixture

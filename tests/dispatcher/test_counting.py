@@ -78,7 +78,7 @@ def runs_of(store: Store, base: str, org_id: int, count: int = 1, script_name: s
     return enqueue(store, base, count, owner=owner(org_id), org_id=org_id, script_name=script_name)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"], indirect=True)
 def test_only_runs_with_a_sandbox_result_are_counted(
     backend: str,
     db_env: dict[str, str],

@@ -30,7 +30,7 @@ def dispatch_env(db_env: dict[str, str], seatable: SeaTableStub, *nodes: StubSan
     }
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"], indirect=True)
 def test_three_dispatchers_hand_every_run_out_exactly_once(
     backend: str,
     db_env: dict[str, str],
@@ -77,7 +77,7 @@ def test_three_dispatchers_hand_every_run_out_exactly_once(
         second.stop()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"], indirect=True)
 def test_killed_between_claim_and_handoff_the_run_is_dispatched_again_once(
     backend: str,
     db_env: dict[str, str],
@@ -101,7 +101,7 @@ def test_killed_between_claim_and_handoff_the_run_is_dispatched_again_once(
     assert row(store, run_id)["attempt"] == 2
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"], indirect=True)
 def test_fair_share_a_lone_run_of_team_b_goes_before_a_11th_run_of_team_a(
     backend: str,
     db_env: dict[str, str],

@@ -43,7 +43,7 @@ def test_rate_limit_is_upstreams_share_of_window_times_slots() -> None:
     assert rate_limited(Usage(750.0, 1, finished_seconds=750.0), 300, 10, 0.25)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"], indirect=True)
 def test_rate_limited_team_runs_end_with_upstreams_text_and_one_notification(
     backend: str, db_env: dict[str, str], store: Store, seatable: SeaTableStub, node: StubSandbox
 ) -> None:

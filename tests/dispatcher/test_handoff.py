@@ -29,7 +29,7 @@ from tests.dispatcher.test_dispatch import dispatch_env
 from tests.scheduler.conftest import RunningServer
 from tests.support.stub_sandbox import StubSandbox
 
-BOTH = pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
+BOTH = pytest.mark.parametrize("backend", ["sqlite", "mariadb"], indirect=True)
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_the_node_answers_503_or_429_before_anything_was_sent_not_sent() -> None
         assert node.accepted[1] == 0
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"], indirect=True)
 def test_a_draft_is_handed_off_with_its_own_code_and_token_which_are_then_erased(
     backend: str, db_env: dict[str, str], store: Store, seatable: SeaTableStub, node: StubSandbox
 ) -> None:

@@ -22,7 +22,7 @@ from tests.dispatcher.conftest import REPO, SCRIPT, SeaTableStub, enqueue, row
 from tests.scheduler.conftest import AUTH, RunningServer
 
 pytestmark = pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True
+    "backend", ["sqlite", "mariadb"], indirect=True
 )
 STATS = ("dtable_run_script_statistics", "user_run_script_statistics", "org_run_script_statistics")
 

@@ -12,7 +12,7 @@ from tests.dispatcher.conftest import DispatcherProcess, SeaTableStub, enqueue, 
 from tests.scheduler.conftest import RunningServer
 
 
-@pytest.mark.parametrize("backend", [pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
+@pytest.mark.parametrize("backend", ["mariadb"], indirect=True)
 def test_a_run_goes_pending_running_finished_with_its_output(
     backend: str,
     db_env: dict[str, str],

@@ -28,7 +28,7 @@ from tests.scheduler.conftest import RunningServer
 from tests.support.stub_sandbox import StubSandbox
 
 pytestmark = pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True
+    "backend", ["sqlite", "mariadb"], indirect=True
 )
 FAST = {
     "PYTHON_PROCESS_TIMEOUT": "2",

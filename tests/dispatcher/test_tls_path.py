@@ -34,7 +34,6 @@ def reason(nodes: Nodes, url: str) -> str:
     return node.reason
 
 
-@pytest.mark.podman
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_the_whole_path_over_tls(
     backend: str,

@@ -26,7 +26,8 @@ print("wrote", row["_id"])
 
 
 @pytest.fixture(scope="module")
-def pipeline(mariadb_module_database: DatabaseSettings) -> Iterator[Pipeline]:
+def pipeline(mariadb_module_database: DatabaseSettings, runner_image: str) -> Iterator[Pipeline]:
+    """The whole pipeline on MariaDB, its sandbox running runners of the installed image."""
     with Pipeline(say=lambda _text: None, db_env=mariadb_module_database.env(),
                   sandbox_env={"PYTHON_PROCESS_TIMEOUT": "30", "PYTHON_STARTER_THREAD_COUNT": "6"}) as started:
         yield started
@@ -98,7 +99,8 @@ def test_twenty_runs_from_four_teams_keep_their_own_output(pipeline: Pipeline) -
     assert sorted(u.fetch_count for u in seatable.script_urls(base.uuid, "marker.py")) == [1] * 20
 
 
-def test_dev_demo_passes() -> None:
+@pytest.mark.timeout(600 + 60)  # ./dev demo is given 600 s below; its setup step is quick when nothing changed
+def test_dev_demo_passes(runner_image: str) -> None:
     result = subprocess.run([str(REPO / "dev"), "demo"], capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "demo succeeded" in result.stdout

@@ -121,7 +121,7 @@ class Server(ThreadingHTTPServer):
             context.load_cert_chain(tls / "cert.pem", tls / "key.pem")
             self.socket = context.wrap_socket(self.socket, server_side=True)
         self.port = self.server_address[1]
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,6 @@ import pytest
 from tests.seatable_stub.server import StubServer
 from tests.support.podman import CallbackReceiver, SandboxProcess
 
-pytestmark = pytest.mark.podman
-
 BASE_SCRIPT = """
 from seatable_api import Base, context
 base = Base(context.api_token, context.server_url)

@@ -21,12 +21,12 @@ from typing import Any
 
 import psutil
 import pytest
+import requests
 
 from tests.seatable_stub.server import StubServer
+from tests.support.metrics import value
 from tests.support.netlab import NetLab
 from tests.support.podman import CallbackReceiver, SandboxProcess
-
-pytestmark = pytest.mark.podman
 
 # Each probe prints one line: name, then connected / refused <errno> / error <text> / the answer.
 PROBES = """
@@ -180,6 +180,11 @@ print('resolv.conf', open('/etc/resolv.conf').read().split())
     assert contacts == [], f"a refused destination was reached: {contacts}"
     egress = sandbox.health()["egress"]
     assert egress["mode"] == "open" and egress["refused"] == 10 and egress["destinations_refused"] == 8, egress
+    metrics = requests.get(sandbox.url + "/metrics", headers={"Authorization": f"Bearer {sandbox.token}"},
+                           timeout=10).text
+    assert value(metrics, "seatable_sandbox_network_refused_connections_total") == 10
+    assert value(metrics, "seatable_sandbox_runner_network", mode="open") == 1
+    assert value(metrics, "seatable_sandbox_network_setup_failures_total") == 0
 
 
 BASE_SCRIPT = """

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.podman
-
 
 def run_local(*argv: str, cli: str = "sandbox.cli", network: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **({"PYTHON_RUNNER_NETWORK": network} if network else {})}
@@ -19,7 +17,7 @@ def run_local(*argv: str, cli: str = "sandbox.cli", network: str = "") -> subpro
 
 
 @pytest.mark.parametrize("cli", ["sandbox.cli", "scheduler.cli"])
-def test_runs_a_script_with_context_and_env(tmp_path: Path, cli: str) -> None:
+def test_runs_a_script_with_context_and_env(runner_image: str, tmp_path: Path, cli: str) -> None:
     script = tmp_path / "ok.py"
     script.write_text("import os\nfrom seatable_api import context\n"
                       "print(context.current_table, os.environ['dtable_web_url'])\n")
@@ -30,7 +28,7 @@ def test_runs_a_script_with_context_and_env(tmp_path: Path, cli: str) -> None:
     assert result.stderr.startswith("--- succeeded: exited, return code 0,")
 
 
-def test_the_open_network_applies(tmp_path: Path) -> None:
+def test_the_open_network_applies(runner_image: str, tmp_path: Path) -> None:
     """As in a real run of the default mode: an interface, its rules, and the report of what they refused."""
     script = tmp_path / "net.py"
     script.write_text("import socket\n"
@@ -44,7 +42,7 @@ def test_the_open_network_applies(tmp_path: Path) -> None:
                              "[egress refused: 169.254.169.254:80 (link-local address)]\n")
 
 
-def test_the_egress_policy_applies(tmp_path: Path) -> None:
+def test_the_egress_policy_applies(runner_image: str, tmp_path: Path) -> None:
     """The seatable mode, as in a real run: the script's own server is allowed, anything else refused and reported."""
     script = tmp_path / "net.py"
     script.write_text("import requests\n"
@@ -56,7 +54,7 @@ def test_the_egress_policy_applies(tmp_path: Path) -> None:
                              "[egress refused: 169.254.169.254:80 (not on the allow list)]\n")
 
 
-def test_a_failing_script_exits_1_with_its_traceback(tmp_path: Path) -> None:
+def test_a_failing_script_exits_1_with_its_traceback(runner_image: str, tmp_path: Path) -> None:
     script = tmp_path / "bad.py"
     script.write_text("raise ValueError('no such row')\n")
     result = run_local(str(script))

@@ -15,8 +15,6 @@ import pytest
 
 from tests.support.podman import VENV_BIN, CallbackReceiver
 
-pytestmark = pytest.mark.podman
-
 SCRIPT = """\
 import os
 print("read", open("/files/hello.txt").read().strip())

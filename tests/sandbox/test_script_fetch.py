@@ -104,7 +104,6 @@ def test_this_hosts_own_addresses_are_refused_unless_listed() -> None:
         listed.connect("files.example.org", 80, 0.5).close()
 
 
-@pytest.mark.podman
 def test_a_task_file_answer_pointing_at_loopback_does_not_come_back(
     sandbox: SandboxProcess, receiver: CallbackReceiver, sites: tuple[Site, Site]
 ) -> None:

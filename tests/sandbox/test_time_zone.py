@@ -10,8 +10,6 @@ import pytest
 from sandbox.timezone import host_time_zone
 from tests.support.podman import CallbackReceiver
 
-pytestmark = pytest.mark.podman
-
 # What scripts see: the zone's name and offset through time and datetime, and the TZ variable.
 SCRIPT = """\
 import datetime, os, time

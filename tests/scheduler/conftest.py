@@ -22,8 +22,8 @@ from falcon import testing
 
 from scheduler.app import create_app
 from scheduler.config import Config
-from scheduler.db import Store, open_store, run_migrate
-from tests.support.mariadb import DatabaseSettings, MariaDBServer
+from scheduler.db import Store, open_store
+from tests.support.mariadb import DatabaseSettings
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-secret-token"
@@ -33,42 +33,37 @@ BASE_HEX = BASE.replace("-", "")
 OTHER_BASE = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 
 
-def env_for(backend: str, tmp_path: Path, database: DatabaseSettings | None, **extra: str) -> dict[str, str]:
+def env_for(database: DatabaseSettings | Path, **extra: str) -> dict[str, str]:
     env = {"PYTHON_SCHEDULER_AUTH_TOKEN": TOKEN, "SEATABLE_SERVER_URL": "http://127.0.0.1:9"}
-    if backend == "mariadb":
-        assert database is not None
-        env.update(database.env())
+    if isinstance(database, Path):
+        env["PYTHON_SCHEDULER_SQLITE_PATH"] = str(database)
     else:
-        env["PYTHON_SCHEDULER_SQLITE_PATH"] = str(tmp_path / "scheduler.sqlite3")
+        env.update(database.env())
     env.update(extra)
     return env
 
 
-@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+# The lane marker (mariadb) follows from the value: tests/conftest.py reads the `backend` parameter.
+@pytest.fixture(params=["sqlite", "mariadb"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-def make_env(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., dict[str, str]]:
-    """Environment for a fresh, migrated-on-demand database of the test's backend."""
+def make_env(backend: str, request: pytest.FixtureRequest) -> Callable[..., dict[str, str]]:
+    """Environment for the test's migrated, empty database of its backend (the same one on every call)."""
+    fixture = "mariadb_scheduler_database" if backend == "mariadb" else "sqlite_scheduler_database"
+    database: DatabaseSettings | Path = request.getfixturevalue(fixture)
 
     def make(**extra: str) -> dict[str, str]:
-        database = None
-        if backend == "mariadb":
-            server: MariaDBServer = request.getfixturevalue("mariadb_server")
-            database = server.create_database()
-            request.addfinalizer(lambda: server.drop_database(database.database))
-        return env_for(backend, tmp_path, database, **extra)
+        return env_for(database, **extra)
 
     return make
 
 
 @pytest.fixture
 def config(make_env: Callable[..., dict[str, str]]) -> Config:
-    cfg = Config.from_env(make_env())
-    run_migrate(cfg)
-    return cfg
+    return Config.from_env(make_env())
 
 
 @pytest.fixture
@@ -200,7 +195,7 @@ def start_scheduler(
             if requests.get(f"{server.url}/ping/", timeout=1, verify=ca_bundle or True).status_code == 200:
                 return server
         except (requests.ConnectionError, requests.Timeout):
-            pass  # not listening yet, or listening (gunicorn's master) while the worker still imports
+            pass  # not listening yet, or listening while its workers still boot (seconds on a busy machine)
         if time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"scheduler did not answer in {timeout} s:\n{server.log()}")

@@ -19,7 +19,6 @@ from tests.support.mariadb import DatabaseSettings, MariaDBServer
 FIXTURES = REPO / "tests" / "fixtures"
 OLD_BASE = "3f1c0a9e8b7d4c6e9f2a1b0c9d8e7f6a"  # upstream rows may hold the 32-character form
 
-pytestmark = pytest.mark.mariadb
 
 
 def run_sql_file(db: DatabaseSettings, path: Path) -> None:

@@ -42,11 +42,10 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.mariadb
 def test_health_follows_mariadb_down_and_up_and_the_api_recovers(
     own_mariadb: MariaDBServer, tmp_path: Path, serve: Callable[[dict[str, str]], RunningServer]
 ) -> None:
-    server = serve(env_for("mariadb", tmp_path, own_mariadb.settings, PYTHON_SCHEDULER_WORKERS="1"))
+    server = serve(env_for(own_mariadb.settings, PYTHON_SCHEDULER_WORKERS="1"))
     assert _health(server.url) == (200, {"status": "ok", "database": "ok"})
     body = {"dtable_uuid": BASE, "script_name": "a.py", "owner": "alice@auth.local"}
     assert requests.post(f"{server.url}/run-script/", json=body, headers=AUTH, timeout=30).status_code == 200

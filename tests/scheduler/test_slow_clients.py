@@ -21,7 +21,7 @@ SLOW = 200
 
 def test_ping_and_submit_answer_while_200_slow_clients_hold_connections(
         tmp_path: Path, serve: Callable[[dict[str, str]], RunningServer]) -> None:
-    server = serve(env_for("sqlite", tmp_path, None))
+    server = serve(env_for(tmp_path / "scheduler.sqlite3"))
     port = int(server.url.rsplit(":", 1)[1])
     payloads = heads("/run-script/", SLOW // 2, token=TOKEN, method="POST") + heads("/ping/", SLOW // 2)
     with slow_clients(port, payloads) as slow:
@@ -60,7 +60,7 @@ def read_responses(sock: socket.socket, count: int) -> list[bytes]:
 def test_kept_alive_and_pipelined_requests_are_all_answered(
         tmp_path: Path, serve: Callable[[dict[str, str]], RunningServer]) -> None:
     """The event loop reads the head of every request on a connection, not just the first one's."""
-    server = serve(env_for("sqlite", tmp_path, None))
+    server = serve(env_for(tmp_path / "scheduler.sqlite3"))
     port = int(server.url.rsplit(":", 1)[1])
     ping = b"GET /ping/ HTTP/1.1\r\nHost: x\r\n\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

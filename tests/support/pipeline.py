@@ -57,6 +57,7 @@ class Pipeline:
     say: Say = print
     db_env: dict[str, str] = field(default_factory=dict)  # DB_* for MariaDB; empty: SQLite
     sandbox_env: dict[str, str] = field(default_factory=dict)
+    scheduler_extra_env: dict[str, str] = field(default_factory=dict)  # for scheduler, dispatcher and migrate
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     sandbox_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pipeline-")))
@@ -84,6 +85,7 @@ class Pipeline:
             "PYTHON_SANDBOX_AUTH_TOKEN": self.sandbox_token,
             "PYTHON_PROCESS_TIMEOUT": self.sandbox_env.get("PYTHON_PROCESS_TIMEOUT", "60"),
             **self.db_env,
+            **self.scheduler_extra_env,
         })
         return env
 

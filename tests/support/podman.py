@@ -39,8 +39,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def sandbox_user() -> SandboxUser:
-    user = lookup_user(configured_user())
+def sandbox_account() -> SandboxUser:
+    """The sandbox user as host-setup (./dev setup) made it; nothing started."""
+    return lookup_user(configured_user())
+
+
+@pytest.fixture(scope="session")
+def sandbox_user(sandbox_account: SandboxUser) -> SandboxUser:
+    """The sandbox user with its Podman API service answering."""
+    user = sandbox_account
     if not socket_alive(user):
         start_api_service(user)  # a previous test run or session may have stopped it
     return user
@@ -58,6 +65,62 @@ def runner_image(podman: PodmanAPI) -> str:
     image = default_image()
     assert podman.image_exists(image), f"{image} missing: ./dev setup builds it"
     return image
+
+
+# --- a Podman API service of the sandbox user's own, which a test may kill ---------------
+
+@dataclass
+class PodmanService:
+    """`podman system service --time=0` as the sandbox user on a private socket, started as sandbox.host starts
+    the shared one: killing it (SIGKILL, as a crash) touches no other checkout's service; the containers it
+    started run on under their conmon."""
+
+    user: SandboxUser
+    name: str
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.user.runtime_dir / f"podman-{self.name}" / "podman.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> PodmanService:
+        directory = self.socket.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chown(directory, self.user.uid, self.user.gid)
+        self.socket.unlink(missing_ok=True)  # left by a killed service
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.user.command(["podman", "system", "service", "--time=0", self.url]),
+                env=self.user.env(), cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True)
+        api = PodmanAPI(self.url, timeout=5)
+        try:
+            deadline = time.monotonic() + 60
+            while not (self.socket.exists() and api.ping()):
+                assert time.monotonic() < deadline, "the private Podman API service did not start"
+                time.sleep(0.1)
+        finally:
+            api.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the service process itself (runuser's child), not its containers' conmon."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        for pid in [int(p) for p in children] or [process.pid]:
+            os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.socket.parent, ignore_errors=True)
 
 
 # --- a scheduler stand-in that records the sandbox's callbacks --------------------------
@@ -131,7 +194,7 @@ class CallbackReceiver:
 
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def stop(self) -> None:
         if self._server is not None:
@@ -169,6 +232,14 @@ class CallbackReceiver:
                 if remaining <= 0:
                     raise AssertionError(f"no result for script {script_id} within {timeout} s")
                 self._cond.wait(remaining)
+
+
+    def clear(self) -> None:
+        """Forget what arrived and listen again (a test may have stopped it): as good as a new receiver."""
+        with self._cond:
+            self.received.clear()
+        if self._server is None:
+            self.start()
 
 
 @pytest.fixture
@@ -226,6 +297,7 @@ class SandboxProcess:
                     return
             except requests.RequestException:  # not listening yet, or the worker still booting
                 time.sleep(0.1)
+        self.stop()  # no caller holds it yet: left running, it would outlive the test
         raise AssertionError(f"sandbox did not answer within {START_SECS} s:\n{self.log()}")
 
     def log(self) -> str:
@@ -280,22 +352,40 @@ class SandboxProcess:
         return response.status_code, response.json()
 
 
-@pytest.fixture
-def sandbox_factory(sandbox_user: SandboxUser, runner_image: str, receiver: CallbackReceiver,
-                    ) -> Iterator[Any]:
-    started: list[SandboxProcess] = []
-    base = Path(tempfile.mkdtemp(prefix="sandbox-test-"))
-    base.chmod(0o755)
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Until no slot is busy and the warm pool is full of runners done with their pre-imports: the warm
+        path as designed. (The pool hands out a runner still importing too, and on a busy machine that import
+        alone can outlast the tests' 5 s time limit.)"""
+        deadline = time.monotonic() + timeout
+        while True:
+            health = self.health()
+            pool = health["warm_pool"]
+            if min(pool["idle"], pool["ready"]) >= pool["target"] and health["slots"]["busy"] == 0:
+                return
+            assert time.monotonic() < deadline, f"the sandbox did not settle: {health['slots']}, {pool}"
+            time.sleep(0.1)
 
-    def make(tls_ca: str | None = None, client_cert: tuple[str, str] | None = None,
-             **overrides: str) -> SandboxProcess:
-        state = base / f"state-{len(started)}"
+
+class SandboxStarter:
+    """Starts sandboxes as the sandbox user, each with its own state dir and port; stops them all at the end."""
+
+    def __init__(self, user: SandboxUser, receiver: CallbackReceiver) -> None:
+        self.user = user
+        self.receiver = receiver
+        self.started: list[SandboxProcess] = []
+        self.by_path: dict[str, SandboxProcess] = {}  # shared_sandbox's, one per path
+        self.base = Path(tempfile.mkdtemp(prefix="sandbox-test-"))
+        self.base.chmod(0o755)
+
+    def __call__(self, tls_ca: str | None = None, client_cert: tuple[str, str] | None = None,
+                 **overrides: str) -> SandboxProcess:
+        state = self.base / f"state-{len(self.started)}"
         state.mkdir()
-        os.chown(state, sandbox_user.uid, sandbox_user.gid)
+        os.chown(state, self.user.uid, self.user.gid)
         port = free_port()
         env = {
             "PYTHON_SANDBOX_AUTH_TOKEN": "sandbox-test-token",
-            "PYTHON_SCHEDULER_URL": receiver.url,
+            "PYTHON_SCHEDULER_URL": self.receiver.url,
             "PYTHON_SANDBOX_BIND": f"127.0.0.1:{port}",
             "PYTHON_SANDBOX_STATE_DIR": str(state),
             "PYTHON_SANDBOX_NODE_NAME": f"test-{port}",
@@ -305,22 +395,40 @@ def sandbox_factory(sandbox_user: SandboxUser, runner_image: str, receiver: Call
             "PYTHON_SANDBOX_WARM_POOL": "0",
             **overrides,
         }
-        proc = SandboxProcess(sandbox_user, env, port, state, tls_ca=tls_ca, client_cert=client_cert)
+        proc = SandboxProcess(self.user, env, port, state, tls_ca=tls_ca, client_cert=client_cert)
         proc.start()
-        started.append(proc)
-        deadline = time.monotonic() + 120
-        while True:  # the warm path with pre-imports done, not a miss (and no run waits for pandas)
-            pool = proc.health()["warm_pool"]
-            if pool["ready"] >= pool["target"]:
-                break
-            assert time.monotonic() < deadline, f"the warm pool did not fill: {pool}"
-            time.sleep(0.1)
+        self.started.append(proc)
+        proc.wait_ready()  # measure the warm path, not a miss
         return proc
 
-    yield make
-    for proc in started:
-        proc.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    def shared(self, path: str) -> SandboxProcess:
+        """This starter's sandbox on `path` ("warm" or "cold"), started at the first call, idle with a full pool.
+
+        A test that stopped or killed it, or left it unable to settle, gets a new one at the next call.
+        """
+        proc = self.by_path.get(path)
+        if proc is not None and proc.process is not None and proc.process.poll() is None:
+            try:
+                proc.wait_ready(timeout=30)
+                return proc
+            except AssertionError:
+                # Not as a new one would be (e.g. a pooled runner that never finished its imports): replace it.
+                proc.stop()
+        proc = self.by_path[path] = self(PYTHON_SANDBOX_WARM_POOL=PATHS[path])
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            proc.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def sandbox_factory(sandbox_user: SandboxUser, runner_image: str, receiver: CallbackReceiver,
+                    ) -> Iterator[Any]:
+    starter = SandboxStarter(sandbox_user, receiver)
+    yield starter
+    starter.stop_all()
 
 
 PATHS = {"cold": "0", "warm": "2"}
@@ -332,3 +440,31 @@ def sandbox(sandbox_factory: Any, request: pytest.FixtureRequest) -> SandboxProc
     path = getattr(request, "param", "warm")
     proc: SandboxProcess = sandbox_factory(PYTHON_SANDBOX_WARM_POOL=PATHS[path])
     return proc
+
+
+# --- one sandbox per path for a whole module ---------------------------------------------
+# Starting a sandbox (gunicorn as the sandbox user, a warm pool of runners importing pandas) takes seconds;
+# a module whose tests leave the sandbox as they found it (their runs end, their ids differ) shares one per
+# path: it overrides `receiver` with `shared_receiver` and `sandbox` with `module_sandboxes.shared(path)`.
+
+@pytest.fixture(scope="module")
+def module_receiver() -> Iterator[CallbackReceiver]:
+    rec = CallbackReceiver()
+    rec.start()
+    yield rec
+    rec.stop()
+
+
+@pytest.fixture(scope="module")
+def module_sandboxes(sandbox_user: SandboxUser, runner_image: str, module_receiver: CallbackReceiver,
+                     ) -> Iterator[SandboxStarter]:
+    starter = SandboxStarter(sandbox_user, module_receiver)
+    yield starter
+    starter.stop_all()
+
+
+@pytest.fixture
+def shared_receiver(module_receiver: CallbackReceiver) -> CallbackReceiver:
+    """The module's receiver, emptied and listening: as a new one would be."""
+    module_receiver.clear()
+    return module_receiver

@@ -75,7 +75,7 @@ def test_a_sandbox_warns_once_that_seatables_secret_is_not_used(caplog: pytest.L
     caplog.set_level(logging.WARNING, logger="sandbox.config")
     config = SandboxConfig.from_env({"PYTHON_SANDBOX_AUTH_TOKEN": "n", "PYTHON_SCHEDULER_AUTH_TOKEN": "master",
                                      "PYTHON_SANDBOX_PREVIOUS_AUTH_TOKENS": "p1, p2"})
-    assert [r.getMessage() for r in caplog.records] == [texts.SEATABLE_SECRET_NOT_USED]
+    assert [r.getMessage() for r in caplog.records] == [texts.UNUSED_SEATABLE_SECRET]
     assert "master" not in repr(config) and config.accepted_tokens == ("n", "p1", "p2")
     caplog.clear()
     SandboxConfig.from_env({"PYTHON_SANDBOX_AUTH_TOKEN": "n"})

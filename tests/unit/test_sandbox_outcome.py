@@ -15,7 +15,7 @@ from sandbox import texts
 from sandbox.health import NodeHealth
 from sandbox.outcome import EXIT_RECORD, READY, ControlStream, Evidence, ExitRecord, Outcome, decide
 from sandbox.output import encode_body, fit_result
-from sandbox.podman_api import PingFailure
+from sandbox.podman_api import PingFailure, describe
 
 
 def record(status: int, cpu_s: float = 0.1, limit: tuple[int, int] = (65, 66)) -> bytes:
@@ -181,11 +181,14 @@ def test_a_body_that_fits_is_sent_as_is() -> None:
 class StubPodman:
     error: PingFailure | None = None
     image: bool = True
+    image_error: Exception | None = None
 
     def ping_error(self) -> PingFailure | None:
         return self.error
 
     def image_exists(self, image: str) -> bool:
+        if self.image_error is not None:
+            raise self.image_error
         return self.image
 
 
@@ -232,6 +235,26 @@ def test_a_slow_podman_counts_only_when_it_stays_slow(tmp_path: Path) -> None:
     podman.error = None
     health.check_now()
     assert health.problems() == []
+    podman.image_error = RuntimeError("500 internal error")  # an error answer under load
+    health.check_now()
+    health.check_now()
+    assert health.problems() == []
+    health.check_now()
+    assert health.problems() == [texts.PODMAN_UNREACHABLE.format(detail="RuntimeError: 500 internal error")]
+
+
+def test_a_failed_podman_call_is_named_by_its_cause() -> None:
+    """No socket or a refused connection counts at once; a timeout or an error answer may pass."""
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as inner:
+            raise RuntimeError("http://d/v4.0.0/libpod/_ping (GET operation failed)") from inner
+    except RuntimeError as exc:
+        refused = describe(exc)
+    assert refused == PingFailure("ConnectionRefusedError: [Errno 111] Connection refused", slow=False)
+    assert describe(FileNotFoundError(2, "No such file or directory")).slow is False
+    assert describe(TimeoutError("timed out")) == PingFailure("TimeoutError: timed out", slow=True)
 
 
 def test_a_stalled_check_is_a_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,1 @@
+"""What both services share for operators: log lines (plain or JSON) and the /metrics endpoint's plumbing."""
