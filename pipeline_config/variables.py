@@ -105,11 +105,14 @@ VARIABLES: tuple[Variable, ...] = (
         "db_host", "", "MariaDB/MySQL host; empty selects the embedded SQLite database.")),
     Variable("DB_PORT", Int(minimum=1), scheduler=Use("db_port", "3306", "MariaDB/MySQL port.")),
     # The four DB_ credentials feed upstream's rule in Config.from_env (which login is used).
-    Variable("DB_USER", Text(), scheduler=Use(None, "", "Database user (used when DB_ROOT_PASSWD is empty).")),
+    Variable("DB_USER", Text(), scheduler=Use(
+        None, "", "Database user of the serving processes (API, dispatcher, maintenance).")),
     Variable("DB_PASSWD", Text(), secret=True, scheduler=Use(None, "", "Password of DB_USER.")),
     Variable("DB_ROOT_USER", Text(), scheduler=Use(
-        None, "root", "Privileged database user, preferred when DB_ROOT_PASSWD is set.")),
-    Variable("DB_ROOT_PASSWD", Text(), secret=True, scheduler=Use(None, "", "Password of DB_ROOT_USER.")),
+        None, "root", "Privileged database user for `migrate` only: it creates the database and DB_USER (rights: "
+        "SELECT, INSERT, UPDATE, DELETE on it); the serving processes never use it.")),
+    Variable("DB_ROOT_PASSWD", Text(), secret=True, scheduler=Use(
+        None, "", "Password of DB_ROOT_USER; empty: `migrate` uses DB_USER.")),
     Variable("DATABASE_NAME", Text(), scheduler=Use(
         "database_name", "scheduler", "Database (schema) name on MariaDB/MySQL.")),
     Variable("PYTHON_SCHEDULER_SQLITE_PATH", Text(), scheduler=Use(
@@ -171,6 +174,15 @@ VARIABLES: tuple[Variable, ...] = (
         "dispatch_batch", "50", "Most runs claimed per transaction (and never more than free slots).")),
     Variable("PYTHON_DISPATCH_THREADS", Int(minimum=1), scheduler=Use(
         "dispatch_threads", "16", "Parallel task-file fetches and hand-offs per dispatcher.")),
+    Variable("PYTHON_DISPATCH_WAKE_DIR", Text(), scheduler=Use(
+        "dispatch_wake_dir", "auto",
+        "Directory of the dispatchers' wake-up sockets: the API wakes the dispatchers on its host when a run is "
+        "created or ends, instead of leaving it to their next poll (0.2 s). `auto`: a private directory per "
+        "database under `$XDG_RUNTIME_DIR` or the temp directory; `off`: poll only.")),
+    Variable("PYTHON_DISPATCH_FETCH_SCRIPT", Flag(), scheduler=Use(
+        "dispatch_fetch_script", "true",
+        "true: the dispatcher downloads a saved script and hands its content to the sandbox with the run; "
+        "the sandbox downloads it itself only when this fails. false: the sandbox always downloads it.")),
     Variable("PYTHON_DISPATCH_LEASE_SECS", Int(minimum=1), scheduler=Use(
         "lease_secs", "30", "A claim not handed off within this time returns to the queue.")),
     Variable("PYTHON_DISPATCH_HANDOFF_SECS", Int(minimum=1), scheduler=Use(
@@ -178,7 +190,12 @@ VARIABLES: tuple[Variable, ...] = (
         'After this long a node\'s "not here" proves a hand-off never arrived (no POST still in flight).')),
     Variable("PYTHON_SANDBOX_LOST_GRACE_SECS", Int(minimum=0), scheduler=Use(
         "lost_grace_secs", "60",
-        'A run whose node does not answer for PYTHON_PROCESS_TIMEOUT plus this long ends as "sandbox lost".')),
+        'How long a node\'s word about a run holds: each "running" or "reporting" answer extends the run\'s '
+        "deadline to PYTHON_PROCESS_TIMEOUT plus this.")),
+    Variable("PYTHON_SANDBOX_UNREACHABLE_SECS", Int(minimum=0), scheduler=Use(
+        "unreachable_secs", "1800",
+        'A node that does not answer at all may be cut off and still deliver: its runs end as "sandbox lost" '
+        "only after it stayed silent this much longer (keep it below the nodes' PYTHON_SANDBOX_TOMBSTONE_SECS).")),
     Variable("PYTHON_SCHEDULER_QUEUE_TIMEOUT", Int(minimum=0), scheduler=Use(
         "queue_timeout", "3600", "Queued longer than this: ended as not started; 0 never.")),
     Variable("PYTHON_SWEEP_INTERVAL_SECS", Int(minimum=1), scheduler=Use(

@@ -41,6 +41,7 @@ EGRESS_SOCKET = "/run/egress/proxy.sock"  # present when the sandbox gives this 
 EGRESS_FORWARDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_forward.py")
 SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 CA_BUNDLE_PATH = "/tmp/.ca-bundle.pem"
+IMAGE_USER_UID = 1000  # the runner image's own user, whose `pip install --user` packages runs import
 SCRIPT_DIR = "/scripts"  # a link to SCRIPT_HOME, as upstream's scripts expect
 SCRIPT_HOME = "/tmp/scripts"
 SCRIPT_PATH = SCRIPT_DIR + "/index.py"
@@ -160,12 +161,20 @@ def add_user_site() -> str:
     -I leaves user site-packages out; this adds the directory of the passwd entry's home (read-only image content,
     never HOME, which is the writable /tmp), with its .pth files, before any script runs. "" when there is none.
     """
-    try:
-        home = pwd.getpwuid(os.getuid()).pw_dir
-    except KeyError:
-        return ""
-    path = os.path.join(home, ".local", "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages")
-    if not home.startswith("/") or home == "/tmp" or not os.path.isdir(path):
+    # A run's own uid has no home of its own (Podman may add a passwd line for it, with home "/"): the packages
+    # are those of the image's user (upstream's seatable, 1000).
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    path = ""
+    for uid in (os.getuid(), IMAGE_USER_UID):
+        try:
+            home = pwd.getpwuid(uid).pw_dir
+        except KeyError:
+            continue
+        candidate = os.path.join(home, ".local", "lib", version, "site-packages")
+        if home.startswith("/") and home not in ("/", "/tmp") and os.path.isdir(candidate):
+            path = candidate
+            break
+    if not path:
         return ""
     before = list(sys.path)
     site.addsitedir(path)

@@ -18,6 +18,7 @@ run, as cgroup v2's memory.oom.group does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -136,7 +137,7 @@ class RunCgroups:
                 made.append(path)
                 if os.geteuid() != self.owner_uid:  # root (tests, run-local): the runtime joins as the user
                     for entry in (path, *path.iterdir()):
-                        os.chown(entry, self.owner_uid, -1)
+                        os.chown(entry, self.owner_uid, -1, follow_symlinks=False)
             self._write(container, "memory", "memory.limit_in_bytes", memory)
             if (self.base("memory") / container / "memory.memsw.limit_in_bytes").exists():
                 self._write(container, "memory", "memory.memsw.limit_in_bytes", memory)  # no swapping past it
@@ -303,10 +304,24 @@ def delegate_subtree(uid: int, gid: int) -> list[str]:
     drop-in of install-systemd does, or ./dev setup)."""
     delegated = []
     for controller in v1_controllers():
-        path = ROOT / controller / subtree_name(uid)
-        path.mkdir(exist_ok=True)
-        for entry in (path, *(p for p in path.iterdir() if p.is_file())):
-            os.chown(entry, uid, gid)
+        name = subtree_name(uid)
+        # The subtree is the user's once delegated: it may have made cgroups (never links: cgroupfs has none)
+        # in it. Only the subtree and its own control files change owner, through a descriptor, not following.
+        parent = os.open(ROOT / controller, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=parent)
+            subtree = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        finally:
+            os.close(parent)
+        try:
+            os.fchown(subtree, uid, gid)
+            with os.scandir(subtree) as entries:
+                files = [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
+            for file in files:
+                os.chown(file, uid, gid, dir_fd=subtree, follow_symlinks=False)
+        finally:
+            os.close(subtree)
         delegated.append(controller)
     return delegated
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sandbox import cgroups
+from sandbox import cgroups, userfiles
 from sandbox.errors import SetupError
 from sandbox.limits import OOM_SCORE_SERVICES
 
@@ -24,6 +24,8 @@ USER_VARIABLE = "SEATABLE_SANDBOX_USER"  # another sandbox user for ./dev, the t
 # Container uids 0..SUBID_COUNT-1 of every runner; each live run has one of RUN_UID_FIRST.. of its own.
 SUBID_COUNT = 65536
 SUBID_FIRST = 100000
+CONFIG_DIR = Path(".config/containers")  # below the user's home
+SERVICE_LOG = "podman-service.log"  # in the user's home: the API service's output when host-setup starts it
 
 
 def configured_user() -> str:
@@ -36,6 +38,10 @@ class SandboxUser:
     uid: int
     gid: int
     home: Path
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        return self.uid, self.gid
 
     @property
     def runtime_dir(self) -> Path:
@@ -107,12 +113,14 @@ def ensure_user(name: str) -> SandboxUser:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        home = f"/var/lib/{name}"
-        _checked(["useradd", "--create-home", "--home-dir", home, "--shell", "/usr/sbin/nologin",
+        _checked(["useradd", "--create-home", "--home-dir", f"/var/lib/{name}", "--shell", "/usr/sbin/nologin",
                   "--user-group", "--comment", "SeaTable Python sandbox", name], f"cannot create user {name}")
     user = lookup_user(name)
     for kind in ("uid", "gid"):
         _ensure_subids(user.name, Path(f"/etc/sub{kind}"), kind)
+    with userfiles.opened(userfiles.user_dir(user.home, Path(), user.uid, user.gid)) as home_fd:
+        os.fchmod(home_fd, 0o700)  # its Podman configuration, storage and log are nobody else's business
+        userfiles.make_private(home_fd, SERVICE_LOG, user.uid)
     _ensure_runtime_dir(user)
     return user
 
@@ -129,10 +137,14 @@ def _ensure_subids(name: str, path: Path, kind: str) -> None:
 
 def _ensure_runtime_dir(user: SandboxUser) -> None:
     """Without logind nobody makes /run/user/UID; Podman needs it for its socket and state."""
-    path = user.runtime_dir
-    path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, user.uid, user.gid)
-    path.chmod(0o700)
+    user.runtime_dir.parent.mkdir(mode=0o755, exist_ok=True)
+    with userfiles.opened(_runtime_path(user, Path())) as runtime:
+        os.fchmod(runtime, 0o700)
+
+
+def _runtime_path(user: SandboxUser, relative: Path) -> int:
+    """A directory below /run/user/UID (made the user's where missing), opened without following links."""
+    return userfiles.owned_path(user.runtime_dir.parent, Path(user.runtime_dir.name) / relative, user.uid, user.gid)
 
 
 def has_systemd() -> bool:
@@ -166,7 +178,6 @@ class ConfigChange:
 
 def write_podman_config(user: SandboxUser, runtime: str, runtime_path: Path | None = None) -> ConfigChange:
     """Write containers.conf and storage.conf; `runtime_path` replaces the runtime's binary (the wrapper)."""
-    conf_dir = user.home / ".config" / "containers"
     cgroup_manager = "systemd" if has_systemd() else "cgroupfs"
     containers_conf = (
         "# Written by seatable-sandbox host-setup.\n"
@@ -185,12 +196,12 @@ def write_podman_config(user: SandboxUser, runtime: str, runtime_path: Path | No
     storage_conf = '# Written by seatable-sandbox host-setup.\n[storage]\ndriver = "overlay"\n'
     if not _native_overlay_supported():
         storage_conf += '[storage.options.overlay]\nmount_program = "/usr/bin/fuse-overlayfs"\n'
-    storage_path = conf_dir / "storage.conf"
-    containers_path = conf_dir / "containers.conf"
-    old_storage = storage_path.read_text() if storage_path.exists() else None
-    old_containers = containers_path.read_text() if containers_path.exists() else None
-    _write_owned(user, containers_path, containers_conf)
-    _write_owned(user, storage_path, storage_conf)
+    with userfiles.opened(userfiles.user_dir(user.home, CONFIG_DIR, user.uid, user.gid)) as conf_dir:
+        # Anything but the user's own plain file there (a link, a FIFO) reads as "changed".
+        old_storage = _previous(conf_dir, "storage.conf", user.uid)
+        old_containers = _previous(conf_dir, "containers.conf", user.uid)
+        userfiles.replace_file(conf_dir, "containers.conf", containers_conf, 0o600, user.owner)
+        userfiles.replace_file(conf_dir, "storage.conf", storage_conf, 0o600, user.owner)
     return ConfigChange(storage=old_storage is not None and old_storage != storage_conf,
                         engine=old_containers is not None and old_containers != containers_conf)
 
@@ -200,16 +211,16 @@ def _native_overlay_supported() -> bool:
     return (major, minor) >= (5, 13)
 
 
-def _write_owned(user: SandboxUser, path: Path, text: str) -> None:
-    for parent in reversed(path.relative_to(user.home).parents):
-        directory = user.home / parent
-        if not directory.exists():
-            directory.mkdir(mode=0o700)
-            os.chown(directory, user.uid, user.gid)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.chown(tmp, user.uid, user.gid)
-    tmp.replace(path)
+def _previous(directory: int, name: str, uid: int) -> str | None:
+    """The file's text; "" for an entry that is not the user's plain file, None when there is none."""
+    text = userfiles.read_regular(directory, name, uid)
+    if text is None:
+        try:
+            os.stat(name, dir_fd=directory, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return ""
+    return text
 
 
 def reset_storage_if_needed(user: SandboxUser, changed: bool) -> None:
@@ -257,19 +268,18 @@ def start_api_service(user: SandboxUser) -> None:
         result = user.run(["systemctl", "--user", "enable", "--now", "podman.socket"])
         if result.returncode == 0 and _wait_for_socket(user, 10):
             return
-    user.socket_path.parent.mkdir(parents=True, exist_ok=True)
-    os.chown(user.socket_path.parent, user.uid, user.gid)
-    log = open(user.home / "podman-service.log", "ab")
-    os.chown(user.home / "podman-service.log", user.uid, user.gid)
+    os.close(_runtime_path(user, user.socket_path.parent.relative_to(user.runtime_dir)))
+    with userfiles.opened(userfiles.user_dir(user.home, Path(), user.uid, user.gid)) as home:
+        log = userfiles.open_log(home, SERVICE_LOG, user.uid, user.gid)
     subprocess.Popen(
         user.command(["podman", "system", "service", "--time=0", user.socket_url]),
         env=user.env(), cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         # Inherited by the service, its conmons and (until they raise it) the runners: the service outlives runs.
         preexec_fn=_protect_from_oom if os.geteuid() == 0 else None,
     )
-    log.close()
+    os.close(log)
     if not _wait_for_socket(user, 30):
-        raise SetupError(f"podman API service did not come up on {user.socket_path}; see {log.name}")
+        raise SetupError(f"podman API service did not come up on {user.socket_path}; see {user.home / SERVICE_LOG}")
 
 
 def restart_api_service(user: SandboxUser) -> None:

@@ -161,4 +161,4 @@ def _make_owned_dir(path: Path, owner_uid: int) -> None:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     if os.geteuid() == 0 and owner_uid:
         for directory in missing:
-            os.chown(directory, owner_uid, -1)
+            os.chown(directory, owner_uid, -1, follow_symlinks=False)  # just made; never a planted link's target

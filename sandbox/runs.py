@@ -104,7 +104,8 @@ class RunService:
     finished: int = 0
 
     def __post_init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="run")
+        # Twice the slots: a run's thread still removes its container after its slot is free again.
+        self._pool = ThreadPoolExecutor(max_workers=self.slots * 2, thread_name_prefix="run")
 
     @property
     def busy(self) -> int:
@@ -168,12 +169,14 @@ class RunService:
                                 result.spend_time)
         if self.metrics is not None:
             self.metrics.ended(result.kind, result.spend_time)
+        # The slot is free before the result is queued, so a dispatcher the result wakes finds it free; the
+        # ledger still says "running" until the result is queued, so the id stays refused meanwhile.
+        with self._lock:
+            self._active.discard(request.script_id)
+            self.finished += 1
         try:
             self.outbox.result(request.script_id, result.body(request.script_id))
         finally:
-            with self._lock:
-                self._active.discard(request.script_id)
-                self.finished += 1
             if container:
                 self.driver.cleanup(container)
 

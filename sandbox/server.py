@@ -229,6 +229,9 @@ class SandboxServer(BaseApplication):
             "worker_exit": worker_exit,
             **gunicorn_settings(self.config.serve_tls.cert, self.config.serve_tls.key,
                                 self.config.serve_tls.client_ca),
+            # gunicorn 27's control socket (~/.gunicorn/gunicorn.ctl) can stop and reconfigure the server; the
+            # services are managed by their supervisor (systemd, compose), so it stays off.
+            "control_socket_disable": True,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)

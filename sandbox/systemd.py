@@ -30,6 +30,8 @@ from typing import TextIO
 
 from pipeline_config import render
 from pipeline_config.variables import SANDBOX
+from sandbox import userfiles
+from sandbox.errors import SetupError
 from sandbox.limits import OOM_SCORE_SERVICES
 
 DEFAULT_USER = "seatable-sandbox"
@@ -125,11 +127,9 @@ def env_template() -> str:
 def install(settings: Settings, root: Path, enable: bool = False, out: TextIO = sys.stdout) -> list[Path]:
     """Write the user unit, the delegation drop-in and (when absent) the environment file under `root`."""
     entry = pwd.getpwnam(settings.user)
-    home = root / Path(entry.pw_dir).relative_to("/")
-    unit_dir = home / USER_UNIT_DIR
+    home = Path(entry.pw_dir)
     owned = os.geteuid() == 0 and root == Path("/")
-    _mkdirs(home, unit_dir, entry if owned else None)
-    written = [_write(unit_dir / UNIT, user_unit(settings), 0o644, entry if owned else None)]
+    written = [_write_user_unit(root, home, entry, owned, user_unit(settings))]
     dropin_dir = root / "etc/systemd/system" / f"user@{entry.pw_uid}.service.d"
     dropin_dir.mkdir(parents=True, exist_ok=True)
     written.append(_write(dropin_dir / DELEGATE_DROPIN, delegate_dropin(settings), 0o644))
@@ -146,20 +146,29 @@ def install(settings: Settings, root: Path, enable: bool = False, out: TextIO = 
     return written
 
 
-def _mkdirs(home: Path, unit_dir: Path, entry: pwd.struct_passwd | None) -> None:
-    missing = [d for d in [unit_dir, *unit_dir.parents] if d != home and home in d.parents and not d.exists()]
-    unit_dir.mkdir(parents=True, exist_ok=True)
-    if entry is not None:
-        for directory in missing:
-            os.chown(directory, entry.pw_uid, entry.pw_gid)
+def _write_user_unit(root: Path, home: Path, entry: pwd.struct_passwd, owned: bool, text: str) -> Path:
+    """The unit in the user's home: its directories are the user's, so nothing in them is followed.
+
+    `owned` (root installing for real): made the user's. Staging (--root): below `root`, kept as they are."""
+    target = root / home.relative_to("/") / USER_UNIT_DIR / UNIT
+    try:
+        if owned:
+            fd = userfiles.user_dir(home, USER_UNIT_DIR, entry.pw_uid, entry.pw_gid)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        with userfiles.opened(fd):
+            userfiles.replace_file(fd, UNIT, text, 0o644, (entry.pw_uid, entry.pw_gid) if owned else None)
+    except SetupError as exc:
+        raise SystemExit(f"install-systemd: {exc}") from None
+    return target
 
 
-def _write(path: Path, text: str, mode: int, owner: pwd.struct_passwd | None = None) -> Path:
+def _write(path: Path, text: str, mode: int) -> Path:
+    """Files in root's own directories (/etc)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.chmod(mode)
-    if owner is not None:
-        os.chown(tmp, owner.pw_uid, owner.pw_gid)
     tmp.replace(path)
     return path
 

@@ -27,6 +27,7 @@ from scheduler.resources.statistics import AdminRuns, GroupedStatistics, Monthly
 from scheduler.resources.status import StatusAsset, StatusAuth, StatusData
 from scheduler.seatable import SeaTable
 from scheduler.status import StatusReport
+from scheduler.wakeup import WakeSignal, wake_dir
 
 log = logging.getLogger(__name__)
 TARGETS = ("user", "org", "base")  # the monthly statistics' /by-{target}/ routes
@@ -51,6 +52,7 @@ def create_app(config: Config, store: Store | None = None, seatable: SeaTable | 
         clock=store.clock,
         max_body_bytes=config.max_body_bytes,
         accept_unauthenticated_callbacks=config.accept_unauthenticated_callbacks,
+        wake_dispatchers=WakeSignal(wake_dir(config)).notify,
     )
     metrics = ApiMetrics()
     status_auth = StatusAuth(config.status_token)

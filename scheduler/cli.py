@@ -50,6 +50,9 @@ class SchedulerServer(BaseApplication):
             "preload_app": False,
             "limit_request_line": 8190,
             **gunicorn_settings(*self.config.tls, self.config.tls_client_ca),
+            # gunicorn 27's control socket (~/.gunicorn/gunicorn.ctl) can stop and reconfigure the server; the
+            # services are managed by their supervisor (systemd, compose), so it stays off.
+            "control_socket_disable": True,
             # /metrics: a dead worker's live gauges leave the sums; this start's directory goes with the master.
             "child_exit": lambda server, worker: metrics_dir.worker_exited(worker.pid),
             "on_exit": lambda server: metrics_dir.remove_multiprocess_dir(),
@@ -66,6 +69,7 @@ class SchedulerServer(BaseApplication):
 
 def serve(args: argparse.Namespace, config: Config) -> int:
     config.require_auth_token()
+    config.require_service_database()
     overrides: dict[str, Any] = {}
     if args.bind:
         overrides["bind"] = [args.bind]

@@ -89,17 +89,23 @@ class Config:
     sandbox_urls: tuple[str, ...]
     dispatch_batch: int
     dispatch_threads: int
+    dispatch_wake_dir: str
+    dispatch_fetch_script: bool
     lease_secs: int
     handoff_secs: int
     lost_grace_secs: int
+    unreachable_secs: int
     queue_timeout: int
     sweep_interval: int
     retention_interval: int
     retention_batch: int
     dispatch_test_pause: str
-    # Derived in from_env by upstream's rule from DB_USER, DB_PASSWD, DB_ROOT_USER and DB_ROOT_PASSWD.
+    # Derived in from_env from DB_USER, DB_PASSWD, DB_ROOT_USER and DB_ROOT_PASSWD: the serving processes' account
+    # (DB_USER), and root's, which only migrate uses.
     db_user: str = "root"
     db_passwd: str = field(default="", repr=False)
+    db_root_user: str = ""  # set only with DB_ROOT_PASSWD
+    db_root_passwd: str = field(default="", repr=False)
     # Derived in from_env from PYTHON_SANDBOX_NODE_TOKENS and the TLS file variables (checked readable there).
     node_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     sandbox_ca_bundle: str = ""
@@ -114,11 +120,14 @@ class Config:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         values = SCHEDULER.read(os.environ if environ is None else environ)
-        # Upstream's credential rule: the root account when its password is given, else DB_USER.
+        # Upstream used the root account whenever its password was given; here only migrate does.
         user, passwd = values.pop("DB_USER"), values.pop("DB_PASSWD")
         root_user, root_passwd = values.pop("DB_ROOT_USER"), values.pop("DB_ROOT_PASSWD")
-        if root_passwd:
-            user, passwd = root_user or "root", root_passwd
+        root_user = (root_user or "root") if root_passwd else ""
+        if root_passwd and not (user and passwd):
+            user, passwd = "", ""  # serving refuses (require_service_database); migrate still works
+        else:
+            user = user or "root"
         tls = _pair(values, "PYTHON_SCHEDULER_TLS_CERT", "PYTHON_SCHEDULER_TLS_KEY")
         tls_client_ca = _file(values, "PYTHON_SCHEDULER_TLS_CLIENT_CA")
         if tls_client_ca and not tls[0]:
@@ -129,7 +138,8 @@ class Config:
         for name in (*SCHEDULER_TLS_VARIABLES, "PYTHON_SANDBOX_NODE_TOKENS"):
             values.pop(name)
         config = cls(**values, node_tokens=node_tokens, sandbox_ca_bundle=sandbox_ca_bundle, dispatch_tls=dispatch_tls,
-                     tls=tls, tls_client_ca=tls_client_ca, db_user=user or "root", db_passwd=passwd)
+                     tls=tls, tls_client_ca=tls_client_ca, db_user=user, db_passwd=passwd, db_root_user=root_user,
+                     db_root_passwd=root_passwd)
         if config.status_token and config.status_token == config.auth_token:
             raise ConfigError("PYTHON_SCHEDULER_STATUS_TOKEN must not be SeaTable's PYTHON_SCHEDULER_AUTH_TOKEN")
         return config
@@ -142,6 +152,12 @@ class Config:
     def node_token(self, url: str) -> str:
         """The node's own token, else the shared one ("" when there is neither)."""
         return dict(self.node_tokens).get(url, self.sandbox_auth_token)
+
+    def require_service_database(self) -> None:
+        """The serving processes connect as DB_USER, never as DB_ROOT_USER."""
+        if self.uses_mysql and not self.db_user:
+            raise ConfigError("DB_ROOT_PASSWD is used by `seatable-scheduler migrate` only: set DB_USER and "
+                              "DB_PASSWD for the serving processes (migrate creates that user when it is missing)")
 
     @property
     def metrics_credential(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sqlite3
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pony.orm import Database, db_session
 from pony.orm.core import TransactionError
 from pony.orm.dbapiprovider import OperationalError
 
+from scheduler import galera
 from scheduler.clock import Clock, zone
 from scheduler.config import Config
 from scheduler.models import Entities, define_entities
@@ -24,7 +26,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # MariaDB deadlock and lock wait timeout; SQLite "database is locked" also arrives as OperationalError.
+# On Galera, 1213 is also how a transaction that lost certification to another node's ends (scheduler/galera.py).
 _RETRYABLE_MYSQL_CODES = {1205, 1213}
+MAX_RETRY_PAUSE = 0.5  # seconds; the pauses grow 10, 20, 40 ms ... with full jitter
 
 
 @dataclass
@@ -35,9 +39,11 @@ class Store:
     entities: Entities
     mysql: bool
     clock: Clock
+    sqlite_path: str | None = None
 
-    def write(self, fn: Callable[[], T], attempts: int = 8) -> T:
-        """Run `fn` in its own transaction, retrying deadlocks and busy databases."""
+    def write(self, fn: Callable[[], T], attempts: int = 10) -> T:
+        """Run `fn` in its own transaction, re-running it whole after deadlocks, certification failures and
+        busy databases. `fn`'s result is returned only once its transaction committed."""
         for attempt in range(1, attempts + 1):
             try:
                 with db_session(optimistic=False):
@@ -46,8 +52,27 @@ class Store:
                 if attempt == attempts or not _retryable(exc):
                     raise
                 log.debug("retrying transaction after %s", exc)
-                time.sleep(0.005 * attempt)
+                # Random pauses, so two transactions that conflicted do not meet again at the same moment.
+                time.sleep(random.uniform(0, min(MAX_RETRY_PAUSE, 0.01 * 2 ** (attempt - 1))))
         raise AssertionError("unreachable")
+
+    def scrub(self) -> bool:
+        """Move SQLite's write-ahead log into the file and empty it: erased values (draft tokens) leave the disk.
+
+        secure_delete (set on every connection) zeroes what an UPDATE or DELETE frees in the file's pages; the
+        WAL still holds older page images until a checkpoint that truncates it. Without waiting for readers
+        (it never stalls a caller): False when one kept it from finishing; the maintenance loop repeats it."""
+        if self.sqlite_path is None:
+            return True  # MariaDB: an UPDATE to NULL is the erasure
+        connection = sqlite3.connect(self.sqlite_path, timeout=0)
+        try:
+            busy, _frames, _moved = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return not busy
+        except sqlite3.OperationalError as exc:
+            log.debug("WAL checkpoint deferred: %s", exc)
+            return False
+        finally:
+            connection.close()
 
     def disconnect(self) -> None:
         self.db.disconnect()
@@ -64,20 +89,37 @@ def _retryable(exc: Exception) -> bool:
     return "locked" in str(original) or "deadlock" in str(original).lower()
 
 
-def _mysql_credentials(config: Config) -> dict[str, Any]:
+def _mysql_credentials(config: Config, admin: bool = False) -> dict[str, Any]:
+    """DB_USER's, or with `admin` (migrate only) DB_ROOT_USER's when its password is set."""
+    use_root = admin and bool(config.db_root_user)
     return {
         "host": config.db_host,
         "port": config.db_port,
-        "user": config.db_user,
-        "password": config.db_passwd,
+        "user": config.db_root_user if use_root else config.db_user,
+        "password": config.db_root_passwd if use_root else config.db_passwd,
         "charset": "utf8mb4",  # output may hold any Unicode; Pony's default utf8 is 3-byte only
     }
+
+
+# What the serving processes do; schema changes are migrate's (as DB_ROOT_USER).
+SERVICE_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
+
+
+def _grant_service_user(cursor: Any, config: Config) -> None:
+    """Give DB_USER (made when missing) the serving processes' rights on the database, no more."""
+    if not config.db_root_user or not config.db_user or config.db_user == config.db_root_user:
+        return
+    cursor.execute("CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s", (config.db_user, config.db_passwd))
+    cursor.execute(f"GRANT {SERVICE_PRIVILEGES} ON `{config.database_name.replace('`', '')}`.* TO %s@'%%'",
+                   (config.db_user,))
 
 
 def open_store(config: Config, check_tables: bool = True) -> Store:
     """Bind Pony and map the entities; the schema must exist (`seatable-scheduler migrate`)."""
     db = Database()
+    config.require_service_database()
     if config.uses_mysql:
+        galera.causal_reads(db)  # before bind: its first connection gets the setting too
         db.bind(provider="mysql", database=config.database_name, autocommit=False, **_mysql_credentials(config))
     else:
         db.bind(provider="sqlite", filename=os.path.abspath(config.sqlite_path), create_db=False, timeout=30)
@@ -87,30 +129,53 @@ def open_store(config: Config, check_tables: bool = True) -> Store:
             cursor = connection.cursor()
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA busy_timeout = 30000")
+            cursor.execute("PRAGMA secure_delete = ON")  # erased draft tokens are zeroed, not just unlinked
 
     entities = define_entities(db)
     db.generate_mapping(create_tables=False, check_tables=check_tables)
     if check_tables:
         db.disconnect()  # do not hand an open connection to forked workers
-    return Store(db, entities, config.uses_mysql, Clock(zone(config.time_zone)))
+    return Store(db, entities, config.uses_mysql, Clock(zone(config.time_zone)),
+                 None if config.uses_mysql else os.path.abspath(config.sqlite_path))
 
 
 def schema_connection(config: Config) -> SchemaConnection:
     """A plain DB-API connection for migrate, creating the database (or file) when allowed."""
     if config.uses_mysql:
-        conn = pymysql.connect(**_mysql_credentials(config), autocommit=False)
+        conn = pymysql.connect(**_mysql_credentials(config, admin=True), autocommit=False)
         try:
             with conn.cursor() as cursor:
                 cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{config.database_name.replace('`', '')}`")
         except pymysql.err.MySQLError as exc:  # an unprivileged DB_USER may still own an existing database
             log.info("cannot create database %s: %s", config.database_name, exc)
+        with conn.cursor() as cursor:
+            _grant_service_user(cursor, config)
         conn.select_db(config.database_name)
         return SchemaConnection(conn, mysql=True)
     directory = os.path.dirname(os.path.abspath(config.sqlite_path))
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    _private_file(config.sqlite_path)
     conn_sqlite = sqlite3.connect(config.sqlite_path)
     conn_sqlite.execute("PRAGMA journal_mode = WAL")  # readers never wait for the one writer
     return SchemaConnection(conn_sqlite, mysql=False)
+
+
+def _private_file(path: str) -> None:
+    """The database file exists 0600 before SQLite opens it (its -wal and -shm files take the same mode)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):  # left by an older version with the umask's mode
+        try:
+            fd = os.open(path + suffix, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
 
 
 def run_migrate(config: Config) -> list[str]:

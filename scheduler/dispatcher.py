@@ -2,7 +2,8 @@
 
 One loop per process; several processes may run against one database. A batch goes through:
 claim (one transaction) -> rate limit -> task/file from SeaTable, in parallel -> pick ready nodes ->
-mark "handing off" (one transaction, committed before any POST) -> POST, in parallel, each retried at once
+mark "handing off" (one transaction, committed before any POST) -> download the script (its content goes
+with the run; bounded, so the hand-off stays inside its window) and POST, in parallel, each retried at once
 on its node after a reset or timeout (nodes.py) -> release what provably never arrived (the next batch may
 give it to another node), end what was refused. Only a hand-off whose retries all stayed uncertain is left
 to the sweeper. SIGTERM stops claiming; the batch in hand is finished
@@ -31,10 +32,12 @@ from scheduler.fairshare import Team
 from scheduler.nodes import Nodes, Sent
 from scheduler.queue import ClaimedRun
 from scheduler.seatable import FetchFailed, ScriptNotFound, SeaTable
+from scheduler.wakeup import WakeListener, wake_dir
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL = 0.2  # seconds between looks at an empty queue (the lone-run latency budget is 1 s)
+IDLE_POLL = 0.2  # seconds between looks at an empty queue when no wake-up arrives (wakeup.py)
+DOWNLOAD_PAUSE = 60.0  # after the file server refused the dispatcher's connect, the sandboxes download for this long
 FETCH_ATTEMPTS = 3  # a run whose task/file fetch fails this often ends with the failure (no endless retry)
 FETCH_RETRY_SECS = 2.0  # times the attempt: 2 s, then 4 s
 RETRY = "retry"
@@ -69,6 +72,7 @@ class Dispatcher:
         nodes: Nodes,
         me: str | None = None,
         pause: Callable[[str, list[int]], None] | None = None,
+        wake: WakeListener | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -87,12 +91,28 @@ class Dispatcher:
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=config.dispatch_threads, thread_name_prefix="handoff")
         self.totals = BatchReport()
+        self.wake = wake  # made by run(): a dispatcher driven step by step (tests) binds no socket
+        self._downloads_from = 0.0  # monotonic time from which the dispatcher downloads scripts again
 
     def stop(self) -> None:
         self.stopping.set()
+        if self.wake is not None:
+            self.wake.interrupt()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait for a wake-up (a run created or ended), a stop, or `seconds`; True when woken."""
+        if self.wake is None:
+            self.stopping.wait(seconds)
+            return False
+        if self.stopping.is_set():
+            return False
+        return self.wake.wait(seconds)
 
     def run(self) -> None:
-        log.info("dispatcher %s started, nodes: %s", self.me, ", ".join(self.nodes.nodes))
+        if self.wake is None:
+            self.wake = WakeListener(wake_dir(self.config))
+        log.info("dispatcher %s started, nodes: %s; %s", self.me, ", ".join(self.nodes.nodes),
+                 f"woken through {self.wake.path.parent}" if self.wake.path else "polling only")
         while not self.stopping.is_set():
             try:
                 worked = self.step()
@@ -100,8 +120,9 @@ class Dispatcher:
                 log.exception("dispatch step failed")
                 worked = False
             if not worked:
-                self.stopping.wait(IDLE_POLL * random.uniform(0.75, 1.25))
+                self._sleep(IDLE_POLL * random.uniform(0.75, 1.25))
         self.pool.shutdown(wait=True)
+        self.wake.close()
         log.info(
             "dispatcher %s stopped: %d claimed, %d handed off, %d released, %d ended",
             self.me,
@@ -116,7 +137,8 @@ class Dispatcher:
         self.nodes.refresh()
         capacity = min(self.nodes.capacity(), self.config.dispatch_batch)
         if capacity <= 0:
-            self.stopping.wait(min(max(self.nodes.next_ready_in(), 0.05), IDLE_POLL))
+            if self._sleep(min(max(self.nodes.next_ready_in(), 0.05), IDLE_POLL)):
+                self.nodes.recheck()  # a run ended (or was created): its node may have a free slot now
             return True
         claimed = self.claims.claim(capacity)
         if not claimed:
@@ -171,8 +193,12 @@ class Dispatcher:
             log.warning("lease lost before hand-off for runs %s", sorted(lost))
             counters.add(self.store, {(counters.HANDOFF_ERROR, "lease_lost"): len(lost)})
         sends = [(run_id, assignments[run_id]) for run_id in assignments if run_id in ours]
-        answers = list(self.pool.map(lambda s: self.nodes.post(s[1], prepared[s[0]]), sends))
-        self._settle(sends, answers, {c.id: c for c in todo}, report)
+        by_id = {c.id: c for c in todo}
+        # The script is downloaded here, after the claim's lease became the hand-off deadline: the batch's
+        # preparation under the lease stays one SeaTable request per run.
+        answers = list(self.pool.map(
+            lambda s: self.nodes.post(s[1], self._with_script(by_id[s[0]], prepared[s[0]])), sends))
+        self._settle(sends, answers, by_id, report)
         self.pause("after-handoff", [run_id for run_id, _ in sends])
         return report
 
@@ -248,6 +274,27 @@ class Dispatcher:
             return None
         body["env"] = {"dtable_web_url": self.config.seatable_server_url, "api_token": token}
         return body
+
+    def _with_script(self, run: ClaimedRun, body: dict[str, Any]) -> dict[str, Any]:
+        """The body with script_content when the dispatcher could download the script (one request fewer on the
+        run's path, over a kept-alive connection), else with a script_url for the sandbox to download: the same
+        URL when it is unspent, a fresh one when the failed download may have used it up."""
+        url = body.get("script_url")
+        if not url or not self.config.dispatch_fetch_script or time.monotonic() < self._downloads_from:
+            return body
+        download = self.seatable.download_script(url)
+        if download.content is not None:
+            return {**{k: v for k, v in body.items() if k != "script_url"}, "script_content": download.content}
+        if not download.spent:
+            log.warning("the file server refused the dispatcher's connection: sandboxes download scripts "
+                        "for the next %.0f s", DOWNLOAD_PAUSE)
+            self._downloads_from = time.monotonic() + DOWNLOAD_PAUSE
+            return body
+        try:
+            return {**body, "script_url": self.seatable.task_file(run.dtable_uuid, run.script_name).script_url}
+        except (FetchFailed, ScriptNotFound) as exc:  # the sandbox tries the spent URL and says it failed
+            log.info("run %s: no fresh script URL (%s)", run.id, exc)
+            return body
 
     def _end_rate_limited(self, limited: list[ClaimedRun]) -> None:
         """Upstream's answer to a team over its share: end the run, tell SeaTable once per window."""

@@ -5,8 +5,11 @@
   given up; a run "running" far past any time limit is). "Never accepted" (404) once no POST can still be on
   its way (PYTHON_DISPATCH_HANDOFF_SECS) means the node never had it: a run that never reported running goes
   back to the queue; one that did ends as "sandbox lost". "done" for a run not finished here means its result
-  was acknowledged but not recorded: it ends as "sandbox lost" saying so. No answer past the deadline
-  (PYTHON_PROCESS_TIMEOUT + PYTHON_SANDBOX_LOST_GRACE_SECS) ends the run as "sandbox lost".
+  was acknowledged but not recorded: it ends as "sandbox lost" saying so. No answer at all proves nothing: a
+  node cut off from the network keeps running its runs and delivers their results when it is back, so its
+  runs are waited for past their deadline (PYTHON_PROCESS_TIMEOUT + PYTHON_SANDBOX_LOST_GRACE_SECS after the
+  node last vouched for them) for PYTHON_SANDBOX_UNREACHABLE_SECS more, and only then end as "sandbox lost".
+  Silence never puts a run back in the queue: only the node's own "never accepted" can prove it never started.
 - Stale sweep: runs reported running by a starter this scheduler did not dispatch, and runs queued longer
   than PYTHON_SCHEDULER_QUEUE_TIMEOUT, end with a text saying so.
 - Retention: script_log past DELETE_LOG_DAYS and statistics past DELETE_STATISTICS_DAYS, deleted in
@@ -60,6 +63,7 @@ class Maintenance:
         self.nodes = nodes
         self.threads = threads
         self.stopping = threading.Event()
+        self._silent_nodes: set[str] = set()
 
     @property
     def node_deadline(self) -> timedelta:
@@ -111,10 +115,27 @@ class Maintenance:
                     report.requeued += 1
                 else:
                     report.lost += self._lost(run_id, texts.SANDBOX_LOST_NODE_FORGOT)
-            elif deadline_at is None or deadline_at < now:
+            elif deadline_at is None or deadline_at + self.unreachable < now:
                 report.lost += self._lost(run_id, texts.SANDBOX_LOST)
+        self._note_silent(rows, answers)
         report.renewed = self._renew(renew, now + self.node_deadline)
         return report
+
+    @property
+    def unreachable(self) -> timedelta:
+        return timedelta(seconds=self.config.unreachable_secs)
+
+    def _note_silent(self, rows: list[Any], answers: list[Status]) -> None:
+        """Log once when a node holding runs stops answering, and once when it answers again."""
+        silent = {str(r[1]) for r, answer in zip(rows, answers, strict=True) if answer is Status.NO_ANSWER}
+        heard = {str(r[1]) for r, answer in zip(rows, answers, strict=True) if answer is not Status.NO_ANSWER}
+        for node in sorted(silent - self._silent_nodes):
+            waiting = sum(1 for r, a in zip(rows, answers, strict=True) if a is Status.NO_ANSWER and str(r[1]) == node)
+            log.warning("sandbox node %s does not answer about its %d runs: waiting for it (they end as sandbox lost "
+                        "after %d s of silence past their deadline)", node, waiting, self.config.unreachable_secs)
+        for node in sorted(heard & self._silent_nodes):
+            log.info("sandbox node %s answers again", node)
+        self._silent_nodes = (self._silent_nodes | silent) - heard
 
     def _lost(self, run_id: int, text: str, kind: str = outcomes.SANDBOX_LOST) -> int:
         outcome = runs.fail_run(self.store, int(run_id), text, outcome=kind)
@@ -237,7 +258,8 @@ class Maintenance:
         """Sweep every PYTHON_SWEEP_INTERVAL_SECS, retention every PYTHON_RETENTION_INTERVAL_SECS."""
         next_retention = 0.0
         while not self.stopping.is_set():
-            for name, job in (("hand-off sweep", self.sweep_handed_off), ("stale sweep", self.end_stale)):
+            for name, job in (("hand-off sweep", self.sweep_handed_off), ("stale sweep", self.end_stale),
+                              ("WAL scrub", self.store.scrub)):
                 try:
                     job()
                 except Exception:

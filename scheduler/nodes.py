@@ -206,6 +206,14 @@ class Nodes:
         if changed:
             log.warning("sandbox node %s skipped until it recovers: %s", node.url, reason)
 
+    def recheck(self) -> None:
+        """Poll the ready nodes at the next refresh rather than a second later: a slot may have been freed."""
+        now = time.monotonic()
+        with self._lock:
+            for node in self.nodes.values():
+                if node.ready and node.busy_until <= now:
+                    node.check_at = min(node.check_at, now)
+
     def unhealthy(self, url: str, reason: str) -> None:
         self._unhealthy(self.nodes[url], reason)
 

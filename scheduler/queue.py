@@ -217,3 +217,4 @@ def erase_drafts(store: Store, ids: list[int]) -> None:
             params,
         )
     )
+    store.scrub()

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import requests
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
+from scheduler.names import is_script_name
 from scheduler.sessions import ThreadSessions
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_SECONDS = 30
+# A download happens between the hand-off mark and the POST, so it is bounded well inside
+# PYTHON_DISPATCH_HANDOFF_SECS together with the POST's retries (nodes.RETRY_BUDGET).
+SCRIPT_TIMEOUT = (3.0, 10.0)  # connect, each read
+SCRIPT_BUDGET = 15.0  # the whole download
+SCRIPT_MAX_BYTES = 1 << 20  # the sandbox's limit for script_content
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,14 @@ class TaskFile:
 
     script_url: str
     temp_api_token: str
+
+
+@dataclass(frozen=True)
+class Download:
+    """A script download by the dispatcher: its text, or None with whether the one-time URL may be spent."""
+
+    content: str | None
+    spent: bool = False
 
 
 class ScriptNotFound(Exception):
@@ -76,6 +92,8 @@ class SeaTable:
             base = str(uuid.UUID(dtable_uuid))
         except ValueError:
             raise ScriptNotFound(dtable_uuid) from None
+        if not is_script_name(script_name):  # a row from before names were checked: never another URL
+            raise ScriptNotFound(script_name)
         url = f"{self.server_url}/api/v2.1/dtable/{base}/run-script/{quote(script_name, safe='')}/task/file/"
         try:
             response = self.session.get(url, headers=self.headers, timeout=TIMEOUT_SECONDS)
@@ -96,6 +114,37 @@ class SeaTable:
             raise FetchFailed("Script URL is missing")
         return TaskFile(script_url, token)
 
+    def download_script(self, script_url: str) -> Download:
+        """GET the one-time script URL (no auth, like upstream's starter), so the sandbox gets the content.
+
+        Only a failed connect leaves the URL unspent. A script that is not UTF-8 (the runner decodes a
+        coding declaration itself) or over the sandbox's limit counts as not downloaded: the caller asks
+        for a fresh URL and the sandbox downloads it, as before.
+        """
+        started = time.monotonic()
+        try:
+            with self.session.get(script_url, timeout=SCRIPT_TIMEOUT, stream=True, allow_redirects=False) as response:
+                status, body = response.status_code, b""
+                for chunk in response.iter_content(65536):
+                    body += chunk
+                    if len(body) > SCRIPT_MAX_BYTES or time.monotonic() - started > SCRIPT_BUDGET:
+                        status = 0  # too big or too slow: left to the sandbox, with a fresh URL
+                        break
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            spent = not _connect_failed(exc)
+            log.info("script download failed (%s): the sandbox downloads it", type(exc).__name__)
+            return Download(None, spent)
+        except (requests.RequestException, OSError) as exc:
+            log.info("script download failed (%s): the sandbox downloads it", type(exc).__name__)
+            return Download(None, True)
+        if status != 200 or len(body) > SCRIPT_MAX_BYTES:
+            log.info("script download answered %s (%d bytes): the sandbox downloads it", status, len(body))
+            return Download(None, True)
+        try:
+            return Download(bytes(body).decode("utf-8"))
+        except UnicodeDecodeError:
+            return Download(None, True)
+
     def send_exceeded_notification(self, org_id: int | None, owner: str | None) -> bool:
         """Tell SeaTable a team hit the rate limit (scripts-exceeded-notifications); False when it failed."""
         body: dict[str, Any] = {"org_ids": [org_id]} if org_id is not None else {"owners": [owner]}
@@ -109,3 +158,11 @@ class SeaTable:
             log.error("scripts-exceeded-notifications answered %s", response.status_code)
             return False
         return True
+
+
+def _connect_failed(exc: requests.RequestException) -> bool:
+    """A refused, unreachable or timed-out connect: not a byte of the request left, the URL is unspent."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    inner = exc.args[0] if exc.args else None
+    return isinstance(inner, MaxRetryError) and isinstance(inner.reason, ConnectTimeoutError)

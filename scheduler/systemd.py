@@ -60,7 +60,9 @@ SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
 SystemCallErrorNumber=EPERM
-UMask=0027
+PrivateMounts=yes
+RemoveIPC=yes
+UMask=0077
 """
 
 
@@ -93,7 +95,7 @@ def _service(description: str, settings: Settings, body: str, after: str = "", w
         f"Group={settings.user}\n"
         f"EnvironmentFile={settings.env_file}\n"
         f"StateDirectory={STATE_DIRECTORY}\n"
-        "StateDirectoryMode=0750\n"
+        "StateDirectoryMode=0700\n"
         f"{body}"
         f"{HARDENING}"
         f"{install}"
@@ -106,7 +108,8 @@ def units(settings: Settings = Settings()) -> dict[str, str]:
         API_UNIT: _service(
             "SeaTable Python scheduler API (gunicorn)", settings,
             "Type=exec\n"
-            # gunicorn's control socket goes to $XDG_RUNTIME_DIR; give it a private one.
+            # gunicorn's control socket is off (scheduler/cli.py); should it be turned on, it goes to
+            # $XDG_RUNTIME_DIR: a private one.
             "RuntimeDirectory=seatable-scheduler\n"
             "RuntimeDirectoryMode=0700\n"
             "Environment=XDG_RUNTIME_DIR=/run/seatable-scheduler\n"

@@ -30,9 +30,12 @@ FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     "mariadb_server": ("mariadb",),
     "sandbox_account": ("podman",),  # the sandbox user host-setup makes (./dev setup), and its rootless Podman
     "runner_image": ("podman",),
+    "throwaway_user": ("podman", "slow"),  # tests/isolation/test_planted_paths.py: host-setup for a user of its own
     "compose_host": ("compose", "podman"),  # tests/deployment/conftest.py: images and compose stacks
     "own_mariadb": ("mariadb",),  # tests/scheduler/test_health.py: a private server it stops and starts
     "chaos": ("mariadb", "podman", "slow"),  # tests/chaos: its own MariaDB, Podman service and processes
+    "galera": ("mariadb", "slow"),  # tests/cluster: a three-node Galera cluster of its own
+    "cluster": ("mariadb", "podman", "slow"),  # tests/cluster/test_faults.py: the whole cluster topology
     # Real service processes (gunicorn schedulers, dispatchers): seconds each, so not in the fast lane.
     "serve": ("slow",),
     "scheduler": ("slow",),  # tests/operators/test_openapi.py: a gunicorn scheduler of its own

@@ -21,7 +21,7 @@ from scheduler.auth import presented
 from scheduler.callback_auth import Credential, Refused
 from scheduler.db import Store
 from scheduler.metrics import ApiMetrics
-from scheduler.resources.common import MAX_ID, ApiError, Context, validate
+from scheduler.resources.common import MAX_ID, ApiError, BodyBudget, Context, validate
 
 _SCRIPT_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 _EPOCH = {"type": ["number", "null"], "minimum": 0, "maximum": 1e11}
@@ -49,6 +49,7 @@ _CAUSES = {403: "forbidden", 413: "too_large"}  # any other refusal of a body: "
 
 class _Callback:
     NAME = ""  # the metrics label
+    BUDGET = BodyBudget(bytes=64 * 1024, values=64)
 
     def __init__(self, ctx: Context, store: Store, metrics: ApiMetrics | None = None) -> None:
         self.ctx = ctx
@@ -65,7 +66,7 @@ class _Callback:
                 secret = None  # an old starter sending SeaTable's token: as unauthenticated, behind the switch
             elif secret is None and not allowed:
                 raise ApiError(403, {"error_msg": texts.CALLBACK_SECRET_MISSING, "refused": "secret"})
-            data = self.ctx.read_json_object(req)
+            data = self.ctx.read_json_object(req, self.BUDGET, salvage_text=True)
             validate(_NAMES_A_RUN, data)
         except ApiError as error:
             self.count_error(_CAUSES.get(error.status, "bad_request"))
@@ -126,6 +127,10 @@ class ResultCallback(_Callback):
     kept, and the output says which fields were wrong.
     """
 
+    # The output (up to PYTHON_RUNNER_OUTPUT_LIMIT characters, escaped) is one string: bytes up to the
+    # scheduler's PYTHON_SCHEDULER_MAX_BODY_BYTES, few values.
+    BUDGET = BodyBudget(bytes=2**62, values=256)
+
     SCHEMA: dict[str, Any] = {
         "type": "object",
         "required": ["script_id"],
@@ -148,8 +153,10 @@ class ResultCallback(_Callback):
         data, credential = self.read(req)
         result = self.result(data)
         recorded = self.answer(resp, lambda: runs.record_result(self.store, data["script_id"], result, credential))
-        if recorded is runs.Outcome.APPLIED and self.metrics is not None:
-            self.metrics.finished(result.kind, result.spend_time)
+        if recorded is runs.Outcome.APPLIED:
+            self.ctx.wake_dispatchers()  # the run's slot on its node is free again
+            if self.metrics is not None:
+                self.metrics.finished(result.kind, result.spend_time)
 
     def result(self, data: dict[str, Any]) -> runs.RunResult:
         wrong = problems(self.validator, data)

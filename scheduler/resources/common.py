@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -61,26 +62,83 @@ class Context:
     clock: Clock
     max_body_bytes: int
     accept_unauthenticated_callbacks: bool
+    wake_dispatchers: Callable[[], None] = lambda: None  # a hint: a run was created or a slot freed
 
     def require_auth(self, req: falcon.Request, forbidden_text: str = texts.FORBIDDEN) -> None:
         if not self.auth.accepts(req.get_header("Authorization")):
             raise ApiError(403, forbidden_text)
 
-    def read_json_object(self, req: falcon.Request) -> dict[str, Any]:
-        """The body as a JSON object; 413 above the size limit, 400 "Bad request" otherwise wrong."""
+    def read_json_object(self, req: falcon.Request, budget: BodyBudget | None = None,
+                         salvage_text: bool = False) -> dict[str, Any]:
+        """The body as a JSON object within the route's budget; 413 above it, 400 "Bad request" otherwise wrong.
+
+        A lone surrogate (only a \\uD8xx escape makes one) cannot be stored: 400, or with `salvage_text` (a
+        result must never be refused) replaced by U+FFFD."""
+        limit = min(self.max_body_bytes, budget.bytes) if budget else self.max_body_bytes
         length = req.content_length
-        if length is not None and length > self.max_body_bytes:
+        if length is not None and length > limit:
             raise ApiError(413, texts.BODY_TOO_LARGE)
-        raw = req.bounded_stream.read(self.max_body_bytes + 1)
-        if len(raw) > self.max_body_bytes:
+        raw = req.bounded_stream.read(limit + 1)
+        if len(raw) > limit:
             raise ApiError(413, texts.BODY_TOO_LARGE)
+        if budget is not None and not within_values(raw, budget.values):
+            raise ApiError(413, texts.BODY_TOO_MANY_VALUES)
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise bad(texts.BAD_REQUEST) from None
         if not isinstance(data, dict):
             raise bad(texts.BAD_REQUEST)
+        if _SURROGATE_ESCAPE.search(raw) and not without_lone_surrogates(data, salvage_text):
+            raise bad(texts.PARAMETERS_INVALID)
         return data
+
+
+@dataclass(frozen=True)
+class BodyBudget:
+    """What one route's body may cost before it is parsed: its bytes and its JSON values.
+
+    Bytes alone do not bound memory: `[{},{},...]` turns each 3 bytes into a ~64-byte dict (8 MiB became
+    ~200 MiB of Python objects). Counting values first (C-speed byte counts, and an exact count that skips
+    string contents only when that bound is exceeded) keeps a parse to a few times the body's size."""
+
+    bytes: int
+    values: int
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def within_values(raw: bytes, values: int) -> bool:
+    """Whether the JSON text holds at most `values` values (objects, arrays, keys, scalars)."""
+    def bound(text: bytes) -> int:
+        return text.count(b",") + text.count(b":") + text.count(b"[") + text.count(b"{") + 1
+
+    # Separators inside strings count too, so this is an upper bound; only above the budget are strings cut out.
+    return bound(raw) <= values or bound(_STRING.sub(b"", raw)) <= values
+
+
+def without_lone_surrogates(data: dict[str, Any], replace: bool) -> bool:
+    """True when no string in `data` holds a lone surrogate (after replacing them, with `replace`)."""
+    pending: list[Any] = [data]
+    while pending:
+        node = pending.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(items):
+            if isinstance(key, str) and _LONE_SURROGATE.search(key):
+                if not replace:
+                    return False
+                node[_LONE_SURROGATE.sub("\ufffd", key)] = node.pop(key)
+                key = _LONE_SURROGATE.sub("\ufffd", key)
+            if isinstance(value, str) and _LONE_SURROGATE.search(value):
+                if not replace:
+                    return False
+                node[key] = _LONE_SURROGATE.sub("\ufffd", value)
+            elif isinstance(value, (dict, list)):
+                pending.append(value)
+    return True
 
 
 def validate(validator: jsonschema.protocols.Validator, data: dict[str, Any]) -> None:

@@ -11,8 +11,10 @@ import jsonschema
 from scheduler import runs, texts
 from scheduler.db import Store
 from scheduler.limits import can_run
+from scheduler.names import is_printable_text, is_script_name
 from scheduler.resources.common import (
     ApiError,
+    BodyBudget,
     Context,
     bad,
     param,
@@ -52,6 +54,8 @@ class RunScript:
     }
     DEFAULT_OPERATE_FROM = "manualy"  # sic, upstream's spelling, stored and compared as is
     validator = jsonschema.Draft202012Validator(SCHEMA)
+    # The fields above plus context_data: the row that triggered the run (its cells, link and file lists).
+    BUDGET = BodyBudget(bytes=2 * 1024 * 1024, values=20_000)
 
     def __init__(self, ctx: Context, store: Store, seatable: SeaTable) -> None:
         self.ctx = ctx
@@ -70,15 +74,23 @@ class RunScript:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         self.ctx.require_auth(req)
-        data = self.ctx.read_json_object(req)
+        data = self.ctx.read_json_object(req, self.BUDGET)
         validate(self.validator, data)
-        if uuid_forms(data["dtable_uuid"]) is None:
+        if uuid_forms(data["dtable_uuid"]) is None or not valid_names(data):
             raise bad(texts.PARAMETERS_INVALID)
         limit = data.get("scripts_running_limit", -1)
         run = self.new_run(data)
         if limit != -1 and not can_run(self.store, self.seatable, run.owner, run.org_id, limit):
             raise bad(texts.LIMIT_EXCEEDED)
         resp.media = {"script_id": runs.create_run(self.store, run)}
+        self.ctx.wake_dispatchers()
+
+
+def valid_names(data: dict[str, Any]) -> bool:
+    """The script name can be a URL segment; it, the owner and operate_from can be one log line."""
+    operate_from = data.get("operate_from")
+    return (is_script_name(data["script_name"]) and is_printable_text(data["owner"])
+            and (operate_from is None or is_printable_text(operate_from)))
 
 
 class RunDraftScript(RunScript):
@@ -100,6 +112,7 @@ class RunDraftScript(RunScript):
     }
     DEFAULT_OPERATE_FROM = "draft"
     validator = jsonschema.Draft202012Validator(SCHEMA)
+    BUDGET = BodyBudget(bytes=4 * 1024 * 1024, values=20_000)  # plus the editor's code, one string
 
     def new_run(self, data: dict[str, Any]) -> runs.NewRun:
         return dataclasses.replace(

@@ -34,8 +34,7 @@ def mirrors(suite: str) -> tuple[str, ...]:
             f"deb http://deb.debian.org/debian-security {suite}-security main")
 # What each Containerfile needs from the repository (the build context is a staging copy of these).
 CONTEXT_PATHS = ("pyproject.toml", "README.md", "pipeline_config", "scheduler", "sandbox", "httpworker",
-                 "runner-rootfs",
-                 "containers")
+                 "observability", "runner-rootfs", "containers")
 
 
 def digest(*parts: str | bytes) -> str:

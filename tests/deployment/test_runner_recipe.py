@@ -87,7 +87,8 @@ def test_registry_variant_has_what_build_runner_gives(cli: Podman, registry_imag
 
 def test_registry_variant_runs_scripts_with_the_mounted_entrypoint_and_relay(
         sandbox_factory: Any, receiver: CallbackReceiver, registry_image: str, sandbox_user: SandboxUser) -> None:
-    sandbox: SandboxProcess = sandbox_factory(PYTHON_RUNNER_IMAGE=registry_image)
+    # The seatable mode: its relay (mounted with the entrypoint) is what the script connects to.
+    sandbox: SandboxProcess = sandbox_factory(PYTHON_RUNNER_IMAGE=registry_image, PYTHON_RUNNER_NETWORK="seatable")
     assert sandbox.health()["runner"]["seccomp_second_filter"] == "present"
     script = ("import os, socket, pandas, seatable_api\n"
               "socket.create_connection(('127.0.0.1', 3128), timeout=5).close()\n"

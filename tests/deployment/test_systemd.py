@@ -229,3 +229,17 @@ def test_unit_files_parse_as_ini() -> None:
         parser.optionxform = str  # type: ignore[assignment,method-assign]
         parser.read_string(unit.read_text())
         assert parser.sections()
+
+
+@pytest.mark.parametrize("unit", [u for u in SYSTEM_UNITS if u.suffix == ".service"], ids=lambda p: p.name)
+def test_systemd_analyze_security_rates_system_units_ok(unit: Path, tmp_path: Path) -> None:
+    """`systemd-analyze security --offline` (no systemd as PID 1 needed): every scheduler unit at "OK" or better."""
+    staged = tmp_path / unit.name
+    shutil.copy(unit, staged)
+    assert SYSTEMD_ANALYZE
+    result = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager", str(staged)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    overall = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
+    assert overall, result.stdout + result.stderr
+    exposure, rating = overall[0].split(":")[1].split()[:2]
+    assert rating in ("PERFECT", "SAFE", "OK") and float(exposure) <= 2.0, overall[0]

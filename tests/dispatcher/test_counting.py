@@ -31,6 +31,7 @@ from tests.support.stub_sandbox import StubSandbox
 FAST = {
     "PYTHON_PROCESS_TIMEOUT": "2",
     "PYTHON_SANDBOX_LOST_GRACE_SECS": "1",
+    "PYTHON_SANDBOX_UNREACHABLE_SECS": "1",  # these nodes die for good: give up on them at once
     "PYTHON_DISPATCH_HANDOFF_SECS": "1",
     "PYTHON_SCHEDULER_QUEUE_TIMEOUT": "120",
 }

@@ -12,6 +12,7 @@ from scheduler import texts
 from scheduler.db import Store
 from tests.dispatcher.conftest import (
     SCRIPT,
+    SCRIPT_CONTENT,
     DispatcherProcess,
     SeaTableStub,
     enqueue,
@@ -69,9 +70,10 @@ def test_three_dispatchers_hand_every_run_out_exactly_once(
         with db_session:
             undispatched = store.db.select("SELECT COUNT(*) FROM script_log WHERE dispatched_at IS NULL")[0]
         assert undispatched == 0
-        # The bodies carry what the sandbox needs: a one-time URL and the temp token from task/file.
+        # The bodies carry what the sandbox needs: the script (downloaded by the dispatcher from its one-time
+        # URL) and the temp token from task/file.
         body: dict[str, Any] = node.bodies[next(iter(node.accepted))]
-        assert body["script_url"].startswith(seatable.url) and body["env"]["api_token"]
+        assert body["script_content"] == SCRIPT_CONTENT and body["env"]["api_token"]
         assert body["env"]["dtable_web_url"] == seatable.url
     finally:
         second.stop()

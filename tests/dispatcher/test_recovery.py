@@ -33,6 +33,7 @@ pytestmark = pytest.mark.parametrize(
 FAST = {
     "PYTHON_PROCESS_TIMEOUT": "2",
     "PYTHON_SANDBOX_LOST_GRACE_SECS": "1",
+    "PYTHON_SANDBOX_UNREACHABLE_SECS": "1",  # these nodes die for good: give up on them at once
     "PYTHON_DISPATCH_HANDOFF_SECS": "1",
     "PYTHON_SWEEP_INTERVAL_SECS": "1",
     "PYTHON_DISPATCH_LEASE_SECS": "2",

@@ -179,7 +179,7 @@ def test_the_probe_says_which_images_have_the_second_filter(driver: ContainerDri
 
 def test_the_service_runs_the_custom_image_and_health_says_the_filter_is_absent(
         sandbox_factory: Any, receiver: CallbackReceiver, custom_image: str) -> None:
-    sandbox: SandboxProcess = sandbox_factory(PYTHON_RUNNER_IMAGE=custom_image)
+    sandbox: SandboxProcess = sandbox_factory(PYTHON_RUNNER_IMAGE=custom_image, PYTHON_RUNNER_NETWORK="seatable")
     health = sandbox.health()
     assert health["image"] == custom_image
     assert health["runner"]["seccomp_second_filter"].startswith("absent")

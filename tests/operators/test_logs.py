@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tests.operators.conftest import SCRIPTS, Ops
+from tests.seatable_stub.button import RunScriptError
 
 
 def log_texts(ops: Ops) -> dict[str, str]:
@@ -63,9 +66,13 @@ def test_no_secret_code_or_output_in_any_log(ops: Ops) -> None:
             assert code.strip() not in text and "hello from the runner" not in text and "about to fail" not in text
 
 
-def test_a_script_name_with_a_newline_stays_one_record(ops: Ops) -> None:
-    forged = 'x.py\n{"time": "2030", "level": "ERROR", "logger": "scheduler", "message": "forged"}'
+def test_a_script_name_that_looks_like_a_record_stays_one_record(ops: Ops) -> None:
+    """A newline in a name is refused at the door (400, issue 20); quotes and braces get through and must stay
+    inside their own field."""
     button = ops.pipeline.button(poll_interval=0.2)
+    with pytest.raises(RunScriptError, match="400"):
+        button.submit(ops.base_uuid, 'x.py\n{"level": "ERROR", "message": "forged"}', owner="forger@auth.local")
+    forged = 'x.py", "level": "ERROR", "logger": "scheduler", "message": "forged'
     run_id = button.submit(ops.base_uuid, forged, owner="forger@auth.local")
     button.wait(run_id, ops.base_uuid, forged, deadline=120)
     for name, text in log_texts(ops).items():

@@ -65,12 +65,18 @@ def test_values_are_parsed_and_checked() -> None:
             Config.from_env(env)
 
 
-def test_database_credentials_as_upstream() -> None:
-    root = Config.from_env({"DB_ROOT_PASSWD": "r", "DB_USER": "u", "DB_PASSWD": "p"})
-    assert (root.db_user, root.db_passwd) == ("root", "r")
+def test_database_credentials_root_for_migrate_only() -> None:
+    both = Config.from_env({"DB_ROOT_PASSWD": "r", "DB_USER": "u", "DB_PASSWD": "p", "DB_HOST": "db"})
+    assert (both.db_user, both.db_passwd) == ("u", "p")  # upstream served as root here
+    assert (both.db_root_user, both.db_root_passwd) == ("root", "r")
+    both.require_service_database()
     user = Config.from_env({"DB_USER": "u", "DB_PASSWD": "p", "DB_HOST": "db"})
-    assert (user.db_user, user.db_passwd, user.uses_mysql) == ("u", "p", True)
-    assert "db_passwd" not in repr(user)
+    assert (user.db_user, user.db_passwd, user.uses_mysql, user.db_root_user) == ("u", "p", True, "")
+    assert "db_passwd" not in repr(user) and "'r'" not in repr(both)
+    root_only = Config.from_env({"DB_ROOT_PASSWD": "r", "DB_ROOT_USER": "admin", "DB_HOST": "db"})
+    assert root_only.db_root_user == "admin"
+    with pytest.raises(ConfigError, match="migrate"):
+        root_only.require_service_database()
 
 
 def test_auth_token_is_required() -> None:

@@ -65,6 +65,8 @@ class Pipeline:
     services: list[Service] = field(default_factory=list)
     sandbox: SandboxProcess | None = None
     scheduler_port: int = field(default_factory=free_port)
+    repo: Path = REPO  # the checkout the scheduler runs from (benchmarks compare two commits)
+    sandbox_venv: Path | None = None  # the sandbox's virtualenv bin directory; None: this prefix's
 
     @property
     def scheduler_url(self) -> str:
@@ -73,7 +75,7 @@ class Pipeline:
     def scheduler_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "PYTHON_", "SEATABLE_"))}
         env.update({
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(self.repo),
             "PYTHON_SCHEDULER_AUTH_TOKEN": self.secret,
             "SEATABLE_SERVER_URL": self.stub.url if self.stub else "",
             "PYTHON_SCHEDULER_URL": self.scheduler_url,
@@ -107,15 +109,15 @@ class Pipeline:
         return self
 
     def _run_scheduler_cli(self, *args: str) -> None:
-        result = subprocess.run([sys.executable, "-m", "scheduler.cli", *args], cwd=REPO, env=self.scheduler_env(),
-                                capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run([sys.executable, "-m", "scheduler.cli", *args], cwd=self.repo,
+                                env=self.scheduler_env(), capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"seatable-scheduler {' '.join(args)} failed:\n{result.stderr[-2000:]}")
 
     def _spawn(self, name: str, *args: str) -> Service:
         log = self.workdir / f"{name}.log"
         with open(log, "wb") as out:
-            process = subprocess.Popen([sys.executable, "-m", "scheduler.cli", *args], cwd=REPO,
+            process = subprocess.Popen([sys.executable, "-m", "scheduler.cli", *args], cwd=self.repo,
                                        env=self.scheduler_env(), stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         service = Service(name, process, log)
@@ -140,6 +142,8 @@ class Pipeline:
             **self.sandbox_env,
         }
         proc = SandboxProcess(user, env, port, state, token=self.sandbox_token)
+        if self.sandbox_venv is not None:
+            proc.venv_bin = self.sandbox_venv
         proc.start()
         return proc
 

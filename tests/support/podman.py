@@ -268,6 +268,7 @@ class SandboxProcess:
     log_path: Path | None = None
     tls_ca: str | None = None  # serving HTTPS (PYTHON_SANDBOX_TLS_*): the CA that verifies it, at localhost
     client_cert: tuple[str, str] | None = None  # presented when the node requires client certificates
+    venv_bin: Path = VENV_BIN  # another prefix's sandbox (a benchmark's side-by-side run of an older commit)
 
     @property
     def url(self) -> str:
@@ -281,7 +282,7 @@ class SandboxProcess:
         self.log_path = self.state_dir.parent / f"sandbox-{int(time.time() * 1000)}.log"
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            self.user.command([str(VENV_BIN / "seatable-sandbox"), "serve"]),
+            self.user.command([str(self.venv_bin / "seatable-sandbox"), "serve"]),
             env={**self.user.env(), **self.env}, cwd="/", stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -248,9 +248,11 @@ def test_no_other_module_reads_the_environment() -> None:
     repo = Path(__file__).resolve().parents[2]
     # clock.py: TZ, the C library's; image.py and runner_lock.py: environments of subprocesses; host.py:
     # SEATABLE_SANDBOX_USER for the administrators' commands (TOOL_VARIABLES), not the service; metrics*.py:
-    # prometheus_client's PROMETHEUS_MULTIPROC_DIR, which the scheduler sets for its own gunicorn workers.
+    # prometheus_client's PROMETHEUS_MULTIPROC_DIR, which the scheduler sets for its own gunicorn workers;
+    # wakeup.py: XDG_RUNTIME_DIR, the login session's runtime directory (where the wake sockets live), not ours.
     allowed = {"scheduler/config.py", "sandbox/config.py", "scheduler/clock.py", "sandbox/image.py",
-               "sandbox/runner_lock.py", "sandbox/host.py", "scheduler/metrics.py", "scheduler/metrics_dir.py"}
+               "sandbox/runner_lock.py", "sandbox/host.py", "scheduler/metrics.py", "scheduler/metrics_dir.py",
+               "scheduler/wakeup.py"}
     offenders = []
     packages = ("scheduler", "sandbox", "httpworker", "observability")
     for path in (path for package in packages for path in repo.glob(f"{package}/**/*.py")):
