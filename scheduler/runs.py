@@ -276,6 +276,7 @@ def _believable(result: RunResult, row: Any, now: datetime) -> RunResult:
         output=f"{result.output}\n{notice}" if result.output else notice,
         started_at=None if problems[0] is not None else result.started_at,
         spend_time=None if problems[1] is not None else result.spend_time,
+        outcome=None if result.outcome == outcomes.SUCCESS else result.outcome,  # not believed: failed
     )
 
 
@@ -287,7 +288,6 @@ def record_result(store: Store, run_id: int, result: RunResult, credential: Cred
     """
 
     def tx() -> Outcome:
-        nonlocal result
         ended.clear()
         rows = store.db.select(
             "SELECT state, started_at, dtable_uuid, owner, org_id, script_name, sandbox_node, dispatched_at, "
@@ -302,10 +302,10 @@ def record_result(store: Store, run_id: int, result: RunResult, credential: Cred
         if row.state == FINISHED:
             return Outcome.ALREADY_FINISHED
         now = store.clock.now()
-        if credential is not None:
-            result = _believable(result, row, now)
-        spend = result.spend_time
-        started = result.started_at or _as_datetime(row.started_at)
+        # A new name, not `result`: Store.write may run this again (Galera certification, deadlocks).
+        believed = _believable(result, row, now) if credential is not None else result
+        spend = believed.spend_time
+        started = believed.started_at or _as_datetime(row.started_at)
         if started is None:
             started = now - timedelta(seconds=spend or 0)
         finished = started + timedelta(seconds=spend) if spend is not None else now
@@ -318,29 +318,29 @@ def record_result(store: Store, run_id: int, result: RunResult, credential: Cred
                 "finished_state": FINISHED,
                 "started": started,
                 "finished": finished,
-                "success": bool(result.success),
-                "return_code": result.return_code,
-                "output": result.output,
-                "outcome": result.kind,
+                "success": bool(believed.success),
+                "return_code": believed.return_code,
+                "output": believed.output,
+                "outcome": believed.kind,
                 "run_id": run_id,
             },
         )
         if not cursor.rowcount:
             return Outcome.ALREADY_FINISHED
-        counters.bump(store, counters.FINISHED, result.kind, key=run_id)
-        if result.counted and row.state in (None, PENDING):
+        counters.bump(store, counters.FINISHED, believed.kind, key=run_id)
+        if believed.counted and row.state in (None, PENDING):
             counters.bump(store, counters.STARTED, key=run_id)  # a result without a running callback: it ran
-        if result.counted:
+        if believed.counted:
             stats.count_run(store, row.dtable_uuid, row.owner, row.org_id, spend or 0.0, now)
-        ended.append(row)
+        ended.append((row, believed.kind))
         return Outcome.APPLIED
 
-    ended: list[Any] = []
+    ended: list[tuple[Any, str]] = []
     outcome = store.write(tx)
     if ended:
-        row = ended[-1]
+        row, kind = ended[-1]
         run_log = logs.for_run(log, run_id, row.script_name, row.dtable_uuid, row.sandbox_node)
-        run_log.info("finished: %s (return code %s)", result.kind, result.return_code)
+        run_log.info("finished: %s (return code %s)", kind, result.return_code)
     return outcome
 
 

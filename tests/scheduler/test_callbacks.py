@@ -118,6 +118,13 @@ def test_times_that_cannot_be_true_are_not_believed(client: testing.TestClient, 
     assert finish(client, early, **{k: v for k, v in before_created.items() if k != "script_id"}).status_code == 200
     assert texts.STARTED_BEFORE_CREATED in runs.get_run(store, early)["output"]  # type: ignore[index]
 
+    # A "success" whose duration cannot be true is stored as failed, in the outcome column as in `success`.
+    claimed = new_run(client)
+    assert finish(client, claimed, outcome="success", spend_time=1e9).status_code == 200
+    with db_session:
+        [(success, outcome)] = store.db.select("SELECT success, outcome FROM script_log WHERE id = $i", {"i": claimed})
+    assert (bool(success), outcome) == (False, "failed")
+
 
 def test_unauthenticated_callbacks_when_enabled(config: Config, store: Store) -> None:
     app = create_app(replace(config, accept_unauthenticated_callbacks=True), store=store)
