@@ -182,7 +182,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PYTHON_DISPATCH_FETCH_SCRIPT", Flag(), scheduler=Use(
         "dispatch_fetch_script", "true",
         "true: the dispatcher downloads a saved script and hands its content to the sandbox with the run; "
-        "the sandbox downloads it itself only when this fails. false: the sandbox always downloads it.")),
+        "the sandbox downloads it itself only when this fails. false: the sandbox always downloads it (its download "
+        "goes only where a runner of the open network mode may connect).")),
     Variable("PYTHON_DISPATCH_LEASE_SECS", Int(minimum=1), scheduler=Use(
         "lease_secs", "30", "A claim not handed off within this time returns to the queue.")),
     Variable("PYTHON_DISPATCH_HANDOFF_SECS", Int(minimum=1), scheduler=Use(
