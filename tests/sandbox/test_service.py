@@ -299,7 +299,8 @@ def test_sigkill_mid_run_reports_sandbox_lost(sandbox_factory: Any, receiver: Ca
 def test_bad_input_over_real_http(sandbox: SandboxProcess) -> None:
     """Smoke test of the validation through gunicorn; every case runs in process in test_api_validation.py."""
     headers = {"Authorization": f"Token {sandbox.token}", "Content-Type": "application/json"}
-    for data in (b"{nope", json.dumps({"script_id": -1, "script_content": "x", "env": {}}).encode()):
+    for data in (b"{nope", json.dumps({"script_id": -1, "script_content": "x", "env": {},
+                                                     "callback_secret": secret_for(1)}).encode()):
         response = requests.post(sandbox.url + "/function/run-python", data=data, headers=headers, timeout=10)
         assert response.status_code == 400, response.text
         assert isinstance(response.json()["error"], str) and response.json()["error"]
@@ -344,10 +345,12 @@ def test_script_url_is_fetched_once(sandbox: SandboxProcess, receiver: CallbackR
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        ok = sandbox.post({"script_id": 150, "script_url": base + "/files/once.py", "env": {}})
+        # The file server is the run's own SeaTable server: the download's egress check lets it through.
+        ok = sandbox.post({"script_id": 150, "script_url": base + "/files/once.py", "env": {"dtable_web_url": base}})
         assert ok.status_code == 202
         assert receiver.result(150)["output"] == "from url\n"
-        missing = sandbox.post({"script_id": 151, "script_url": base + "/files/missing.py", "env": {}})
+        missing = sandbox.post({"script_id": 151, "script_url": base + "/files/missing.py",
+                                "env": {"dtable_web_url": base}})
         assert missing.status_code == 202
         failed = receiver.result(151)
         assert failed["output"] == texts.FAIL_TO_GET_SCRIPT and failed["return_code"] is None
