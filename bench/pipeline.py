@@ -43,7 +43,7 @@ from bench.report import machine, median, percentile, update_section
 from sandbox.host import configured_user, lookup_user
 from tests.support.mariadb import DatabaseSettings, MariaDBServer, start_server
 from tests.support.pipeline import REPO, Pipeline
-from tests.support.podman import CallbackReceiver, SandboxProcess, free_port
+from tests.support.podman import CallbackReceiver, SandboxProcess, free_port, secret_for
 
 SCRIPT, EXPECTED = "print('hi')", "hi\n"
 TEAMS = 4
@@ -125,7 +125,7 @@ class SandboxAlone:
         port = free_port()
         self.proc = SandboxProcess(user, {
             "PYTHON_SANDBOX_AUTH_TOKEN": "bench", "PYTHON_SCHEDULER_URL": self.receiver.url,
-            "PYTHON_SCHEDULER_AUTH_TOKEN": "bench", "PYTHON_SANDBOX_BIND": f"127.0.0.1:{port}",
+            "PYTHON_SANDBOX_BIND": f"127.0.0.1:{port}",
             "PYTHON_SANDBOX_STATE_DIR": str(state), "PYTHON_SANDBOX_NODE_NAME": f"bench-alone-{port}",
             **SANDBOX_ENV}, port, state, token="bench")
         self.proc.start()
@@ -145,7 +145,8 @@ class SandboxAlone:
         while True:
             response = self.session.post(self.proc.url + "/function/run-python", timeout=30,
                                          headers={"Authorization": "Token bench"},
-                                         json={"script_id": script_id, "script_content": SCRIPT, "env": {}})
+                                         json={"script_id": script_id, "script_content": SCRIPT, "env": {},
+                                               "callback_secret": secret_for(script_id)})
             if response.status_code == 202:
                 return
             assert response.status_code == 429, response.text

@@ -59,7 +59,6 @@ def start_sandbox(receiver: CallbackReceiver, state: Path, pool: int,
     proc = SandboxProcess(user, {
         "PYTHON_SANDBOX_AUTH_TOKEN": "bench",
         "PYTHON_SCHEDULER_URL": receiver.url,
-        "PYTHON_SCHEDULER_AUTH_TOKEN": "bench",
         "PYTHON_SANDBOX_BIND": f"127.0.0.1:{port}",
         "PYTHON_SANDBOX_STATE_DIR": str(state),
         "PYTHON_SANDBOX_NODE_NAME": f"bench-{port}",

@@ -145,6 +145,14 @@ class Addresses:
 
 
 @dataclass(frozen=True)
+class Words:
+    """Entries separated by commas or spaces (empty: none), e.g. previous tokens kept during a rotation."""
+
+    def parse(self, name: str, raw: str) -> Any:
+        return tuple(entry for entry in re.split(r"[\s,]+", raw) if entry)
+
+
+@dataclass(frozen=True)
 class Password:
     """A secret people type: empty (the feature is off) or at least `minimum` characters; never echoed."""
 
@@ -182,7 +190,7 @@ class Pattern:
         return raw
 
 
-Kind = Text | Int | Number | Flag | Size | Urls | Addresses | Password | Zone | Pattern
+Kind = Text | Int | Number | Flag | Size | Urls | Addresses | Words | Password | Zone | Pattern
 
 
 # --- the declarations -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pipeline_config.registry import (
     Urls,
     Use,
     Variable,
+    Words,
     Zone,
     services,
 )
@@ -35,17 +36,13 @@ MIN_BODY_BYTES = 4096  # the sandbox's least result body: room for a result with
 VARIABLES: tuple[Variable, ...] = (
     # --- read by both services ---------------------------------------------------------------------------
     Variable(
-        "PYTHON_SCHEDULER_AUTH_TOKEN", Text(), secret=True,
-        scheduler=Use("auth_token", "", "Shared secret with SeaTable (required); `Token`/`Bearer` auth.",
-                      fill_in=True),
-        sandbox=Use("scheduler_token", "", "Token sent with the callbacks.", shown="(required)", required=True,
-                    fill_in=True),
-    ),
-    Variable(
         "PYTHON_SANDBOX_AUTH_TOKEN", Text(), secret=True,
-        scheduler=Use("sandbox_auth_token", "", "Token sent to the sandbox nodes (required by `dispatch`).",
+        scheduler=Use("sandbox_auth_token", "",
+                      "Token sent to the sandbox nodes that have none of their own in PYTHON_SANDBOX_NODE_TOKENS.",
                       fill_in=True),
-        sandbox=Use("auth_token", "", "Token the dispatcher sends as `Authorization: Token …`.",
+        sandbox=Use("auth_token", "",
+                    "This node's own credential: the token the dispatcher sends as `Authorization: Token …`, and "
+                    "the key of the proofs on this node's answers (README: Credentials and TLS).",
                     shown="(required)", required=True, fill_in=True),
     ),
     Variable(
@@ -95,6 +92,13 @@ VARIABLES: tuple[Variable, ...] = (
                     "journal or container log keeps them)."),
     ),
     # --- the scheduler, dispatcher and maintenance -------------------------------------------------------
+    # Only scheduler hosts hold SeaTable's secret; sandbox.config warns when a sandbox is given it.
+    Variable("PYTHON_SCHEDULER_AUTH_TOKEN", Text(), secret=True, scheduler=Use(
+        "auth_token", "", "Shared secret with SeaTable (required); `Token`/`Bearer` auth. Only scheduler hosts hold "
+        "it.", fill_in=True)),
+    Variable("PYTHON_SCHEDULER_PREVIOUS_AUTH_TOKENS", Words(), secret=True, scheduler=Use(
+        "previous_auth_tokens", "",
+        "More secrets SeaTable may call with while PYTHON_SCHEDULER_AUTH_TOKEN is rotated (comma-separated).")),
     Variable("SEATABLE_SERVER_URL", Text(url=True), scheduler=Use(
         "seatable_server_url", "", "Base URL of dtable-web, for scripts-running-limit and task files.")),
     Variable("DB_HOST", Text(), scheduler=Use(
@@ -133,7 +137,16 @@ VARIABLES: tuple[Variable, ...] = (
         "threads", "8", "Threads per gunicorn worker (gthread).")),
     Variable("PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS", Flag(), scheduler=Use(
         "accept_unauthenticated_callbacks", "false",
-        "true: accept result/running callbacks without the token (old upstream starters).")),
+        "true: accept result/running callbacks without the run's callback secret (old upstream starters); the state "
+        "checks still apply.")),
+    # scheduler.config checks the TLS files (readable, certificate and key together).
+    Variable("PYTHON_SCHEDULER_TLS_CERT", Text(), scheduler=Use(
+        None, "", "PEM certificate (chain) to serve HTTPS with (with the key below).")),
+    Variable("PYTHON_SCHEDULER_TLS_KEY", Text(), scheduler=Use(
+        None, "", "PEM private key of PYTHON_SCHEDULER_TLS_CERT.")),
+    Variable("PYTHON_SCHEDULER_TLS_CLIENT_CA", Text(), scheduler=Use(
+        None, "", "PEM CA bundle: with it every client must present a certificate it signed (SeaTable cannot: see "
+        "TLS).")),
     Variable("PYTHON_SCHEDULER_LOG_LEVEL", Text(choices=LOG_LEVELS, case=str.upper), scheduler=Use(
         "log_level", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR).")),
     Variable("PYTHON_SCHEDULER_METRICS_TOKEN", Text(), secret=True, scheduler=Use(
@@ -145,6 +158,18 @@ VARIABLES: tuple[Variable, ...] = (
         "off.")),
     Variable("PYTHON_SANDBOX_URLS", Urls(), scheduler=Use(
         "sandbox_urls", "http://127.0.0.1:8088", "Comma list of sandbox nodes runs are handed to.")),
+    # scheduler.config pairs each URL=TOKEN entry with a node of PYTHON_SANDBOX_URLS.
+    Variable("PYTHON_SANDBOX_NODE_TOKENS", Text(), secret=True, scheduler=Use(
+        None, "",
+        "Each node's own token: `URL=TOKEN` pairs (comma-separated, URLs as in PYTHON_SANDBOX_URLS); `dispatch` "
+        "needs a token for every node, from here or PYTHON_SANDBOX_AUTH_TOKEN.")),
+    Variable("PYTHON_SANDBOX_CA_BUNDLE", Text(), scheduler=Use(
+        None, "", "PEM CA bundle that verifies https:// sandbox nodes; empty: the system's.")),
+    Variable("PYTHON_DISPATCH_TLS_CERT", Text(), scheduler=Use(
+        None, "",
+        "PEM client certificate the dispatcher presents to nodes that require one (with PYTHON_DISPATCH_TLS_KEY).")),
+    Variable("PYTHON_DISPATCH_TLS_KEY", Text(), scheduler=Use(
+        None, "", "PEM private key of PYTHON_DISPATCH_TLS_CERT.")),
     Variable("PYTHON_DISPATCH_BATCH", Int(minimum=1), scheduler=Use(
         "dispatch_batch", "50", "Most runs claimed per transaction (and never more than free slots).")),
     Variable("PYTHON_DISPATCH_THREADS", Int(minimum=1), scheduler=Use(
@@ -157,7 +182,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PYTHON_DISPATCH_FETCH_SCRIPT", Flag(), scheduler=Use(
         "dispatch_fetch_script", "true",
         "true: the dispatcher downloads a saved script and hands its content to the sandbox with the run; "
-        "the sandbox downloads it itself only when this fails. false: the sandbox always downloads it.")),
+        "the sandbox downloads it itself only when this fails. false: the sandbox always downloads it (its download "
+        "goes only where a runner of the open network mode may connect).")),
     Variable("PYTHON_DISPATCH_LEASE_SECS", Int(minimum=1), scheduler=Use(
         "lease_secs", "30", "A claim not handed off within this time returns to the queue.")),
     Variable("PYTHON_DISPATCH_HANDOFF_SECS", Int(minimum=1), scheduler=Use(
@@ -185,6 +211,25 @@ VARIABLES: tuple[Variable, ...] = (
                            "Tests only, leave unset: the dispatcher stops this long at that point, so a test can "
                            "kill it there.")),
     # --- the sandbox ----------------------------------------------------------------------------------
+    Variable("PYTHON_SANDBOX_PREVIOUS_AUTH_TOKENS", Words(), secret=True, sandbox=Use(
+        "previous_auth_tokens", "",
+        "Tokens still accepted while PYTHON_SANDBOX_AUTH_TOKEN is rotated (comma-separated); remove them once every "
+        "dispatcher sends the new one.")),
+    # sandbox.config checks the TLS files (readable, certificate and key together).
+    Variable("PYTHON_SANDBOX_TLS_CERT", Text(), sandbox=Use(
+        None, "", "PEM certificate (chain) to serve HTTPS with; with PYTHON_SANDBOX_TLS_KEY.")),
+    Variable("PYTHON_SANDBOX_TLS_KEY", Text(), sandbox=Use(None, "", "PEM private key of PYTHON_SANDBOX_TLS_CERT.")),
+    Variable("PYTHON_SANDBOX_TLS_CLIENT_CA", Text(), sandbox=Use(
+        None, "",
+        "PEM CA bundle: with it, only clients (dispatchers) presenting a certificate signed by it may connect.")),
+    Variable("PYTHON_SCHEDULER_CA_BUNDLE", Text(), sandbox=Use(
+        None, "", "PEM CA bundle that verifies an https:// PYTHON_SCHEDULER_URL; empty: the system's CAs.")),
+    Variable("PYTHON_SANDBOX_CLIENT_CERT", Text(), sandbox=Use(
+        None, "",
+        "PEM certificate presented on the callbacks, for a scheduler that requires client certificates; with "
+        "PYTHON_SANDBOX_CLIENT_KEY.")),
+    Variable("PYTHON_SANDBOX_CLIENT_KEY", Text(), sandbox=Use(
+        None, "", "PEM private key of PYTHON_SANDBOX_CLIENT_CERT.")),
     Variable("PYTHON_SANDBOX_BIND", Text(), sandbox=Use(
         "bind", "127.0.0.1:8088", "Address the sandbox API listens on.", keep_blank=True)),
     Variable("PYTHON_SANDBOX_PODMAN_URL", Text(), sandbox=Use(
@@ -295,6 +340,14 @@ VARIABLES: tuple[Variable, ...] = (
 
 SCHEDULER, SANDBOX = services(VARIABLES)
 SANDBOX_LOG_VARIABLES = ("PYTHON_SANDBOX_LOG_LEVEL", "PYTHON_STARTER_LOG_LEVEL", "LOG_FORMAT", "LOG_TO_STDOUT")
+SANDBOX_TLS_VARIABLES = (
+    "PYTHON_SANDBOX_TLS_CERT", "PYTHON_SANDBOX_TLS_KEY", "PYTHON_SANDBOX_TLS_CLIENT_CA", "PYTHON_SCHEDULER_CA_BUNDLE",
+    "PYTHON_SANDBOX_CLIENT_CERT", "PYTHON_SANDBOX_CLIENT_KEY",
+)
+SCHEDULER_TLS_VARIABLES = (
+    "PYTHON_SCHEDULER_TLS_CERT", "PYTHON_SCHEDULER_TLS_KEY", "PYTHON_SCHEDULER_TLS_CLIENT_CA",
+    "PYTHON_SANDBOX_CA_BUNDLE", "PYTHON_DISPATCH_TLS_CERT", "PYTHON_DISPATCH_TLS_KEY",
+)
 RUNNER_OPTION_VARIABLES = (
     "PYTHON_RUNNER_OTHER_OPTIONS", "PYTHON_RUNNER_READ_ONLY_FILESYSTEM", "PYTHON_RUNNER_NO_NEW_PRIVILEGES",
     "PYTHON_RUNNER_DROPPED_CAPABILITIES", "PYTHON_RUNNER_UID", "PYTHON_RUNNER_GID", "PYTHON_RUNNER_USER",

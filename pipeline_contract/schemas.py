@@ -45,7 +45,7 @@ def _error(name: str, description: str, **properties: Any) -> Message:
 
 HANDOFF = _message("hand-off", "POST /function/run-python: one run, idempotent by script_id.", {
     "type": "object",
-    "required": ["script_id", "env"],
+    "required": ["script_id", "env", "callback_secret"],
     "properties": {
         "script_id": RUN_ID,
         "script_url": {"type": "string", "minLength": 1, "maxLength": 8192, "pattern": HTTP_URL, **NO_NUL,
@@ -64,8 +64,8 @@ HANDOFF = _message("hand-off", "POST /function/run-python: one run, idempotent b
         },
         "context_data": {"type": ["object", "string", "null"],
                          "description": "upstream's context (a JSON object), or text; reaches the script on stdin"},
-        # (credentials) the run's own secret for its two callbacks, issued at hand-off
-        "callback_secret": {"type": "string", "pattern": "^[A-Za-z0-9_-]{32,128}$"},
+        "callback_secret": {"type": "string", "pattern": "^[A-Za-z0-9_-]{32,128}$",
+                            "description": "the run's own secret for its two callbacks, issued at hand-off"},
     },
     "anyOf": [{"required": ["script_url"]}, {"required": ["script_content"]}],
 })
@@ -111,13 +111,13 @@ RUN_STATE = _message("run state", "GET /function/runs/{id} 200: the node holds t
     "properties": {"script_id": RUN_ID, "state": {"enum": list(RUN_STATES)}}})
 NOT_HERE = _error("not here", "GET /function/runs/{id} 404: never accepted here (within the tombstone time).")
 
-# (credentials) The node signs its answers to a request that carries a challenge; the proof is a header, so
+# The node signs its answers to a request that carries a challenge; the proof is a header, so
 # the bodies above do not change. In OpenAPI's terms, for /ready, /health and /function/runs/{id}:
 NODE_CHALLENGE = {"name": "X-Node-Challenge", "in": "header", "required": False,
-                  "description": "(credentials) a fresh random challenge; the answer then carries X-Node-Proof",
+                  "description": "a fresh random challenge; the answer then carries X-Node-Proof",
                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,128}$"}}
 NODE_PROOF = {"X-Node-Proof": {"required": False, "schema": {"type": "string"},
-                               "description": "(credentials) HMAC-SHA256 of the challenge, status and body, "
+                               "description": "HMAC-SHA256 of the challenge, status and body, "
                                "one per token the node accepts, comma-separated"}}
 
 # --- sandbox -> scheduler ---------------------------------------------------------------------------------
@@ -145,9 +145,9 @@ CALLBACK_ACK = _message("callback acknowledged", "200: recorded, or the run had 
     "type": "object", "required": ["success"], "properties": {"success": {"const": True}}})
 CALLBACK_NOT_FOUND = _message("callback for no run", "404: no run with this script_id.", {
     "type": "object", "required": ["error_msg"], "properties": {"error_msg": {"type": "string"}}})
-# (credentials) 403/409: refused for its run on purpose (a replay, a wrong secret or state): sending it again
+# 403/409: refused for its run on purpose (a replay, a wrong secret or state): sending it again
 # cannot change the answer.
-CALLBACK_REFUSED = _message("callback refused", "403/409 (credentials): refused for this run; final.", {
+CALLBACK_REFUSED = _message("callback refused", "403/409: refused for this run; final.", {
     "type": "object", "required": ["error_msg", "refused"],
     "properties": {"error_msg": {"type": "string"}, "refused": {"type": "string"}}})
 

@@ -23,8 +23,9 @@ from pipeline_config.variables import (
     RUNNER_OPTION_VARIABLES,
     SANDBOX,
     SANDBOX_LOG_VARIABLES,
+    SANDBOX_TLS_VARIABLES,
 )
-from sandbox import runner_options
+from sandbox import runner_options, texts
 from sandbox.egress_policy import EgressPolicy
 from sandbox.runner_options import RunnerOptions
 from sandbox.timezone import host_time_zone, is_zone_name
@@ -44,12 +45,43 @@ MAX_CA_BUNDLE = 1 << 20
 
 
 @dataclass(frozen=True)
+class TLSFiles:
+    """Certificate files, checked readable at start so a typo fails with one line, not at the first request."""
+
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""  # serving: require client certificates signed by it
+    ca_bundle: str = ""  # calling: verify the server with it (empty: the system's CAs)
+
+    @property
+    def client_pair(self) -> tuple[str, str] | None:
+        return (self.cert, self.key) if self.cert else None
+
+    @property
+    def verify(self) -> str | bool:
+        return self.ca_bundle or True
+
+
+def tls_files(env: Mapping[str, str], cert: str, key: str, client_ca: str = "", ca_bundle: str = "") -> TLSFiles:
+    """Read and check the named variables; a certificate needs its key and the other way round."""
+    values = {name: (env.get(name) or "").strip() for name in (cert, key, client_ca, ca_bundle) if name}
+    if bool(values[cert]) != bool(values[key]):
+        raise ConfigError(f"{cert} and {key} go together: set both or neither")
+    for name, path in values.items():
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"{name}={path}: cannot read it")
+    if client_ca and values[client_ca] and not values[cert]:
+        raise ConfigError(f"{client_ca} needs {cert} and {key}: client certificates are checked on HTTPS only")
+    return TLSFiles(values[cert], values[key], values.get(client_ca, ""), values.get(ca_bundle, ""))
+
+
+@dataclass(frozen=True)
 @SANDBOX.config
 class SandboxConfig:
     """Defaults come from the registry (`SANDBOX.config`); see pipeline_config/variables.py."""
 
-    scheduler_token: str
     auth_token: str
+    previous_auth_tokens: tuple[str, ...]
     scheduler_url: str
     timeout: int
     time_zone: str
@@ -83,11 +115,17 @@ class SandboxConfig:
     # network and time_zone are the registry's values after the rules below (Docker network names, host zone);
     # runner_options from upstream's runner settings (sandbox.runner_options).
     state_dir: Path = Path("state")
+    serve_tls: TLSFiles = TLSFiles()  # this service's HTTPS
+    callback_tls: TLSFiles = TLSFiles()  # the callbacks to the scheduler: CA bundle, client certificate
     egress_dir: Path = Path("state/egress")
     ca_bundle: str = ""
     alternative_file_server_root: str = ""
     log_level: str = "INFO"  # PYTHON_SANDBOX_LOG_LEVEL, else PYTHON_STARTER_LOG_LEVEL (log_settings)
     runner_options: RunnerOptions = field(default_factory=RunnerOptions)
+
+    @property
+    def accepted_tokens(self) -> tuple[str, ...]:
+        return (self.auth_token, *self.previous_auth_tokens)
 
     @property
     def metrics_credential(self) -> str:
@@ -96,10 +134,16 @@ class SandboxConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,
-                 fallbacks: Mapping[str, str] | None = None) -> SandboxConfig:
-        """fallbacks: values for variables the environment leaves unset (run-local's own defaults)."""
+                 fallbacks: Mapping[str, str] | None = None, warn_unused_secret: bool = True) -> SandboxConfig:
+        """fallbacks: values for variables the environment leaves unset (run-local's own defaults).
+
+        warn_unused_secret: warn when SeaTable's secret is set (a sandbox host should not hold it; run-local
+        may run on a scheduler host, where it belongs).
+        """
         env = os.environ if env is None else env
         values = SANDBOX.read(env, fallbacks)
+        if warn_unused_secret and env.get("PYTHON_SCHEDULER_AUTH_TOKEN"):
+            log.warning(texts.UNUSED_SEATABLE_SECRET)
         EgressPolicy.for_run("open", values["egress_allow"], None)  # a bad entry fails here, at start, not per run
         home = Path(env.get("HOME") or Path.home())
         state_dir = Path(values.pop("PYTHON_SANDBOX_STATE_DIR") or home / ".local/state/seatable-sandbox")
@@ -114,6 +158,7 @@ class SandboxConfig:
         # Upstream's runner settings: declared in the registry, their rules (what is safe) in runner_options.
         upstream = {name: values.pop(name) for name in RUNNER_OPTION_VARIABLES}
         options = runner_options.read(upstream, network, protected=(str(state_dir), str(home)))
+        tls = {name: values.pop(name) for name in SANDBOX_TLS_VARIABLES}
         logging_ = _log_settings(values)
         return cls(
             **{**values,
@@ -122,12 +167,21 @@ class SandboxConfig:
                "network": network,
                "time_zone": _time_zone(values["time_zone"])},
             log_level=logging_.level,
+            serve_tls=tls_files(tls, "PYTHON_SANDBOX_TLS_CERT", "PYTHON_SANDBOX_TLS_KEY",
+                                client_ca="PYTHON_SANDBOX_TLS_CLIENT_CA"),
+            callback_tls=tls_files(tls, "PYTHON_SANDBOX_CLIENT_CERT", "PYTHON_SANDBOX_CLIENT_KEY",
+                                   ca_bundle="PYTHON_SCHEDULER_CA_BUNDLE"),
             state_dir=state_dir,
             egress_dir=egress_dir,
             ca_bundle=_read_ca_bundle(ca_bundle) if ca_bundle else "",
             alternative_file_server_root=alternative_root if use_alternative_root else "",
             runner_options=options,
         )
+
+
+def forget_seatable_secret() -> None:
+    """SeaTable's secret is not the sandbox's (warned once in from_env): no child process inherits it."""
+    os.environ.pop("PYTHON_SCHEDULER_AUTH_TOKEN", None)
 
 
 class LogSettings(NamedTuple):

@@ -193,6 +193,11 @@ class EgressPolicy:
                 return entry
         return None
 
+    def lists(self, host: str, port: int) -> bool:
+        """True when the destination is on this policy's list (the admin's, or the run's own server)."""
+        name, literal = parse_host(host)
+        return self._match(name, literal, port) is not None
+
     def check(self, host: str, port: int, resolver: Resolver) -> list[Address]:
         """The addresses to connect to, or Refused. Unlisted names are never even resolved in seatable mode."""
         name, literal = parse_host(host)

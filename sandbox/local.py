@@ -45,8 +45,10 @@ def run_local(request: LocalRun) -> RunResult:
     user = lookup_user(request.user or configured_user())
     # The sandbox's own settings where given (limits, image), without requiring its tokens; the Podman API
     # is the sandbox user's unless PYTHON_SANDBOX_PODMAN_URL says otherwise, whoever runs this.
-    config = SandboxConfig.from_env(fallbacks={"PYTHON_SANDBOX_AUTH_TOKEN": "-", "PYTHON_SCHEDULER_AUTH_TOKEN": "-",
-                                               "PYTHON_SANDBOX_PODMAN_URL": user.socket_url})
+    # SeaTable's secret may be in a scheduler host's environment; run-local neither uses nor warns about it.
+    config = SandboxConfig.from_env(fallbacks={"PYTHON_SANDBOX_AUTH_TOKEN": "-",
+                                               "PYTHON_SANDBOX_PODMAN_URL": user.socket_url},
+                                    warn_unused_secret=False)
     api = PodmanAPI(config.podman_url)
     if not api.ping():
         raise SetupError(f"no Podman API at {api.socket_path}; run 'seatable-sandbox host-setup' as root")

@@ -43,7 +43,8 @@ def document() -> dict[str, Any]:
         },
         "components": {"securitySchemes": {
             "token": {"type": "apiKey", "in": "header", "name": "Authorization",
-                      "description": "`Token <PYTHON_SANDBOX_AUTH_TOKEN>`"},
+                      "description": "`Token <PYTHON_SANDBOX_AUTH_TOKEN>` (or one of "
+                      "PYTHON_SANDBOX_PREVIOUS_AUTH_TOKENS while it is rotated)"},
             "metrics": {"type": "http", "scheme": "bearer",
                         "description": "PYTHON_SANDBOX_METRICS_TOKEN, else PYTHON_SANDBOX_AUTH_TOKEN"},
         }},
@@ -85,9 +86,12 @@ def document() -> dict[str, Any]:
             "/_/health": {"get": {"summary": "upstream's starter probe", "responses": {"200": _text("OK", "OK")}}},
             "/health": {"get": {"summary": "Slots, image, limits and how they are enforced, runner identities, "
                                            "outbox, warm pool, network (no auth)",
+                                "parameters": [contract.NODE_CHALLENGE],
                                 "responses": {
-                                    "200": {"description": "Healthy.", "content": _json(HEALTH)},
-                                    "503": {"description": "Unhealthy: `problems` say why.", "content": _json(HEALTH)},
+                                    "200": {"description": "Healthy.", "content": _json(HEALTH),
+                                            "headers": contract.NODE_PROOF},
+                                    "503": {"description": "Unhealthy: `problems` say why.",
+                                            "content": _json(HEALTH), "headers": contract.NODE_PROOF},
                                 }}},
             "/ready": {"get": {"summary": "The dispatcher's cheap poll: can the node take runs, how many (no auth)",
                                "parameters": [contract.NODE_CHALLENGE],

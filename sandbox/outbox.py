@@ -8,6 +8,11 @@ errors, retried with capped backoff for as long as it takes, logged at ERROR onc
 for the same run, which is then retried like any other. Bodies are bounded in bytes before they are
 queued (PYTHON_SCHEDULER_MAX_BODY_BYTES), so a result always fits.
 
+Each callback carries its run's own secret (issued at hand-off), never a shared token. The scheduler refuses
+a callback for that run deliberately (403 or 409 with {"refused": why}: a replay, a transition the run cannot
+make, a secret that is not the run's) when sending it again cannot change the answer: such an entry counts as
+acknowledged with an error, one ERROR line, and the run is remembered as done (never run again).
+
 `sandbox.outbox_store` keeps where each run is (ledger, queue, tombstones) in one file.
 """
 
@@ -28,6 +33,7 @@ import requests
 from sandbox import texts
 from sandbox.outbox_store import RESULT_KINDS, Entry, InFlight, OutboxStore, pack
 from sandbox.output import encode_body, fit_result
+from sandbox.tls import PLAIN_HTTP_HINT, is_tls_error, plain_http_to_tls, tls_reason
 
 __all__ = ["InFlight", "Outbox", "OutboxStats", "backoff"]
 
@@ -39,6 +45,7 @@ PRUNE_EVERY = 60.0
 TRUNCATE_EVERY = 5.0  # at most this often the log is cut back when the queue has emptied
 PATHS = {"running": "/script-running-callback/", "result": "/script-result/", "result_minimal": "/script-result/"}
 REFUSED_BODY = (400, 413, 422)  # the scheduler refuses this body; sending it again cannot help
+REFUSED_FOR_THE_RUN = (403, 409)  # with {"refused": why} in JSON: the scheduler's final word on this callback
 DEFAULT_MAX_BODY = 8 << 20
 DEFAULT_TOMBSTONE_SECS = 7 * 24 * 3600
 
@@ -51,6 +58,7 @@ class OutboxStats:
     retried: int = 0
     dropped: int = 0  # running callbacks refused as a body (their result still goes)
     replaced: int = 0  # results refused as a body, replaced by a minimal failure result
+    refused: int = 0  # callbacks the scheduler refused for their run (replay, wrong state): acknowledged
     causes: dict[str, int] = field(default_factory=dict)  # failed attempts by cause, for /metrics
 
 
@@ -109,8 +117,9 @@ class Outbox:
         self,
         path: pathlib.Path,
         scheduler_url: str,
-        token: str,
         *,
+        verify: str | bool = True,
+        client_cert: tuple[str, str] | None = None,
         max_backoff: float = 30.0,
         timeout: float = 10.0,
         max_body_bytes: int = DEFAULT_MAX_BODY,
@@ -127,7 +136,9 @@ class Outbox:
         self.trouble = DeliveryTrouble()
         self.write_error = ""  # the last failure to queue a result; the node is unhealthy while set
         self._session = requests.Session()
-        self._session.headers["Authorization"] = f"Token {token}"
+        self._session.trust_env = False  # no proxy or CA from the environment: the config says where and whom
+        self._session.verify = verify
+        self._session.cert = client_cert
         self._lock = threading.Lock()
         self._unsaved: list[tuple[int, bytes]] = []  # results the disk refused, kept until it takes them
         self._wake = threading.Event()
@@ -139,9 +150,9 @@ class Outbox:
 
     # --- where a run is ---------------------------------------------------------------------------
 
-    def run_accepted(self, script_id: int) -> bool:
-        """Record a new run; False if this node holds or has held the id (it may have run: never again)."""
-        return self.store.accept(script_id, time.time())
+    def run_accepted(self, script_id: int, secret: str = "") -> bool:
+        """Record a new run with its callback secret; False if this node holds or has held the id (never again)."""
+        return self.store.accept(script_id, time.time(), secret)
 
     def run_container(self, script_id: int, container: str) -> None:
         """Remember the container so a restarted service can remove it."""
@@ -294,17 +305,21 @@ class Outbox:
         body = self.store.body(entry.id)
         if body is None:
             return  # taken by another process on the same file
+        headers = {"Content-Type": "application/json"}
+        if entry.secret:
+            headers["Authorization"] = f"Token {entry.secret}"
         try:
             with self._session.post(
                 self._base + PATHS[entry.kind],
                 data=body,
-                headers={"Content-Type": "application/json"},
+                headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,  # a redirect would turn the POST into a GET and lose the body
             ) as resp:
                 status, retry_after = resp.status_code, resp.headers.get("Retry-After", "")
+                refusal = _refusal(resp) if status in REFUSED_FOR_THE_RUN else None
         except requests.RequestException as exc:
-            self._retry(entry, what, texts.delivery_cause(None, type(exc).__name__), 0.0)
+            self._retry(entry, what, texts.delivery_cause(None, _cause(exc)), 0.0)
             return
         if 200 <= status < 300:
             self.store.acknowledged(entry, time.time())
@@ -313,6 +328,11 @@ class Outbox:
             self._count("delivered")
             if entry.kind in RESULT_KINDS:
                 self.store.reclaim(truncate_log=False)
+        elif refusal is not None:
+            log.error("outbox: %s refused by the scheduler for this run (HTTP %d: %s); taken as its final answer",
+                      what, status, refusal)
+            self.store.acknowledged(entry, time.time())
+            self._count("refused")
         elif status in REFUSED_BODY and entry.kind == "result":
             self._replace(entry, body, status)
         elif status in REFUSED_BODY and entry.kind == "running":
@@ -363,8 +383,35 @@ class Outbox:
         """The outbox's part of /health."""
         with self._lock:
             stats = {"delivered": self.stats.delivered, "retried": self.stats.retried,
-                     "running_dropped": self.stats.dropped, "results_replaced": self.stats.replaced}
+                     "running_dropped": self.stats.dropped, "results_replaced": self.stats.replaced,
+                     "refused_for_the_run": self.stats.refused}
             delivery = self.trouble.as_dict()
         age = self.oldest_pending_age()
         return {"pending": self.pending(), "oldest_pending_age_s": None if age is None else round(age, 1),
                 "disk_bytes": self.disk_bytes(), "delivery": delivery, **stats}
+
+
+def _refusal(resp: requests.Response) -> str | None:
+    """The scheduler's reason when it refused the callback for its run on purpose ({"refused": why}), else None.
+
+    A 403 or 409 without it (a proxy, another service at that URL) stays a deployment error: retried.
+    """
+    if not resp.headers.get("Content-Type", "").startswith("application/json"):
+        return None
+    try:
+        data = resp.json()
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("refused"), str):
+        return None
+    message = data.get("error_msg")
+    return f"{data['refused']}: {message}"[:300] if isinstance(message, str) else data["refused"][:100]
+
+
+def _cause(exc: requests.RequestException) -> str:
+    """The exception's name, and for TLS what was wrong (an unknown CA, a wrong host name, plain HTTP)."""
+    if is_tls_error(exc):
+        return f"TLS: {tls_reason(exc)}"
+    if plain_http_to_tls(exc):
+        return f"{type(exc).__name__}: {PLAIN_HTTP_HINT}"
+    return type(exc).__name__

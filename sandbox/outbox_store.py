@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE TABLE IF NOT EXISTS tombstone (script_id INTEGER PRIMARY KEY, done_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS tombstone_done ON tombstone (done_at);
 """
+# The run's callback secret (issued by the dispatcher at hand-off): on the ledger while the run runs, copied
+# onto each of its queued callbacks. Added to files of older versions at open.
+_SECRET_COLUMNS = ("ledger", "outbox")
 RESULT_KINDS = ("result", "result_minimal")  # the minimal one replaces a result the scheduler refused
 RECLAIM_PAGES = 256  # free pages (1 MiB at 4 KiB) worth giving back to the file system
 WAL_LIMIT = 1 << 20  # the write-ahead log is cut back to this after a checkpoint
@@ -55,6 +58,7 @@ class Entry:
     kind: str
     attempts: int
     next_at: float
+    secret: str = ""  # the run's callback secret; "" for runs accepted before secrets existed
 
 
 def pack(body: bytes) -> bytes:
@@ -94,6 +98,10 @@ class OutboxStore:
         db.execute("PRAGMA synchronous=FULL")
         db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         db.executescript(_SCHEMA)
+        for table in _SECRET_COLUMNS:
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if "secret" not in columns:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN secret TEXT NOT NULL DEFAULT ''")
         return db
 
     @contextmanager
@@ -114,12 +122,13 @@ class OutboxStore:
 
     # --- where a run is -------------------------------------------------------------------------
 
-    def accept(self, script_id: int, now: float) -> bool:
-        """Record a new run; False if the id is remembered anywhere (it may have run: never again)."""
+    def accept(self, script_id: int, now: float, secret: str = "") -> bool:
+        """Record a new run and its callback secret; False if the id is remembered anywhere (never again)."""
         with self._tx() as db:
             if self._state(db, script_id) is not None:
                 return False
-            db.execute("INSERT INTO ledger (script_id, accepted_at) VALUES (?, ?)", (script_id, now))
+            db.execute("INSERT INTO ledger (script_id, accepted_at, secret) VALUES (?, ?, ?)",
+                       (script_id, now, secret))
             return True
 
     def state(self, script_id: int) -> str | None:
@@ -154,17 +163,18 @@ class OutboxStore:
     def enqueue(self, script_id: int, kind: str, packed: bytes, now: float, *, ends_run: bool = False) -> None:
         """Queue a callback; for a result, drop the ledger entry in the same transaction."""
         with self._tx() as db:
-            db.execute("INSERT INTO outbox (script_id, kind, body, next_at, created_at) VALUES (?, ?, ?, ?, ?)",
-                       (script_id, kind, packed, now, now))
+            db.execute("INSERT INTO outbox (script_id, kind, body, next_at, created_at, secret) VALUES (?, ?, ?, ?, ?, "
+                       "COALESCE((SELECT secret FROM ledger WHERE script_id = ?), ''))",
+                       (script_id, kind, packed, now, now, script_id))
             if ends_run:
                 db.execute("DELETE FROM ledger WHERE script_id = ?", (script_id,))
 
     def heads(self) -> list[Entry]:
         """The first queued entry of every script (a script's callbacks go in order), soonest first."""
         rows = self._query(
-            "SELECT id, script_id, kind, attempts, next_at FROM outbox"
+            "SELECT id, script_id, kind, attempts, next_at, secret FROM outbox"
             " WHERE id IN (SELECT MIN(id) FROM outbox GROUP BY script_id) ORDER BY next_at, id")
-        return [Entry(int(i), int(s), str(k), int(a), float(n)) for i, s, k, a, n in rows]
+        return [Entry(int(i), int(s), str(k), int(a), float(n), str(c or "")) for i, s, k, a, n, c in rows]
 
     def body(self, entry_id: int) -> bytes | None:
         rows = self._query("SELECT body FROM outbox WHERE id = ?", (entry_id,))

@@ -23,10 +23,11 @@ import requests
 
 from observability import logs
 from pipeline_contract.schemas import SCRIPT_MAX_BYTES
-from sandbox import texts
+from sandbox import script_fetch, texts
 from sandbox.driver import Job, RunResult
-from sandbox.egress_policy import EgressPolicy
+from sandbox.egress_policy import Address, EgressPolicy
 from sandbox.metrics import RunMetrics
+from sandbox.network import host_addresses as this_hosts_addresses
 
 log = logging.getLogger(__name__)
 SCRIPT_FETCH_TIMEOUT = 60
@@ -60,7 +61,7 @@ class Driver(Protocol):
 
 
 class Ledger(Protocol):
-    def run_accepted(self, script_id: int) -> bool: ...
+    def run_accepted(self, script_id: int, secret: str = "") -> bool: ...
     def run_container(self, script_id: int, container: str) -> None: ...
     def running(self, script_id: int, started_at: float) -> None: ...
     def result(self, script_id: int, body: dict[str, object]) -> None: ...
@@ -75,6 +76,7 @@ class RunRequest:
     context_data: Any = None
     script_content: str | None = None
     script_url: str | None = None
+    callback_secret: str = field(default="", repr=False)  # the run's credential for its callbacks
     script_name: str | None = None  # for log lines only
     dtable_uuid: str | None = None  # for log lines only
 
@@ -95,6 +97,7 @@ class RunService:
     metrics: RunMetrics | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # the admin's (PYTHON_RUNNER_OTHER_OPTIONS --env)
     refusal: Callable[[], str | None] = lambda: None  # why the node cannot take runs now, or None
+    host_addresses: Callable[[], tuple[Address, ...]] = this_hosts_addresses  # refused to the script download
     _active: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: ThreadPoolExecutor | None = None
@@ -124,7 +127,7 @@ class RunService:
                         raise Unavailable(reason)
                     if len(self._active) >= self.slots:
                         raise Busy()
-                    if not self.outbox.run_accepted(script_id):
+                    if not self.outbox.run_accepted(script_id, request.callback_secret):
                         raise Duplicate(script_id, self.outbox.holds(script_id) or "running")
                 except sqlite3.Error as exc:
                     raise Unavailable(texts.OUTBOX_UNUSABLE.format(detail=exc)) from None
@@ -196,15 +199,24 @@ class RunService:
             return RunResult(None, texts.SCRIPT_URL_MISSING, time.time(), 0.0, "fetch_failed")
         url = self._rewrite(request.script_url)
         try:
-            response = requests.get(url, timeout=SCRIPT_FETCH_TIMEOUT, stream=True)
-            body = response.raw.read(SCRIPT_MAX_BYTES + 1, decode_content=True)
-            response.close()
+            status, body = script_fetch.fetch(url, self._fetch_policy(request.env), self.host_addresses,
+                                              SCRIPT_FETCH_TIMEOUT, SCRIPT_MAX_BYTES)
+        except script_fetch.FetchRefused as refused:
+            log.warning("run %s: script fetch refused: %s", request.script_id, refused)
+            return RunResult(None, texts.FETCH_REFUSED.format(reason=refused), time.time(), 0.0, "fetch_failed")
         except requests.RequestException as exc:
             self._log(request).warning("script fetch failed: %s", type(exc).__name__)
             return RunResult(None, texts.FAIL_TO_GET_SCRIPT, time.time(), 0.0, "fetch_failed")
-        if response.status_code != 200 or len(body) > SCRIPT_MAX_BYTES:
+        if status != 200 or len(body) > SCRIPT_MAX_BYTES:
             return RunResult(None, texts.FAIL_TO_GET_SCRIPT, time.time(), 0.0, "fetch_failed")
-        return bytes(body)
+        return body
+
+    def _fetch_policy(self, env: dict[str, str]) -> EgressPolicy:
+        """What the open network lets a runner reach, whatever the run's mode: the internet, the run's SeaTable
+        server and file server root, the admin's list; never loopback, link-local, private or this host unless
+        listed. (In the seatable and none modes the script still comes from where SeaTable says it is.)"""
+        extra = [self.alternative_file_server_root] if self.alternative_file_server_root else []
+        return EgressPolicy.for_run("open", self.egress_allow, env.get("dtable_web_url"), extra)
 
     def _rewrite(self, url: str) -> str:
         """PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT replaces the URL's scheme and host."""

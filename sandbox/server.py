@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from observability import logs
 from sandbox.app import create_app
-from sandbox.config import SandboxConfig, log_settings
+from sandbox.config import SandboxConfig, forget_seatable_secret, log_settings
 from sandbox.driver import ContainerDriver
 from sandbox.egress import EgressProxy
 from sandbox.egress_policy import allow_entries
@@ -39,6 +39,7 @@ from sandbox.pool import WarmPool
 from sandbox.runner_probe import ProbeError, RunnerFacts, probe
 from sandbox.runs import RunService
 from sandbox.seccomp_profile import write_profile
+from sandbox.tls import gunicorn_settings
 
 log = logging.getLogger("sandbox")
 
@@ -152,7 +153,8 @@ def build(config: SandboxConfig) -> Sandbox:
         _fatal(str(exc))
     if not runner.second_filter:
         log.warning("runner image %s has no pyseccomp: runs are filtered by Podman's profile alone", image)
-    outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url, config.scheduler_token,
+    outbox = Outbox(config.state_dir / "outbox.sqlite", config.scheduler_url,
+                    verify=config.callback_tls.verify, client_cert=config.callback_tls.client_pair,
                     max_body_bytes=config.max_body_bytes, tombstone_secs=config.tombstone_secs)
     pool = WarmPool(driver, config.warm_pool, config.preimport, config.pool_min_available)
     node_health = NodeHealth(PodmanAPI(config.podman_url, timeout=PODMAN_TIMEOUT), image, outbox,
@@ -225,6 +227,8 @@ class SandboxServer(BaseApplication):
             "logger_class": "observability.logs.GunicornLogger",
             "proc_name": "seatable-sandbox",
             "worker_exit": worker_exit,
+            **gunicorn_settings(self.config.serve_tls.cert, self.config.serve_tls.key,
+                                self.config.serve_tls.client_ca),
             # gunicorn 27's control socket (~/.gunicorn/gunicorn.ctl) can stop and reconfigure the server; the
             # services are managed by their supervisor (systemd, compose), so it stays off.
             "control_socket_disable": True,
@@ -235,7 +239,7 @@ class SandboxServer(BaseApplication):
     def load(self) -> falcon.App:
         self.sandbox = build(self.config)
         sandbox = self.sandbox
-        return create_app(self.config.auth_token, sandbox.service, sandbox.health, sandbox.ready,
+        return create_app(self.config.accepted_tokens, sandbox.service, sandbox.health, sandbox.ready,
                           metrics=(lambda: sandbox.registry, self.config.metrics_credential))
 
 
@@ -247,4 +251,5 @@ def serve() -> None:
     except ValueError as exc:
         print(f"seatable-sandbox serve: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    forget_seatable_secret()
     SandboxServer(config).run()

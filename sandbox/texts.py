@@ -24,6 +24,7 @@ RESULT_REFUSED = ("result refused by the scheduler (HTTP {status} on /script-res
 # Upstream's texts, kept word for word because SeaTable users know them.
 SCRIPT_URL_MISSING = "Script URL is missing"
 FAIL_TO_GET_SCRIPT = "Fail to get script"
+FETCH_REFUSED = "Fail to get script: its URL leads where runners may not connect ({reason})"
 
 # --- API answers -----------------------------------------------------------------------------------
 ALREADY_HERE = "script_id {script_id} is already here"
@@ -42,8 +43,8 @@ STARTING = "starting"
 
 # --- callback delivery errors, logged once per cause and shown in /health --------------------------
 DELIVERY_HINTS = {
-    401: "the scheduler refuses the token: PYTHON_SCHEDULER_AUTH_TOKEN differs from the scheduler's",
-    403: "the scheduler refuses the token: PYTHON_SCHEDULER_AUTH_TOKEN differs from the scheduler's",
+    401: "refused without a reason the sandbox knows: is PYTHON_SCHEDULER_URL this pipeline's scheduler?",
+    403: "refused without a reason the sandbox knows: is PYTHON_SCHEDULER_URL this pipeline's scheduler?",
     404: "the scheduler does not know the path or the run: check PYTHON_SCHEDULER_URL",
 }
 DELIVERY_SERVER_ERROR = "HTTP {status}: the scheduler failed; results wait in the outbox"
@@ -65,3 +66,8 @@ def delivery_cause(status: int | None, error: str = "") -> str:
     if status >= 500:
         return DELIVERY_SERVER_ERROR.format(status=status)
     return DELIVERY_OTHER.format(status=status)
+
+# Logged once at start when the sandbox's environment still holds SeaTable's secret.
+UNUSED_SEATABLE_SECRET = (
+    "PYTHON_SCHEDULER_AUTH_TOKEN is set but not used: a sandbox needs no SeaTable secret (each run's callbacks "  # noqa: S105
+    "carry a secret of their own); remove it from this host's environment")

@@ -17,6 +17,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from observability import logs
+from sandbox.tls import gunicorn_settings
 from scheduler import metrics_dir, systemd
 from scheduler.config import Config, ConfigError
 
@@ -48,6 +49,7 @@ class SchedulerServer(BaseApplication):
             "proc_name": "seatable-scheduler",
             "preload_app": False,
             "limit_request_line": 8190,
+            **gunicorn_settings(*self.config.tls, self.config.tls_client_ca),
             # gunicorn 27's control socket (~/.gunicorn/gunicorn.ctl) can stop and reconfigure the server; the
             # services are managed by their supervisor (systemd, compose), so it stays off.
             "control_socket_disable": True,
@@ -116,7 +118,7 @@ def dispatch(args: argparse.Namespace, config: Config) -> int:
     config.require_dispatch_settings()
     store = open_store(config)
     read_committed(store)
-    nodes = Nodes(config.sandbox_urls, config.sandbox_auth_token)
+    nodes = Nodes.from_config(config)
     dispatcher = Dispatcher(
         config,
         store,
@@ -127,7 +129,7 @@ def dispatch(args: argparse.Namespace, config: Config) -> int:
     stoppers = [dispatcher.stop]
     maintainer: threading.Thread | None = None
     if args.maintain:
-        maintenance = Maintenance(config, store, Nodes(config.sandbox_urls, config.sandbox_auth_token))
+        maintenance = Maintenance(config, store, Nodes.from_config(config))
         maintainer = threading.Thread(target=maintenance.run, name="maintenance", daemon=True)
         stoppers.append(maintenance.stop)
     _on_sigterm(*stoppers)
@@ -149,7 +151,7 @@ def maintain(args: argparse.Namespace, config: Config) -> int:
     config.require_auth_token()
     store = open_store(config)
     read_committed(store)
-    maintenance = Maintenance(config, store, Nodes(config.sandbox_urls, config.sandbox_auth_token))
+    maintenance = Maintenance(config, store, Nodes.from_config(config))
     if args.once:
         print(f"sweep: {maintenance.sweep_handed_off()}")
         print(f"stale runs ended: {maintenance.end_stale()}")

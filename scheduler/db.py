@@ -79,6 +79,7 @@ def define_entities(db: Database) -> Entities:
         attempt = Optional(int, nullable=True, default=0)
         dispatched_at = Optional(datetime, precision=6, nullable=True)
         outcome = Optional(str, 20, nullable=True)
+        callback_secret_hash = Optional(str, 64, nullable=True)
 
     class DTableStats(db.Entity):
         _table_ = "dtable_run_script_statistics"

@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from observability import logs
-from scheduler import counters, fairshare, lifecycle, outcomes, queries, queue, texts
+from scheduler import callback_auth, counters, fairshare, lifecycle, outcomes, queries, queue, texts
 from scheduler.config import Config
 from scheduler.db import Store
 from scheduler.fairshare import Team
@@ -187,7 +187,12 @@ class Dispatcher:
         if not assignments:
             return report
         deadline = self.store.clock.now() + timedelta(seconds=self.config.process_timeout + self.config.lost_grace_secs)
-        ours = lifecycle.hand_off(self.store, self.me, assignments, deadline)
+        # Each hand-off carries a secret of its own for the run's callbacks; the database keeps its digest only.
+        issued = {run_id: callback_auth.issue() for run_id in assignments}
+        digests = {run_id: digest for run_id, (_, digest) in issued.items()}
+        ours = lifecycle.hand_off(self.store, self.me, assignments, deadline, digests)
+        for run_id in ours:
+            prepared[run_id]["callback_secret"] = issued[run_id][0]
         lost = set(assignments) - ours
         if lost:
             log.warning("lease lost before hand-off for runs %s", sorted(lost))

@@ -6,7 +6,8 @@ pending run is on its way to a sandbox. Together they give five stages:
   pending      state 'pending', not handed off, no live claim (a lease_until ahead with no claimer delays it)
   claimed      state 'pending', claimed_by and lease_until set by a dispatcher, dispatched_at NULL
   handing off  state 'pending', dispatched_at and sandbox_node set, committed BEFORE the POST; lease_until is
-               the time by which the node must have vouched for the run (the sweeper renews it)
+               the time by which the node must have vouched for the run (the sweeper renews it);
+               callback_secret_hash is the digest of the secret in this hand-off's body (scheduler/callback_auth.py)
   running      state 'running' (the running callback; also a run an upstream starter reports itself)
   finished     state 'finished', with success, return code, output and outcome
 
@@ -263,11 +264,15 @@ def claim_overdue(store: Store, me: str, lease_secs: int, created_before: dateti
     return store.write(tx)
 
 
-def hand_off(store: Store, me: str, assignments: dict[int, str], deadline: datetime) -> set[int]:
-    """claimed -> handing off: record node and time for each run BEFORE posting it; answers the runs still ours.
+def hand_off(
+    store: Store, me: str, assignments: dict[int, str], deadline: datetime, digests: dict[int, str] | None = None
+) -> set[int]:
+    """claimed -> handing off: record node, time and the digest of the run's callback secret for each run BEFORE
+    posting it; answers the runs still ours.
 
     From here on the run may reach a sandbox, so only the sweeper (which asks the node) may requeue it.
     """
+    digests = digests or {}
 
     def tx() -> set[int]:
         now = store.clock.now()
@@ -277,10 +282,13 @@ def hand_off(store: Store, me: str, assignments: dict[int, str], deadline: datet
             by_node.setdefault(node, []).append(run_id)
         for node, ids in by_node.items():
             placeholders, params = in_list("h", ids)
+            # One statement per node: each run's digest picked by id (its bind name is the id's, "h<i>").
+            cases = " ".join(f"WHEN ${name} THEN $k{i}" for i, name in enumerate(params))
+            keyed = {f"k{i}": digests.get(run_id) for i, run_id in enumerate(params.values())}
             store.execute(
-                "UPDATE script_log SET dispatched_at = $now, sandbox_node = $node, lease_until = $deadline "
-                f"WHERE id IN ({placeholders}) AND {HAND_OFF.guard}",
-                {"now": now, "node": node, "deadline": deadline, "me": me, **params},
+                "UPDATE script_log SET dispatched_at = $now, sandbox_node = $node, lease_until = $deadline, "
+                f"callback_secret_hash = CASE id {cases} END WHERE id IN ({placeholders}) AND {HAND_OFF.guard}",
+                {"now": now, "node": node, "deadline": deadline, "me": me, **params, **keyed},
             )
             rows = store.select(
                 f"SELECT id FROM script_log WHERE id IN ({placeholders}) AND claimed_by = $me "
@@ -319,8 +327,8 @@ def requeue(store: Store, ids: list[int], node: str) -> int:
 
     def tx() -> int:
         return store.execute(
-            "UPDATE script_log SET claimed_by = NULL, lease_until = NULL, dispatched_at = NULL, sandbox_node = NULL "
-            f"WHERE id IN ({placeholders}) AND {REQUEUE.guard}",
+            "UPDATE script_log SET claimed_by = NULL, lease_until = NULL, dispatched_at = NULL, sandbox_node = NULL, "
+            f"callback_secret_hash = NULL WHERE id IN ({placeholders}) AND {REQUEUE.guard}",
             {"node": node, **params},
         )
 
@@ -373,8 +381,8 @@ def start(
         first.clear()
         started = reported
         before = store.select(  # locked: of two callbacks for one run, one counts it
-            "SELECT state, created_at, script_name, dtable_uuid, sandbox_node, dispatched_at FROM script_log "
-            f"WHERE id = $run_id{_lock(store)}",
+            "SELECT state, created_at, script_name, dtable_uuid, sandbox_node, dispatched_at, callback_secret_hash "
+            f"FROM script_log WHERE id = $run_id{_lock(store)}",
             {"run_id": run_id},
         )
         if before and admit is not None:
@@ -415,7 +423,8 @@ def finish(store: Store, run_id: int, reported: RunResult, admit: AdmitResult | 
         result = reported
         rows = store.select(
             "SELECT state, started_at, dtable_uuid, owner, org_id, script_name, sandbox_node, created_at, "
-            f"dispatched_at, claimed_by, lease_until FROM script_log WHERE id = $run_id{_lock(store)}",
+            f"dispatched_at, claimed_by, lease_until, callback_secret_hash FROM script_log "
+            f"WHERE id = $run_id{_lock(store)}",
             {"run_id": run_id},
         )
         if not rows:

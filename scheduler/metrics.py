@@ -71,7 +71,7 @@ class ApiMetrics:
             registry=register,
         )
         for callback in ("running", "result"):
-            for cause in ("forbidden", "bad_request", "too_large", "unknown_run", "malformed"):
+            for cause in ("forbidden", "refused", "bad_request", "too_large", "unknown_run", "malformed"):
                 self.callback_errors.labels(callback, cause)
 
     def finished(self, outcome: str, spend_time: float | None) -> None:

@@ -1,8 +1,10 @@
 """Sandbox nodes as the dispatcher sees them: readiness, estimated free slots, backoff, and the two calls it makes.
 
 Readiness comes from each node's cheap `GET /ready` (polled at most once a second): 200 gives the free slots,
-503 or no answer takes the node out until a later poll says it recovered. A node without /ready (404: an
-older sandbox or upstream's starter) is read as before, from /health or as DEFAULT_SLOTS. Every hand-off
+503 or no answer takes the node out until a later poll says it recovered. Only answers the node signed with
+its own token count (sandbox.node_proof: a fresh challenge per request, so the token is never sent to learn
+whether a node is real): a fake node, a node with the wrong token, or one without /ready (an older sandbox,
+upstream's starter) gets no run, and an unsigned "never accepted" never releases a run. Every hand-off
 lowers the estimate; several dispatchers share the nodes, so it can be wrong: a 429 is the correction,
 never a failure of the run.
 
@@ -20,15 +22,19 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
 from pipeline_contract import Message
-from pipeline_contract.schemas import HEALTH, NOT_HERE, NOT_READY, READY, RUN_STATE
+from pipeline_contract.schemas import NOT_HERE, NOT_READY, READY, RUN_STATE
+from sandbox import node_proof
+from sandbox.tls import PLAIN_HTTP_HINT, is_tls_error, plain_http_to_tls, tls_reason
+from scheduler.config import Config
 from scheduler.sessions import ThreadSessions
 
 log = logging.getLogger(__name__)
@@ -37,7 +43,8 @@ CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 10.0
 READY_TIMEOUT = (1.0, 2.0)  # /ready answers from memory; a node slower than this is not ready
 READY_INTERVAL = 1.0
-DEFAULT_SLOTS = 10  # a node that reports no slots (upstream's starter) is assumed to take this many
+DEFAULT_SLOTS = 10  # a signed /ready without a slot count is assumed to take this many
+UNSIGNED = "answer not signed with the node's token (a wrong token, or not this pipeline's sandbox at this URL)"
 MAX_BUSY_BACKOFF = 30.0  # longest Retry-After honoured
 MAX_POLL_BACKOFF = 5.0  # a silent node is asked again at least this often, so its recovery is seen soon
 # Pauses before the retries of one hand-off on the same node, and the most time all attempts may take.
@@ -75,6 +82,7 @@ _STATES = {"running": Status.RUNNING, "reporting": Status.REPORTING, "done": Sta
 @dataclass
 class Node:
     url: str
+    token: str = field(default="", repr=False)
     free: int = 0
     ready: bool = False  # the last readiness poll said it takes runs
     reason: str = ""  # why it is out, while it is (logged once per cause)
@@ -101,18 +109,48 @@ def _never_sent(exc: requests.RequestException) -> bool:
 class Nodes:
     """The configured nodes; thread-safe, one HTTP session per thread."""
 
-    def __init__(self, urls: tuple[str, ...], token: str) -> None:
-        self.nodes = {url: Node(url) for url in urls}
-        self.headers = {"Authorization": f"Token {token}"}
+    def __init__(
+        self,
+        urls: tuple[str, ...],
+        tokens: str | Mapping[str, str],
+        verify: str | bool = True,
+        client_cert: tuple[str, str] | None = None,
+    ) -> None:
+        """`tokens`: one token for every node, or each node's own by URL."""
+        token_of = (lambda url: tokens) if isinstance(tokens, str) else (lambda url: tokens.get(url, ""))
+        self.nodes = {url: Node(url, token_of(url)) for url in urls}
         self._lock = threading.Lock()
-        self._sessions = ThreadSessions()
+        self._sessions = ThreadSessions(verify=verify, cert=client_cert)
         self._rotation = 0
         self._pollers: ThreadPoolExecutor | None = None
         self._off_contract: set[tuple[str, str]] = set()  # (node, problem) already logged
 
+    @classmethod
+    def from_config(cls, config: Config) -> Nodes:
+        tokens = {url: config.node_token(url) for url in config.sandbox_urls}
+        client_cert = config.dispatch_tls if config.dispatch_tls[0] else None
+        return cls(config.sandbox_urls, tokens, config.sandbox_ca_bundle or True, client_cert)
+
     @property
     def session(self) -> requests.Session:
         return self._sessions.get()
+
+    def headers(self, url: str) -> dict[str, str]:
+        return {"Authorization": f"Token {self.nodes[url].token}"}
+
+    def _signed_get(
+        self, node: Node, path: str, headers: dict[str, str], timeout: Any
+    ) -> tuple[requests.Response, bool]:
+        """GET with a fresh challenge; the answer and whether the node signed it with its token."""
+        challenge = node_proof.new_challenge()
+        response = self.session.get(
+            f"{node.url}{path}", headers={**headers, node_proof.CHALLENGE_HEADER: challenge}, timeout=timeout
+        )
+        signed = node_proof.verify(
+            [node.token], challenge, response.status_code, response.content,
+            response.headers.get(node_proof.PROOF_HEADER),
+        )  # fmt: skip
+        return response, signed
 
     # --- readiness ----------------------------------------------------------------------------------------
 
@@ -128,24 +166,21 @@ class Nodes:
             list(self._pollers.map(self._check, due))
 
     def _check(self, node: Node) -> None:
-        legacy = False
         try:
-            # /ready needs no token, but an older sandbox guards unknown paths: with it, it answers 404.
-            response = self.session.get(f"{node.url}/ready", headers=self.headers, timeout=READY_TIMEOUT)
-            if response.status_code == 404:  # no /ready: an older sandbox (/health) or upstream's starter
-                legacy = True
-                response = self.session.get(f"{node.url}/health", timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+            # No token goes out here: the node proves it holds its own by signing the answer.
+            response, signed = self._signed_get(node, "/ready", {}, READY_TIMEOUT)
         except requests.RequestException as exc:
-            self._silent(node, f"no answer to /ready: {type(exc).__name__}")
+            self._sessions.reset()
+            self._silent(node, f"no answer to /ready: {describe(exc)}")
             return
         code = response.status_code
-        if code == 200:
-            self._conforms(node.url, "/health" if legacy else "/ready", response, HEALTH if legacy else READY)
+        if not signed:
+            self._silent(node, f"/ready answered {code}, {UNSIGNED}")
+        elif code == 200:
+            self._conforms(node.url, "/ready", response, READY)
             self._ready(node, _free_slots(response))
-        elif code == 404 and legacy:
-            self._ready(node, DEFAULT_SLOTS)
         elif code == 503:
-            self._conforms(node.url, "/health" if legacy else "/ready", response, HEALTH if legacy else NOT_READY)
+            self._conforms(node.url, "/ready", response, NOT_READY)
             self._unhealthy(node, f"unhealthy: {_error_text(response)}")
         else:
             self._silent(node, f"/ready answered {code}")
@@ -258,7 +293,7 @@ class Nodes:
                 response = self.session.post(
                     f"{url}/function/run-python",
                     json=body,
-                    headers=self.headers,
+                    headers=self.headers(url),
                     timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
                 )
             except requests.RequestException as exc:
@@ -305,13 +340,17 @@ class Nodes:
         return HandOff(Sent.REJECTED, _error_text(response), attempt)
 
     def status(self, url: str, run_id: int) -> Status:
-        """GET /function/runs/{id}. Only the sandbox's own JSON 404 counts as "never accepted"."""
+        """GET /function/runs/{id}. Only the sandbox's own signed JSON 404 counts as "never accepted"."""
+        node = self.nodes[url]
         try:
-            response = self.session.get(
-                f"{url}/function/runs/{run_id}", headers=self.headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
+            response, signed = self._signed_get(
+                node, f"/function/runs/{run_id}", self.headers(url), (CONNECT_TIMEOUT, READ_TIMEOUT)
             )
         except requests.RequestException:
             self._sessions.reset()
+            return Status.NO_ANSWER
+        if not signed:
+            log.warning("sandbox node %s about run %s: %s", url, run_id, UNSIGNED)
             return Status.NO_ANSWER
         is_json = response.headers.get("content-type", "").startswith("application/json")
         if response.status_code == 200:
@@ -349,6 +388,15 @@ def _retry_after(response: requests.Response) -> float:
         return float(response.headers.get("Retry-After", "1"))
     except ValueError:
         return 1.0
+
+
+def describe(exc: requests.RequestException) -> str:
+    """One line for a failed request: TLS problems and plain HTTP on a TLS port in words, else the cause's name."""
+    if is_tls_error(exc):
+        return f"TLS: {tls_reason(exc)}"
+    if plain_http_to_tls(exc):
+        return f"{_exception_text(exc)}: {PLAIN_HTTP_HINT}"
+    return type(exc).__name__
 
 
 def _exception_text(exc: requests.RequestException) -> str:

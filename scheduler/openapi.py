@@ -53,6 +53,7 @@ ADMIN_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "r
 HEALTH = {"type": "object", "required": ["status", "database"],
           "properties": {"status": {"enum": [texts.HEALTH_OK, texts.HEALTH_UNHEALTHY]}, "database": {"type": "string"}}}
 ERROR_MSG = {"type": "object", "properties": {"error_msg": {"type": "string"}}, "required": ["error_msg"]}
+CALLBACK: list[dict[str, list[str]]] = [{"callback": []}]
 
 FORBIDDEN = _answer("The token is missing or wrong.", _text(texts.FORBIDDEN))
 FORBIDDEN_SHORT = _answer("The token is missing or wrong.", _text(texts.FORBIDDEN_SHORT))
@@ -185,8 +186,11 @@ def _operations() -> dict[str, dict[str, Any]]:
         "200": _answer("Recorded, or already finished (nothing changes then).", _json(contract.CALLBACK_ACK.schema)),
         "400": _answer("Not a JSON object, or a field of the wrong type.",
                        _text(texts.BAD_REQUEST, texts.PARAMETERS_INVALID)),
-        "403": FORBIDDEN,
+        "403": _answer("No callback secret, or not this run's: refused for the run ({\"refused\": why}); sending "
+                       "it again cannot help.", _json(contract.CALLBACK_REFUSED.schema)),
         "404": _answer("No run with this script_id.", _json(contract.CALLBACK_NOT_FOUND.schema)),
+        "409": _answer("Not the run's next legal transition (a replay, a run never handed off, a result for a "
+                       "finished run): refused for the run.", _json(contract.CALLBACK_REFUSED.schema)),
         "413": TOO_LARGE,
     }
     result_body = copy.deepcopy(contract.RESULT_CALLBACK.schema)
@@ -270,10 +274,10 @@ def _operations() -> dict[str, dict[str, Any]]:
         "/admin/statistics/by-base/": _format_summary(grouped, by="base"),
         "/admin/statistics/by-day/": _format_summary(by_day, by="day"),
         "/script-running-callback/": {"post": {
-            "summary": "A sandbox (or upstream's starter) started the run", "security": TOKEN,
+            "summary": "A sandbox (or upstream's starter) started the run", "security": CALLBACK,
             "requestBody": _body(contract.RUNNING_CALLBACK.schema), "responses": callback_answers}},
         "/script-result/": {"post": {
-            "summary": "A sandbox (or upstream's starter) reports the run's result", "security": TOKEN,
+            "summary": "A sandbox (or upstream's starter) reports the run's result", "security": CALLBACK,
             "requestBody": _body(result_body), "responses": callback_answers}},
     }
 
@@ -342,7 +346,11 @@ def document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization",
-                          "description": "`Token <PYTHON_SCHEDULER_AUTH_TOKEN>` (or `Bearer <...>`)"},
+                          "description": "`Token <PYTHON_SCHEDULER_AUTH_TOKEN>` (or `Bearer <...>`, or one of "
+                          "PYTHON_SCHEDULER_PREVIOUS_AUTH_TOKENS while it is rotated)"},
+                "callback": {"type": "apiKey", "in": "header", "name": "Authorization",
+                             "description": "`Token <the run's callback secret>`, issued with the hand-off; none "
+                             "with PYTHON_SCHEDULER_ACCEPT_UNAUTHENTICATED_CALLBACKS=true"},
                 "metrics": {"type": "http", "scheme": "bearer",
                             "description": "PYTHON_SCHEDULER_METRICS_TOKEN, else PYTHON_SCHEDULER_AUTH_TOKEN"},
                 "status": {"type": "http", "scheme": "basic",

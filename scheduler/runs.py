@@ -8,9 +8,12 @@ the names the API and its callers have always used.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from scheduler import lifecycle, queries
+from scheduler import callback_auth, lifecycle, queries
+from scheduler.callback_auth import Credential
 from scheduler.db import Store
 from scheduler.lifecycle import NewRun, Outcome, RunResult
 from scheduler.queries import RunFilter
@@ -21,9 +24,27 @@ __all__ = [
 ]
 
 create_run = lifecycle.create
-mark_running = lifecycle.start
-record_result = lifecycle.finish
 fail_run = lifecycle.fail
+
+
+def mark_running(
+    store: Store,
+    run_id: int,
+    started_at: datetime | None = None,
+    waited: Callable[[float], None] | None = None,
+    credential: Credential | None = None,
+) -> Outcome:
+    """The run started (lifecycle.start). With a `credential` (a callback): refused (callback_auth.Refused)
+    unless it is the run's own secret and the run was handed off and not yet running."""
+    admit = callback_auth.admit_start(credential, store.clock) if credential is not None else None
+    return lifecycle.start(store, run_id, started_at, waited, admit)
+
+
+def record_result(store: Store, run_id: int, result: RunResult, credential: Credential | None = None) -> Outcome:
+    """The run ended (lifecycle.finish). With a `credential` (a callback): refused (callback_auth.Refused) unless
+    it is the run's own secret and the run was handed off and not finished; unbelievable times are not stored."""
+    admit = callback_auth.admit_result(credential, store.clock) if credential is not None else None
+    return lifecycle.finish(store, run_id, result, admit)
 
 
 def to_json(store: Store, row: Any, full: bool = True) -> dict[str, Any]:

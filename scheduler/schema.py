@@ -40,6 +40,8 @@ EXTRA_SCRIPT_LOG_COLUMNS: tuple[Column, ...] = (
     Column("dispatched_at", "datetime(6) DEFAULT NULL", "DATETIME"),
     # What ended the run, as one word (scheduler/outcomes.py); NULL for rows finished before it existed.
     Column("outcome", "varchar(20) DEFAULT NULL", "TEXT"),
+    # SHA-256 (hex) of the secret the run's callbacks must present; set at hand-off (scheduler.callback_auth).
+    Column("callback_secret_hash", "char(64) DEFAULT NULL", "TEXT"),
 )
 
 # Columns added by upstream's 6.2.0.sql, needed when adopting an older database.

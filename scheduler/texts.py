@@ -51,3 +51,14 @@ SANDBOX_LOST_NO_RESULT = "sandbox lost: no result arrived within {seconds} s of 
 SANDBOX_REJECTED = "sandbox error: the sandbox refused the run ({reason})"
 RESULT_MALFORMED = "[the sandbox reported this run's result with invalid fields, so it is stored as failed: {problems}]"
 QUEUE_TIMEOUT = "Not started: no sandbox had a free slot within {seconds} s"
+
+# Callbacks refused for their run: {"error_msg": ..., "refused": why}; the sandbox takes them as final.
+CALLBACK_SECRET_MISSING = "this callback needs the run's callback secret (Authorization: Token <secret>)"  # noqa: S105
+CALLBACK_SECRET_WRONG = "the callback secret is not this run's: the run was not handed to this node"  # noqa: S105
+CALLBACK_RUN_FINISHED = "this run has finished: its callbacks are no longer accepted"
+CALLBACK_ALREADY_RUNNING = "this run is already running: a running callback is accepted once"
+CALLBACK_NOT_HANDED_OFF = "this run was not handed to a sandbox: it cannot be running or have a result"
+# Reported times the scheduler does not believe (the result is stored as failed, naming them).
+STARTED_IN_FUTURE = "started_at: in the future"
+STARTED_BEFORE_CREATED = "started_at: before the run was created"
+DURATION_TOO_LONG = "spend_time: longer than the time since the run started"

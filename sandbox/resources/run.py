@@ -50,7 +50,8 @@ class RunPython:
     Idempotent by script_id. 202 {"accepted": true}; 409 {"error", "state"} the node holds or has
     held this id (the caller counts it as accepted; it never runs twice); 429 every slot busy
     (with Retry-After) and 503 {"error": reason} node unhealthy: not accepted, provably not
-    started; 400/413 body refused; 403 bad token.
+    started; 400/413 body refused; 403 bad token. `callback_secret` is the run's own credential for its
+    callbacks, issued by the dispatcher; it is kept in the outbox (0600) and nowhere else.
     """
 
     SCHEMA = HANDOFF.schema  # the contract's (pipeline_contract): what the dispatcher sends
@@ -76,6 +77,7 @@ class RunPython:
             context_data=body.get("context_data"),
             script_content=content,
             script_url=body.get("script_url") if content is None else None,
+            callback_secret=body["callback_secret"],
             script_name=body.get("script_name"),
             dtable_uuid=body.get("dtable_uuid"),
         )

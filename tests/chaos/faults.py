@@ -36,11 +36,15 @@ class Fault:
     big_output: bool = False
 
 
-def _wrong_token(chaos: Chaos, hold: float) -> None:
-    chaos.restart_sandbox(scheduler_token="not-" + chaos.secret)
+def _wrong_callback_url(chaos: Chaos, hold: float) -> None:
+    """Callbacks answered by something that is not the scheduler's callback route (a wrong path or proxy).
+
+    Since issue 20 a sandbox holds no callback token to get wrong (each run brings its own secret); what an
+    operator can still get wrong is where the callbacks go."""
+    chaos.restart_sandbox(scheduler_url=chaos.scheduler_url + "/not-the-scheduler")
 
 
-def _right_token(chaos: Chaos, hold: float) -> None:
+def _right_callback_url(chaos: Chaos, hold: float) -> None:
     time.sleep(hold)
     chaos.restart_sandbox()
 
@@ -92,7 +96,8 @@ def _resets_off(chaos: Chaos, hold: float) -> None:
 
 
 FAULTS = (
-    Fault("wrong callback token, then fixed", "callbacks", 120, 20, prepare=_wrong_token, heal=_right_token),
+    Fault("wrong callback URL, then fixed", "callbacks", 120, 20, prepare=_wrong_callback_url,
+          heal=_right_callback_url),
     Fault("SIGKILL of the dispatcher", "dispatcher", 3, 3, inject=_kill_dispatcher),
     Fault("SIGKILL of the sandbox", "sandbox", 3, 3, inject=_kill_sandbox),
     Fault("SIGKILL of a scheduler worker (x3)", "scheduler API", 2, 1, inject=_kill_scheduler_workers),
@@ -102,7 +107,7 @@ FAULTS = (
     Fault("connection resets on hand-off", "hand-off", 30, 10, prepare=_resets_on, heal=_resets_off),
     Fault("result over the body limit", "result size", 0, 0, big_output=True),
 )
-QUICK = ("wrong callback token, then fixed", "SIGKILL of the sandbox", "MariaDB restarted",
+QUICK = ("wrong callback URL, then fixed", "SIGKILL of the sandbox", "MariaDB restarted",
          "connection resets on hand-off", "result over the body limit")
 
 

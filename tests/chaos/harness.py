@@ -205,12 +205,11 @@ class Chaos:
         assert self.podman is not None
         self.podman.kill()
 
-    def sandbox_env(self, scheduler_token: str | None = None) -> dict[str, str]:
+    def sandbox_env(self, scheduler_url: str | None = None) -> dict[str, str]:
         s = self.settings
         return {
             "PYTHON_SANDBOX_AUTH_TOKEN": self.sandbox_token,
-            "PYTHON_SCHEDULER_URL": self.scheduler_url,
-            "PYTHON_SCHEDULER_AUTH_TOKEN": scheduler_token or self.secret,
+            "PYTHON_SCHEDULER_URL": scheduler_url or self.scheduler_url,
             "PYTHON_SANDBOX_BIND": f"127.0.0.1:{self.sandbox_port}",
             "PYTHON_SANDBOX_STATE_DIR": str(self.workdir / "sandbox-state"),
             "PYTHON_SANDBOX_NODE_NAME": self.node_name,
@@ -224,14 +223,14 @@ class Chaos:
             "PYTHON_RUNNER_NETWORK": "seatable",
         }
 
-    def start_sandbox(self, scheduler_token: str | None = None) -> None:
+    def start_sandbox(self, scheduler_url: str | None = None) -> None:
         """Start (or start again: same port, state directory and node name) the sandbox as the sandbox user."""
         assert self.user is not None
         state = self.workdir / "sandbox-state"
         if not state.exists():
             state.mkdir()
             os.chown(state, self.user.uid, self.user.gid)
-        self.sandbox = SandboxProcess(self.user, self.sandbox_env(scheduler_token), self.sandbox_port, state,
+        self.sandbox = SandboxProcess(self.user, self.sandbox_env(scheduler_url), self.sandbox_port, state,
                                       token=self.sandbox_token)
         self.sandbox.start()
 
@@ -243,9 +242,9 @@ class Chaos:
         if self.sandbox is not None:
             self.sandbox.stop(sig)
 
-    def restart_sandbox(self, scheduler_token: str | None = None) -> None:
+    def restart_sandbox(self, scheduler_url: str | None = None) -> None:
         self.stop_sandbox()
-        self.start_sandbox(scheduler_token)
+        self.start_sandbox(scheduler_url)
 
     def containers(self) -> list[str]:
         """This node's runner containers (by its label), whatever their state."""

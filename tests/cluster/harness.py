@@ -312,7 +312,6 @@ class Cluster:
         host.env = {
             "PYTHON_SANDBOX_AUTH_TOKEN": self.sandbox_token,
             "PYTHON_SCHEDULER_URL": self.api_url(api),
-            "PYTHON_SCHEDULER_AUTH_TOKEN": self.secret,
             "PYTHON_SANDBOX_BIND": f"{host.ns.address}:{SANDBOX_PORT}",
             "PYTHON_SANDBOX_STATE_DIR": str(host.state_dir),
             "PYTHON_SANDBOX_NODE_NAME": host.node_name,

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from pony.orm import db_session
 
-from scheduler import lifecycle, queue, runs, texts
+from scheduler import callback_auth, lifecycle, queue, runs, texts
 from scheduler.config import Config
 from scheduler.db import Store, open_store, run_migrate
 from tests.support.galera import GaleraCluster
@@ -156,12 +156,14 @@ def test_a_result_and_the_sweep_on_two_nodes_end_the_run_once(stores: list[Store
 
 def test_claims_hand_offs_and_results_racing_on_three_nodes(stores: list[Store], galera: GaleraCluster) -> None:
     """Two claimers (node1, node2) claim and mark hand-offs as fast as they can while a third actor (node3)
-    reports each handed-off run running and finished: every run is claimed, handed off and finished once.
+    reports each handed-off run running and finished with the run's own callback secret (the digest written with
+    the hand-off, through another node): every run is claimed, handed off and finished once.
     SEATABLE_CLUSTER_RACE_RUNS sets the burst (300 here; docs/cluster.md has the full form's 2,000)."""
     total = int(os.environ.get("SEATABLE_CLUSTER_RACE_RUNS", "300"))
     ids = create_runs(stores[0], total, teams=5)
     before = certification_conflicts(galera)
     handed: dict[str, list[int]] = {"d1": [], "d2": []}
+    run_secrets: dict[int, str] = {}
     errors: list[BaseException] = []
     done_claiming = threading.Event()
 
@@ -176,7 +178,10 @@ def test_claims_hand_offs_and_results_racing_on_three_nodes(stores: list[Store],
                     continue
                 idle = 0
                 deadline = store.clock.now() + timedelta(seconds=300)
-                ours = lifecycle.hand_off(store, name, {c.id: NODE for c in claimed}, deadline)
+                issued = {c.id: callback_auth.issue() for c in claimed}  # each hand-off's callback secret
+                run_secrets.update({run_id: secret for run_id, (secret, _) in issued.items()})
+                ours = lifecycle.hand_off(store, name, {c.id: NODE for c in claimed}, deadline,
+                                          {run_id: digest for run_id, (_, digest) in issued.items()})
                 assert ours == {c.id for c in claimed}, "a committed claim must stay ours until the hand-off"
                 handed[name].extend(sorted(ours))
         except BaseException as exc:
@@ -189,9 +194,11 @@ def test_claims_hand_offs_and_results_racing_on_three_nodes(stores: list[Store],
                 for run_id in [*handed["d1"], *handed["d2"]]:
                     if run_id in finished:
                         continue
-                    runs.mark_running(store, run_id)
+                    # As the sandbox's callbacks: the run's own secret, checked against the replicated digest.
+                    credential = callback_auth.Credential(run_secrets[run_id])
+                    runs.mark_running(store, run_id, credential=credential)
                     result = runs.RunResult(success=True, return_code=0, output=f"run {run_id}", spend_time=0.1)
-                    assert runs.record_result(store, run_id, result) is runs.Outcome.APPLIED
+                    assert runs.record_result(store, run_id, result, credential) is runs.Outcome.APPLIED
                     finished.add(run_id)
         except BaseException as exc:
             errors.append(exc)

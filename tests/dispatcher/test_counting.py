@@ -23,9 +23,9 @@ from scheduler.dispatcher import Dispatcher
 from scheduler.maintenance import Maintenance
 from scheduler.nodes import Nodes
 from scheduler.seatable import SeaTable
-from tests.dispatcher.conftest import SANDBOX_TOKEN, TOKEN, SeaTableStub, enqueue, row, wait_for
+from tests.dispatcher.conftest import SANDBOX_TOKEN, SeaTableStub, enqueue, row, wait_for
 from tests.dispatcher.test_dispatch import dispatch_env
-from tests.scheduler.conftest import AUTH, RunningServer
+from tests.scheduler.conftest import AUTH, RunningServer, hand_off
 from tests.support.stub_sandbox import StubSandbox
 
 FAST = {
@@ -53,8 +53,9 @@ class Api:
         assert response.status_code == 200, (path, response.status_code, response.text)
         return response.json()
 
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        response = requests.post(self.url + path, json=body, headers=AUTH, timeout=10)
+    def post(self, path: str, body: dict[str, Any], secret: str) -> Any:
+        """A callback with the run's own secret."""
+        response = requests.post(self.url + path, json=body, headers={"Authorization": f"Token {secret}"}, timeout=10)
         assert response.status_code == 200, (path, response.status_code, response.text)
         return response.json()
 
@@ -87,7 +88,7 @@ def test_only_runs_with_a_sandbox_result_are_counted(
     serve: Callable[[dict[str, str]], RunningServer],
 ) -> None:
     api = Api(serve({**db_env, "SEATABLE_SERVER_URL": seatable.url}))
-    reporter = StubSandbox(SANDBOX_TOKEN, scheduler_url=api.url, scheduler_token=TOKEN).start()
+    reporter = StubSandbox(SANDBOX_TOKEN, scheduler_url=api.url).start()
     holder = StubSandbox(SANDBOX_TOKEN, report=False).start()
     refuser = StubSandbox(SANDBOX_TOKEN, refuse=True).start()
     dying = StubSandbox(SANDBOX_TOKEN, report=False).start()
@@ -116,7 +117,8 @@ def test_only_runs_with_a_sandbox_result_are_counted(
         [heavy] = runs_of(store, seatable.base, 11)
         assert dispatcher(holder).step()
         api.post("/script-result/", {"script_id": heavy, "success": True, "return_code": 0, "output": "ok",
-                                     "started_at": time.time() - 10, "spend_time": 10.0})  # fmt: skip
+                                     "started_at": time.time() - 10, "spend_time": 10.0},
+                 holder.bodies[heavy]["callback_secret"])  # fmt: skip
         over = runs_of(store, seatable.base, 11, count=2)
         assert dispatcher(reporter, **RATE_LIMITED).step()
         for run_id in over:
@@ -143,7 +145,8 @@ def test_only_runs_with_a_sandbox_result_are_counted(
         # Sandbox lost after the run started (the running callback arrived): upstream never counts it either.
         [forgotten] = runs_of(store, seatable.base, 15)
         assert dispatcher(holder).step()
-        api.post("/script-running-callback/", {"script_id": forgotten, "started_at": time.time()})
+        api.post("/script-running-callback/", {"script_id": forgotten, "started_at": time.time()},
+                 holder.bodies[forgotten]["callback_secret"])
         assert api.get(f"/tasks/{seatable.base}/hello.py/logs/{forgotten}/")["task_log"]["state"] == "running"
         holder.forget_all()
         wait_for(lambda: maintenance(holder).sweep_handed_off().lost == 1, 30, "the sweep of a forgotten run")
@@ -151,16 +154,22 @@ def test_only_runs_with_a_sandbox_result_are_counted(
 
         # Lost and reported so by the sandbox itself after its restart (`"lost": true` with its result).
         [restarted] = runs_of(store, seatable.base, 16)
-        api.post("/script-running-callback/", {"script_id": restarted})
+        secret = hand_off(store, restarted)
+        api.post("/script-running-callback/", {"script_id": restarted}, secret)
         api.post("/script-result/", {"script_id": restarted, "success": False, "return_code": None,
-                                     "output": "sandbox lost: restarted", "spend_time": 0.0, "lost": True})  # fmt: skip
+                                     "output": "sandbox lost: restarted", "spend_time": 0.0, "lost": True},
+                 secret)  # fmt: skip
         ended(restarted, "sandbox lost: restarted")
 
         # Queued too long, and started by some other starter long ago without a result.
         [queued] = runs_of(store, seatable.base, 17)
         [elsewhere] = runs_of(store, seatable.base, 18)
         long_ago = store.clock.now() - timedelta(seconds=600)
-        api.post("/script-running-callback/", {"script_id": elsewhere, "started_at": time.time() - 600})
+        # A run an upstream starter marked running before this scheduler took over the database (no callback
+        # can mark a run running that was never handed off).
+        store.write(lambda: store.db.execute(
+            "UPDATE script_log SET created_at = $t, started_at = $t, state = 'running' WHERE id = $i",
+            {"t": long_ago, "i": elsewhere}))  # fmt: skip
         store.write(lambda: store.db.execute("UPDATE script_log SET created_at = $t WHERE id = $i",
                                              {"t": long_ago, "i": queued}))  # fmt: skip
         assert maintenance(holder).end_stale() == 2

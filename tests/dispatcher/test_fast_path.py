@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from pony.orm import db_session
 
+from scheduler import callback_auth
 from scheduler import dispatcher as dispatcher_module
 from scheduler.config import Config
 from scheduler.db import Store
@@ -37,6 +39,14 @@ def _dispatcher(db_env: dict[str, str], seatable: SeaTableStub, store: Store, no
     config = Config.from_env(dispatch_env(db_env, seatable, node, **extra))
     return Dispatcher(config, store, SeaTable(config.seatable_server_url, config.auth_token),
                       Nodes(config.sandbox_urls, SANDBOX_TOKEN))
+
+
+def carries_the_runs_secret(store: Store, run_id: int, body: dict[str, object]) -> None:
+    """The hand-off's callback secret is the one whose digest the database keeps (issue 20, with the content)."""
+    with db_session:
+        [stored] = store.db.select("SELECT callback_secret_hash FROM script_log WHERE id = $i", {"i": run_id})
+    secret = body["callback_secret"]
+    assert isinstance(secret, str) and stored == callback_auth.digest(secret)
 
 
 @pytest.fixture
@@ -82,6 +92,7 @@ def test_the_dispatcher_hands_over_the_script_content_and_downloads_it_once(
     body = node.bodies[run_id]
     assert body["script_content"] == SCRIPT_CONTENT and "script_url" not in body
     assert body["env"]["api_token"]
+    carries_the_runs_secret(store, run_id, body)
     assert [u.fetch_count for u in seatable.server.seatable.script_urls()] == [1]
 
 
@@ -105,6 +116,7 @@ def test_a_download_that_may_have_spent_the_url_hands_the_sandbox_a_fresh_one(
     first, second = seatable.server.seatable.script_urls(script_name="big.py")
     assert first.fetch_count == 1  # the dispatcher's download, over the sandbox's limit: the URL is spent
     assert node.bodies[run_id]["script_url"] == second.url and second.fetch_count == 0
+    carries_the_runs_secret(store, run_id, node.bodies[run_id])
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from scheduler.nodes import Nodes, Sent
 from scheduler.seatable import SeaTable
 from tests.dispatcher.conftest import (
     SANDBOX_TOKEN,
-    TOKEN,
     DispatcherProcess,
     SeaTableStub,
     enqueue,
@@ -199,15 +198,27 @@ def test_a_503_to_a_post_sends_the_run_to_another_node_at_once(
 
 
 @BOTH
-def test_a_node_without_ready_is_read_from_health_as_before(
+def test_only_nodes_that_sign_with_their_own_token_get_runs(
     backend: str, db_env: dict[str, str], store: Store, seatable: SeaTableStub
 ) -> None:
-    with StubSandbox(SANDBOX_TOKEN, without_ready=True, slots=3) as old:
-        dispatcher = _in_process(db_env, seatable, store, old)
+    """Issue 20: a fake node reporting 1,000 free slots on an unauthenticated /health received 51 of 51 runs.
+
+    Here a fake node (its answers signed with another token), an unsigned one (no /ready: an older sandbox or
+    upstream's starter) and the real node with 2 slots: every run goes to the real node, and the fake ones
+    never even see a token (no POST reaches them, /ready carries none)."""
+    with (
+        StubSandbox("not-the-node-token", slots=1000) as fake,
+        StubSandbox(SANDBOX_TOKEN, without_ready=True, slots=1000) as unsigned,
+        StubSandbox(SANDBOX_TOKEN, slots=2) as real,
+    ):
+        dispatcher = _in_process(db_env, seatable, store, fake, unsigned, real)
         ids = enqueue(store, seatable.base, 5)
-        _settle(dispatcher, lambda: len(old.accepted) == 3, "three runs (its three free slots)")
-        assert dispatcher.nodes.nodes[old.url].free == 0
-        assert sum(row(store, i)["dispatched_at"] is None for i in ids) == 2
+        _settle(dispatcher, lambda: len(real.accepted) == 2, "two runs on the real node (its two free slots)")
+        for _ in range(5):
+            dispatcher.step()
+        assert not fake.posts and not unsigned.posts
+        assert not dispatcher.nodes.nodes[fake.url].ready and "not signed" in dispatcher.nodes.nodes[fake.url].reason
+        assert sum(row(store, i)["dispatched_at"] is None for i in ids) == 3
 
 
 @BOTH
@@ -222,7 +233,7 @@ def test_no_run_waits_for_the_sweep_because_of_resets(
     """Half the hand-offs end in a reset, before or after the node accepted. With a one-hour hand-off window,
     a run that needed the sweeper could not finish within this test: every run finishes, each ran once."""
     server = serve({**db_env, "SEATABLE_SERVER_URL": seatable.url})
-    with StubSandbox(SANDBOX_TOKEN, scheduler_url=server.url, scheduler_token=TOKEN) as node:
+    with StubSandbox(SANDBOX_TOKEN, scheduler_url=server.url) as node:
         for _ in range(10):
             node.reset_next("before")
             node.reset_next("after")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from scheduler.db import Store
-from tests.dispatcher.conftest import TOKEN, DispatcherProcess, SeaTableStub, enqueue, row, wait_for
+from tests.dispatcher.conftest import DispatcherProcess, SeaTableStub, enqueue, row, wait_for
 from tests.scheduler.conftest import RunningServer
 
 
@@ -23,7 +23,7 @@ def test_a_run_goes_pending_running_finished_with_its_output(
     dispatchers: Callable[..., DispatcherProcess],
 ) -> None:
     server = serve({**db_env, "SEATABLE_SERVER_URL": seatable.url})
-    sandbox = sandbox_factory(PYTHON_SCHEDULER_URL=server.url, PYTHON_SCHEDULER_AUTH_TOKEN=TOKEN)
+    sandbox = sandbox_factory(PYTHON_SCHEDULER_URL=server.url)
     # Long enough that the 20 ms polls below see the running state between pending and finished.
     seatable.server.seatable.add_script(seatable.base, "slow.py", "import time\nprint('slow hello')\ntime.sleep(1.5)\n")
     [run_id] = enqueue(store, seatable.base, 1, script_name="slow.py")

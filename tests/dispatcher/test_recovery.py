@@ -17,7 +17,6 @@ from scheduler.nodes import Nodes
 from scheduler.seatable import SeaTable
 from tests.dispatcher.conftest import (
     SANDBOX_TOKEN,
-    TOKEN,
     DispatcherProcess,
     SeaTableStub,
     enqueue,
@@ -50,7 +49,7 @@ def test_killed_after_handoff_never_dispatched_again_and_the_result_arrives(
     dispatchers: Callable[..., DispatcherProcess],
 ) -> None:
     server = serve({**db_env, "SEATABLE_SERVER_URL": seatable.url})
-    with StubSandbox(SANDBOX_TOKEN, scheduler_url=server.url, scheduler_token=TOKEN, run_seconds=2) as node:
+    with StubSandbox(SANDBOX_TOKEN, scheduler_url=server.url, run_seconds=2) as node:
         env = dispatch_env(db_env, seatable, node, **FAST)
         [run_id] = enqueue(store, seatable.base, 1)
         first = dispatchers({**env, "PYTHON_DISPATCH_TEST_PAUSE": "after-handoff:120"})

@@ -42,7 +42,7 @@ def test_v2_with_delegation_is_reported_as_cgroup_v2() -> None:
     enforcement, mapping, _cgroups = enforcement_of(podman_info_v2(["cpu", "memory", "pids"]))
     assert (enforcement.mechanism, enforcement.memory, enforcement.pids, enforcement.cpu) == (
         CGROUP_V2, "cgroup", "cgroup", "cgroup")
-    report = limits_report(enforcement, SandboxConfig(auth_token="a", scheduler_url="u", scheduler_token="t"))
+    report = limits_report(enforcement, SandboxConfig(auth_token="a", scheduler_url="u"))
     assert report["mechanism"] == "cgroup-v2" and report["memory"] == "cgroup" and report["note"] == ""
     assert report["memory_bytes"] == 1 << 30 and report["pids_limit"] == 256
     assert (mapping.size, mapping.owner_uid, mapping.host_uid(RUN_UID_FIRST)) == (65536, 1001, 100000 + RUN_UID_FIRST)

@@ -18,6 +18,7 @@ from sandbox.runs import Busy, Duplicate, RunRequest, Unavailable
 
 TOKEN = "sandbox-test-token"
 AUTH = {"Authorization": f"Token {TOKEN}"}
+SECRET = "a-run-callback-secret-of-32-chars-or-more"  # the dispatcher issues one per run
 
 
 @dataclass
@@ -62,26 +63,34 @@ def node() -> FakeNode:
 
 @pytest.fixture
 def client(service: FakeService, node: FakeNode) -> testing.TestClient:
-    return testing.TestClient(create_app(TOKEN, service, node.health, node.ready))
+    return testing.TestClient(create_app([TOKEN], service, node.health, node.ready))
+
+
+def run(**fields: Any) -> dict[str, Any]:
+    """A valid hand-off body of run 7 with `fields` replaced: each bad body below is wrong in one field only."""
+    return {"script_id": 7, "script_content": "x", "env": {}, "callback_secret": SECRET, **fields}
 
 
 BAD_BODIES: list[tuple[str, Any, int]] = [
     ("not json", b"{nope", 400),
     ("a list", [1, 2], 400),
     ("no script_id", {"script_content": "x", "env": {}}, 400),
-    ("string script_id", {"script_id": "7", "script_content": "x", "env": {}}, 400),
-    ("negative script_id", {"script_id": -1, "script_content": "x", "env": {}}, 400),
-    ("no script", {"script_id": 7, "env": {}}, 400),
-    ("script over 1 MiB", {"script_id": 7, "script_content": "#" * ((1 << 20) + 1), "env": {}}, 400),
-    ("multibyte script over 1 MiB", {"script_id": 7, "script_content": "é" * ((1 << 19) + 1), "env": {}}, 400),
-    ("env not an object", {"script_id": 7, "script_content": "x", "env": "a=b"}, 400),
-    ("env key not an identifier", {"script_id": 7, "script_content": "x", "env": {"A B": "1"}}, 400),
-    ("env key with =", {"script_id": 7, "script_content": "x", "env": {"A=B": "1"}}, 400),
-    ("env value not a string", {"script_id": 7, "script_content": "x", "env": {"A": 1}}, 400),
-    ("NUL in script", {"script_id": 7, "script_content": "print(1)\x00", "env": {}}, 400),
-    ("NUL in env value", {"script_id": 7, "script_content": "x", "env": {"A": "a\x00b"}}, 400),
-    ("script_url not http", {"script_id": 7, "script_url": "file:///etc/passwd", "env": {}}, 400),
-    ("context a number", {"script_id": 7, "script_content": "x", "env": {}, "context_data": 5}, 400),
+    ("string script_id", run(script_id="7"), 400),
+    ("negative script_id", run(script_id=-1), 400),
+    ("no script", {k: v for k, v in run().items() if k != "script_content"}, 400),
+    ("script over 1 MiB", run(script_content="#" * ((1 << 20) + 1)), 400),
+    ("multibyte script over 1 MiB", run(script_content="é" * ((1 << 19) + 1)), 400),
+    ("env not an object", run(env="a=b"), 400),
+    ("env key not an identifier", run(env={"A B": "1"}), 400),
+    ("env key with =", run(env={"A=B": "1"}), 400),
+    ("env value not a string", run(env={"A": 1}), 400),
+    ("NUL in script", run(script_content="print(1)\x00"), 400),
+    ("NUL in env value", run(env={"A": "a\x00b"}), 400),
+    ("script_url not http", {**{k: v for k, v in run().items() if k != "script_content"},
+                             "script_url": "file:///etc/passwd"}, 400),
+    ("context a number", run(context_data=5), 400),
+    ("no callback secret", {k: v for k, v in run().items() if k != "callback_secret"}, 400),
+    ("callback secret too short", run(callback_secret="short"), 400),
 ]
 
 
@@ -98,7 +107,7 @@ def test_bad_bodies_get_a_json_4xx(client: testing.TestClient, service: FakeServ
 
 
 def test_auth_and_media_errors(client: testing.TestClient, service: FakeService) -> None:
-    body = {"script_id": 9, "script_content": "print(1)", "env": {}}
+    body = {"script_id": 9, "script_content": "print(1)", "env": {}, "callback_secret": SECRET}
     wrong = client.simulate_post("/function/run-python", json=body, headers={"Authorization": "Token wrong"})
     assert wrong.status_code == 403
     missing = client.simulate_post("/function/run-python", json=body, headers={"Authorization": "Token "})
@@ -115,23 +124,25 @@ def test_auth_and_media_errors(client: testing.TestClient, service: FakeService)
 
 def test_a_good_body_is_handed_over_once(client: testing.TestClient, service: FakeService) -> None:
     body = {"script_id": 7, "script_content": "print(1)", "env": {"api_token": "t"}, "context_data": {"a": 1},
-            "script_url": "http://ignored.example/x.py"}
+            "script_url": "http://ignored.example/x.py", "callback_secret": SECRET}
     response = client.simulate_post("/function/run-python", json=body, headers=AUTH)
     assert response.status_code == 202 and response.json == {"accepted": True}
     assert service.submitted == [RunRequest(script_id=7, env={"api_token": "t"}, context_data={"a": 1},
-                                            script_content="print(1)", script_url=None)]
+                                            script_content="print(1)", script_url=None, callback_secret=SECRET)]
     by_url = client.simulate_post("/function/run-python", headers=AUTH,
-                                  json={"script_id": 8, "script_url": "https://files.example/x.py", "env": {}})
+                                  json={"script_id": 8, "script_url": "https://files.example/x.py", "env": {},
+                                        "callback_secret": SECRET})
     assert by_url.status_code == 202
     assert service.submitted[-1].script_url == "https://files.example/x.py"
     # A NUL in the context is data (a SeaTable cell may hold one): it reaches the script as escaped JSON.
     nul = client.simulate_post("/function/run-python", headers=AUTH,
-                               json={"script_id": 9, "script_content": "x", "env": {}, "context_data": {"r": "a\x00b"}})
+                               json={"script_id": 9, "script_content": "x", "env": {}, "context_data": {"r": "a\x00b"},
+                                     "callback_secret": SECRET})
     assert nul.status_code == 202 and service.submitted[-1].context_data == {"r": "a\x00b"}
 
 
 def test_busy_and_duplicate_answers(client: testing.TestClient, service: FakeService) -> None:
-    body = {"script_id": 120, "script_content": "x", "env": {}}
+    body = {"script_id": 120, "script_content": "x", "env": {}, "callback_secret": SECRET}
     service.refuse = Duplicate(120, "done")
     duplicate = client.simulate_post("/function/run-python", json=body, headers=AUTH)
     assert duplicate.status_code == 409 and "120" in duplicate.json["error"] and duplicate.json["state"] == "done"

@@ -187,7 +187,7 @@ except requests.exceptions.SSLError:
 def test_bad_egress_settings_stop_the_sandbox_with_one_line(tmp_path: Path) -> None:
     from sandbox.config import SandboxConfig
 
-    base = {"PYTHON_SANDBOX_AUTH_TOKEN": "a", "PYTHON_SCHEDULER_AUTH_TOKEN": "b"}
+    base = {"PYTHON_SANDBOX_AUTH_TOKEN": "a"}
     for env, message in [
         ({"PYTHON_RUNNER_NETWORK": "my net"}, "PYTHON_RUNNER_NETWORK='my net': use one of none, seatable, open"),
         ({"PYTHON_RUNNER_DNS": "10.0.0.53,dns.example"}, "PYTHON_RUNNER_DNS: 'dns.example' is not an IP address"),

@@ -23,7 +23,7 @@ from sandbox import texts
 from sandbox.driver import LABEL, LABEL_SCRIPT
 from sandbox.host import SandboxUser
 from sandbox.podman_api import PodmanAPI
-from tests.support.podman import CallbackReceiver, SandboxProcess
+from tests.support.podman import CallbackReceiver, SandboxProcess, secret_for
 
 EMOJI = "\U0001F600"
 RUNNING = "/script-running-callback/"
@@ -53,7 +53,7 @@ def test_deployment_errors_are_retried_then_delivered_without_a_rerun(
         sandbox_factory: Any, receiver: CallbackReceiver, fault: int) -> None:
     """Issue 12: with a wrong token each script ran 3 times and stayed pending forever."""
     if fault == 401:
-        receiver.token = "the-schedulers-own-token"  # the sandbox sends scheduler-test-token
+        receiver.token = "the-schedulers-own-token"  # the sandbox sends the run's callback secret
     else:
         receiver.answer = lambda path, body: fault
     sandbox = sandbox_factory()
@@ -79,7 +79,7 @@ def test_deployment_errors_are_retried_then_delivered_without_a_rerun(
     assert sandbox.health()["outbox"]["delivery"]["failing"] is False
     errors = [line for line in sandbox.log().splitlines() if " ERROR " in line and "not delivered" in line]
     assert len(errors) == 1, errors  # once per cause, not per attempt
-    assert f"HTTP {fault}" in errors[0] and "scheduler-test-token" not in sandbox.log()
+    assert f"HTTP {fault}" in errors[0] and secret_for(201) not in sandbox.log()
 
 
 def test_a_node_never_seen_answers_404(sandbox: SandboxProcess) -> None:

@@ -44,6 +44,7 @@ class Receiver:
         self.calls: list[Call] = []
         self.answer: Callable[[str, dict[str, object]], int] = lambda path, body: 200
         self.max_body = 0  # like the scheduler: 413 for a body over this many bytes (0: no limit)
+        self.error_body: dict[str, object] | None = None  # the JSON of a non-2xx answer (default: none of ours)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -63,7 +64,10 @@ class Receiver:
                              self.headers.get("Content-Type", ""), body, status, len(raw))
                     )
                 payload = b'{"success": true}'
+                if status >= 300 and receiver.error_body is not None:
+                    payload = json.dumps(receiver.error_body).encode()
                 self.send_response(status)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -101,7 +105,7 @@ def make_outbox(tmp_path: pathlib.Path, receiver: Receiver) -> Iterator[Callable
     def make(path: pathlib.Path | None = None, **kw: float) -> Outbox:
         kw.setdefault("max_backoff", 0.2)
         kw.setdefault("timeout", 2.0)
-        box = Outbox(path or tmp_path / "outbox.sqlite", receiver.url, TOKEN, **kw)
+        box = Outbox(path or tmp_path / "outbox.sqlite", receiver.url, **kw)  # type: ignore[arg-type]
         made.append(box)
         return box
 
@@ -130,7 +134,7 @@ def test_delivers_with_auth_header_and_exact_bodies(
     box = make_outbox()
     box.start()
     box.start()  # idempotent
-    assert box.run_accepted(41)
+    assert box.run_accepted(41, TOKEN)
     box.running(41, 1700000000.5)
     box.result(41, result_body(41))
     assert box.flush(5)
@@ -270,7 +274,7 @@ def test_deployment_errors_are_retried_until_fixed_and_logged_once(
     box = make_outbox()
     box.start()
     for sid in (7, 8):
-        assert box.run_accepted(sid)
+        assert box.run_accepted(sid, TOKEN)
         box.running(sid, 3.0)
         box.result(sid, result_body(sid))
     assert wait_until(lambda: box.stats.retried >= 8, timeout=10)
@@ -290,6 +294,30 @@ def test_deployment_errors_are_retried_until_fixed_and_logged_once(
     assert box.holds(7) == "done" and box.holds(8) == "done" and not box.run_accepted(8)
     assert box.health()["delivery"]["failing"] is False  # type: ignore[index]
     assert TOKEN not in caplog.text and SECRET_OUTPUT not in caplog.text
+
+
+@pytest.mark.parametrize(("status", "why"), [(409, "finished"), (409, "replay"), (403, "secret")])
+def test_a_refusal_for_the_run_is_its_final_answer(
+    receiver: Receiver, make_outbox: Callable[..., Outbox], caplog: pytest.LogCaptureFixture, status: int, why: str
+) -> None:
+    """Issue 20: a replay or a callback for a run not handed here is answered 403/409 {"refused"}: acknowledged with
+    one ERROR line, never sent again, and the run stays remembered (never run again): nothing re-run, nothing lost."""
+    receiver.answer = lambda path, body: status
+    receiver.error_body = {"error_msg": "no", "refused": why}
+    caplog.set_level(logging.DEBUG, logger="sandbox.outbox")
+    box = make_outbox()
+    box.start()
+    assert box.run_accepted(9, TOKEN)
+    box.running(9, 3.0)
+    box.result(9, result_body(9))
+    assert box.flush(5)
+    assert [(c.path, c.status) for c in receiver.calls] == [("/script-running-callback/", status),
+                                                            ("/script-result/", status)]
+    assert box.holds(9) == "done" and not box.run_accepted(9)
+    assert box.stats.refused == 2 and box.stats.retried == 0
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2 and all(why in line and f"HTTP {status}" in line for line in errors), errors
+    assert TOKEN not in caplog.text
 
 
 def test_connection_errors_are_one_cause(make_outbox: Callable[..., Outbox], receiver: Receiver,
@@ -436,7 +464,7 @@ def test_stuck_script_does_not_block_others(receiver: Receiver, make_outbox: Cal
     # and deletes the entry, so pending() read right after the receiver's count raced the delete.
     assert wait_until(lambda: box.stats.delivered == 4, timeout=2)
     assert time.monotonic() - t0 < 1.0  # woken on enqueue, not held behind script 1's backoff
-    assert len(receiver.ok()) == 4 and box.pending() == 1
+    assert len(receiver.ok()) == 4 and box.pending() == 1 and box.holds(1) == "reporting"
 
 
 def test_run_accepted_twice_is_refused(make_outbox: Callable[..., Outbox]) -> None:

@@ -82,7 +82,7 @@ def test_admin_mounts_and_env_reach_the_script(sandbox_factory: Any, receiver: C
 ])
 def test_weakening_settings_stop_the_service_with_one_line(sandbox_user: Any, name: str, value: str,
                                                            expected: str) -> None:
-    env = {**sandbox_user.env(), "PYTHON_SANDBOX_AUTH_TOKEN": "t", "PYTHON_SCHEDULER_AUTH_TOKEN": "t",
+    env = {**sandbox_user.env(), "PYTHON_SANDBOX_AUTH_TOKEN": "t",
            "PYTHON_SANDBOX_BIND": "127.0.0.1:1", name: value}
     result = subprocess.run(sandbox_user.command([str(VENV_BIN / "seatable-sandbox"), "serve"]), env=env,
                             cwd="/", capture_output=True, text=True, timeout=60, check=False)

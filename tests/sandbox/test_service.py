@@ -16,7 +16,7 @@ import requests
 from sandbox import texts
 from sandbox.driver import LABEL
 from sandbox.podman_api import PodmanAPI
-from tests.support.podman import PATHS, CallbackReceiver, SandboxProcess, SandboxStarter
+from tests.support.podman import PATHS, CallbackReceiver, SandboxProcess, SandboxStarter, secret_for
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_hello_world_with_callbacks(sandbox: SandboxProcess, receiver: CallbackR
     running = [c for c in receiver.received if c.path == "/script-running-callback/"]
     assert [c.body["script_id"] for c in running] == [101]
     assert running[0].body["started_at"] == result["started_at"]
-    assert all(c.auth == "Token scheduler-test-token" for c in receiver.received)
+    assert all(c.auth == f"Token {secret_for(101)}" for c in receiver.received)  # the run's own secret
     assert receiver.received[-1].path == "/script-result/"
     # The used runner is removed; what remains are the pool's idle runners, waiting.
     pool = int(sandbox.env["PYTHON_SANDBOX_WARM_POOL"])
@@ -299,7 +299,8 @@ def test_sigkill_mid_run_reports_sandbox_lost(sandbox_factory: Any, receiver: Ca
 def test_bad_input_over_real_http(sandbox: SandboxProcess) -> None:
     """Smoke test of the validation through gunicorn; every case runs in process in test_api_validation.py."""
     headers = {"Authorization": f"Token {sandbox.token}", "Content-Type": "application/json"}
-    for data in (b"{nope", json.dumps({"script_id": -1, "script_content": "x", "env": {}}).encode()):
+    for data in (b"{nope", json.dumps({"script_id": -1, "script_content": "x", "env": {},
+                                                     "callback_secret": secret_for(1)}).encode()):
         response = requests.post(sandbox.url + "/function/run-python", data=data, headers=headers, timeout=10)
         assert response.status_code == 400, response.text
         assert isinstance(response.json()["error"], str) and response.json()["error"]
@@ -344,10 +345,12 @@ def test_script_url_is_fetched_once(sandbox: SandboxProcess, receiver: CallbackR
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        ok = sandbox.post({"script_id": 150, "script_url": base + "/files/once.py", "env": {}})
+        # The file server is the run's own SeaTable server: the download's egress check lets it through.
+        ok = sandbox.post({"script_id": 150, "script_url": base + "/files/once.py", "env": {"dtable_web_url": base}})
         assert ok.status_code == 202
         assert receiver.result(150)["output"] == "from url\n"
-        missing = sandbox.post({"script_id": 151, "script_url": base + "/files/missing.py", "env": {}})
+        missing = sandbox.post({"script_id": 151, "script_url": base + "/files/missing.py",
+                                "env": {"dtable_web_url": base}})
         assert missing.status_code == 202
         failed = receiver.result(151)
         assert failed["output"] == texts.FAIL_TO_GET_SCRIPT and failed["return_code"] is None

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -116,7 +117,34 @@ def client(config: Config, store: Store, seatable_stub: StubSeaTable) -> testing
     from dataclasses import replace
 
     cfg = replace(config, seatable_server_url=seatable_stub.url)
-    return testing.TestClient(create_app(cfg, store=store))
+    test_client = testing.TestClient(create_app(cfg, store=store))
+    test_client.store = store  # type: ignore[attr-defined]  # for callback_headers
+    test_client.secrets = {}  # type: ignore[attr-defined]
+    return test_client
+
+
+def hand_off(store: Store, run_id: int, node: str = "http://node-a:8088") -> str:
+    """Mark a pending run handed to `node`, as the dispatcher does before its POST; returns the callback secret."""
+    from scheduler import callback_auth, lifecycle
+
+    secret, digest = callback_auth.issue()
+    lease = store.clock.now() + timedelta(seconds=60)
+    store.write(
+        lambda: store.db.execute(
+            "UPDATE script_log SET claimed_by = 'test', lease_until = $lease WHERE id = $run_id",
+            {"lease": lease, "run_id": run_id},
+        )
+    )
+    assert lifecycle.hand_off(store, "test", {run_id: node}, lease, {run_id: digest}) == {run_id}
+    return secret
+
+
+def callback_headers(client: testing.TestClient, run_id: int) -> dict[str, str]:
+    """The run's callback secret as the sandbox sends it, handing the run off first if no one has."""
+    known: dict[int, str] = client.secrets  # type: ignore[attr-defined]
+    if run_id not in known:
+        known[run_id] = hand_off(client.store, run_id)  # type: ignore[attr-defined]
+    return {"Authorization": f"Token {known[run_id]}"}
 
 
 def free_port() -> int:
@@ -135,8 +163,12 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_scheduler(env: dict[str, str], log_path: Path, timeout: float = 30.0) -> RunningServer:
-    """`seatable-scheduler serve` from this checkout (not the installed copy), as a real process."""
+def start_scheduler(
+    env: dict[str, str], log_path: Path, timeout: float = 30.0, ca_bundle: str | None = None
+) -> RunningServer:
+    """`seatable-scheduler serve` from this checkout (not the installed copy), as a real process.
+
+    With `ca_bundle` it serves HTTPS (PYTHON_SCHEDULER_TLS_* in `env`) at https://localhost:<port>."""
     port = free_port()
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DB_", "PYTHON_SCHEDULER_"))},
@@ -153,13 +185,14 @@ def start_scheduler(env: dict[str, str], log_path: Path, timeout: float = 30.0) 
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    server = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
+    url = f"https://localhost:{port}" if ca_bundle else f"http://127.0.0.1:{port}"
+    server = RunningServer(url, process, log_path)
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"scheduler exited with {process.returncode}:\n{server.log()}")
         try:
-            if requests.get(f"{server.url}/ping/", timeout=1).status_code == 200:
+            if requests.get(f"{server.url}/ping/", timeout=1, verify=ca_bundle or True).status_code == 200:
                 return server
         except (requests.ConnectionError, requests.Timeout):
             pass  # not listening yet, or listening while its workers still boot (seconds on a busy machine)
@@ -180,12 +213,12 @@ def stop_scheduler(server: RunningServer) -> None:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], RunningServer]]:
+def serve(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start real scheduler processes with a given environment; all are stopped after the test."""
     started: list[RunningServer] = []
 
-    def start(env: dict[str, str]) -> RunningServer:
-        server = start_scheduler(env, tmp_path / f"scheduler-{len(started)}.log")
+    def start(env: dict[str, str], ca_bundle: str | None = None) -> RunningServer:
+        server = start_scheduler(env, tmp_path / f"scheduler-{len(started)}.log", ca_bundle=ca_bundle)
         started.append(server)
         return server
 
@@ -201,7 +234,8 @@ def new_run(client: testing.TestClient, **fields: Any) -> int:
     return int(result.json["script_id"])
 
 
-def finish(client: testing.TestClient, run_id: int, **fields: Any) -> Any:
+def finish(client: testing.TestClient, run_id: int, headers: dict[str, str] | None = None, **fields: Any) -> Any:
+    """The result callback with the run's own secret (the run is handed off first when it was not)."""
     body = {
         "script_id": run_id,
         "success": True,
@@ -210,4 +244,4 @@ def finish(client: testing.TestClient, run_id: int, **fields: Any) -> Any:
         "spend_time": 1.5,
         **fields,
     }
-    return client.simulate_post("/script-result/", json=body, headers=AUTH)
+    return client.simulate_post("/script-result/", json=body, headers=headers or callback_headers(client, run_id))

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.scheduler.conftest import AUTH, BASE, REPO, TOKEN, RunningServer
+from scheduler.config import Config
+from scheduler.db import open_store
+from tests.scheduler.conftest import AUTH, BASE, REPO, TOKEN, RunningServer, hand_off
 from tests.support.mariadb import DatabaseSettings, MariaDBServer
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -121,10 +123,13 @@ def test_adopts_upstream_database(
         )
         run_id = created.json()["script_id"]
         assert run_id > 12
+    store = open_store(Config.from_env(env))  # handed off as the dispatcher does: its callbacks need the secret
+    secret = hand_off(store, run_id)
+    store.disconnect()
     result = requests.post(
         server.url + "/script-result/",
         json={"script_id": run_id, "success": True, "return_code": 0, "output": "", "spend_time": 2},
-        headers=AUTH,
+        headers={"Authorization": f"Token {secret}"},
         timeout=10,
     )
     assert result.json() == {"success": True}

@@ -1,7 +1,13 @@
-"""The running and result callbacks: authenticated, idempotent, never double-counted."""
+"""The running and result callbacks: each run's own secret, its next legal transition only, never double-counted.
+
+The attacks of issue 20 are the tests: SeaTable's token, another run's secret or none at all change nothing; a
+pending run that was never handed off cannot be marked running or finished; a start in the year 5138 or a
+duration of 10^9 s is not believed; a replay is refused, and the secret is dead once the run finished.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -13,7 +19,7 @@ from scheduler import runs, texts
 from scheduler.app import create_app
 from scheduler.config import Config
 from scheduler.db import Store
-from tests.scheduler.conftest import AUTH, BASE, finish, new_run
+from tests.scheduler.conftest import AUTH, BASE, callback_headers, finish, hand_off, new_run
 
 
 def base_stats(store: Store) -> tuple[int, float]:
@@ -25,50 +31,121 @@ def base_stats(store: Store) -> tuple[int, float]:
     return (int(rows[0][0]), float(rows[0][1])) if rows else (0, 0.0)
 
 
-def test_callbacks_require_the_token(client: testing.TestClient, store: Store) -> None:
+def refused(result: Any, status: int, why: str) -> None:
+    assert (result.status_code, result.json["refused"]) == (status, why), result.text
+    assert result.json["error_msg"]
+
+
+def test_callbacks_need_the_runs_own_secret(client: testing.TestClient, store: Store) -> None:
     run_id = new_run(client)
+    other = new_run(client)
+    hand_off(store, run_id)
+    others_secret = callback_headers(client, other)
     for path, body in (
         ("/script-running-callback/", {"script_id": run_id, "started_at": 1_750_000_000}),
         ("/script-result/", {"script_id": run_id, "success": True, "return_code": 0, "output": "x"}),
     ):
-        for headers in ({}, {"Authorization": "Token nope"}):
-            result = client.simulate_post(path, json=body, headers=headers)
-            assert (result.status_code, result.text) == (403, texts.FORBIDDEN)
+        for headers in ({}, {"Authorization": "Token nope"}, AUTH, others_secret):  # AUTH: SeaTable's own token
+            refused(client.simulate_post(path, json=body, headers=headers), 403, "secret")
     assert runs.get_run(store, run_id)["state"] == "pending"  # type: ignore[index]
     assert base_stats(store) == (0, 0.0)
+
+
+def test_a_run_never_handed_off_cannot_run_or_finish(config: Config, store: Store) -> None:
+    """Issue 20: any holder of the callback token could mark a pending, never-dispatched run "running"."""
+    for unauthenticated in (False, True):
+        client = testing.TestClient(create_app(replace(config, accept_unauthenticated_callbacks=unauthenticated),
+                                               store=store))
+        run_id = new_run(client)
+        for path in ("/script-running-callback/", "/script-result/"):
+            result = client.simulate_post(path, json={"script_id": run_id, "success": True}, headers={})
+            if unauthenticated:
+                refused(result, 409, "not-handed-off")
+            else:
+                refused(result, 403, "secret")
+        assert runs.get_run(store, run_id)["state"] == "pending"  # type: ignore[index]
+
+
+def test_running_once_result_once_then_the_secret_is_dead(client: testing.TestClient, store: Store) -> None:
+    run_id = new_run(client)
+    headers = callback_headers(client, run_id)
+    running = {"script_id": run_id, "started_at": time.time() - 2}
+    assert client.simulate_post("/script-running-callback/", json=running, headers=headers).json == {"success": True}
+    refused(client.simulate_post("/script-running-callback/", json=running, headers=headers), 409, "replay")
+    assert finish(client, run_id, output="first", spend_time=1.5).json == {"success": True}
+    assert base_stats(store) == (1, 1.5)
+    refused(finish(client, run_id, output="second", success=False, spend_time=1), 409, "finished")
+    refused(client.simulate_post("/script-running-callback/", json=running, headers=headers), 409, "finished")
+    script = runs.get_run(store, run_id)
+    assert script is not None
+    assert (script["state"], script["output"], script["success"]) == ("finished", "first", True)
+    assert base_stats(store) == (1, 1.5)
+
+
+def test_the_secret_is_bound_to_the_hand_off(client: testing.TestClient, store: Store) -> None:
+    """Handed off again (the first node provably never got it), the run answers only to the new secret."""
+    from scheduler import lifecycle
+
+    run_id = new_run(client)
+    first = hand_off(store, run_id, node="http://node-a:8088")
+    assert lifecycle.requeue(store, [run_id], "http://node-a:8088") == 1
+    second = hand_off(store, run_id, node="http://node-b:8088")
+    body = {"script_id": run_id, "success": True, "output": "from node a"}
+    refused(client.simulate_post("/script-result/", json=body, headers={"Authorization": f"Token {first}"}),
+            403, "secret")
+    assert finish(client, run_id, headers={"Authorization": f"Bearer {second}"}).json == {"success": True}
+
+
+def test_times_that_cannot_be_true_are_not_believed(client: testing.TestClient, store: Store) -> None:
+    """Issue 20: started_at in the year 5138 kept a run "running" forever; 10^9 s went into the statistics."""
+    run_id = new_run(client)
+    headers = callback_headers(client, run_id)
+    future = {"script_id": run_id, "started_at": 1e11}  # the year 5138
+    assert client.simulate_post("/script-running-callback/", json=future, headers=headers).status_code == 200
+    with db_session:
+        [started] = store.db.select("SELECT started_at FROM script_log WHERE id = $i", {"i": run_id})
+    started = runs._as_datetime(started)
+    assert started is not None and abs((started - store.clock.now()).total_seconds()) < 60  # arrival time instead
+    result = finish(client, run_id, output="done", spend_time=1e9, started_at=1e11)
+    assert result.json == {"success": True}
+    script = runs.get_run(store, run_id)
+    assert script is not None and script["state"] == "finished" and script["success"] is False
+    assert texts.STARTED_IN_FUTURE in script["output"] and texts.DURATION_TOO_LONG in script["output"]
+    assert base_stats(store)[1] < 60
+
+    early = new_run(client)
+    before_created = {"script_id": early, "started_at": time.time() - 86400}
+    assert finish(client, early, **{k: v for k, v in before_created.items() if k != "script_id"}).status_code == 200
+    assert texts.STARTED_BEFORE_CREATED in runs.get_run(store, early)["output"]  # type: ignore[index]
+
+    # A "success" whose duration cannot be true is stored as failed, in the outcome column as in `success`.
+    claimed = new_run(client)
+    assert finish(client, claimed, outcome="success", spend_time=1e9).status_code == 200
+    with db_session:
+        [(success, outcome)] = store.db.select("SELECT success, outcome FROM script_log WHERE id = $i", {"i": claimed})
+    assert (bool(success), outcome) == (False, "failed")
 
 
 def test_unauthenticated_callbacks_when_enabled(config: Config, store: Store) -> None:
     app = create_app(replace(config, accept_unauthenticated_callbacks=True), store=store)
     client = testing.TestClient(app)
     run_id = new_run(client)
-    running = client.simulate_post("/script-running-callback/", json={"script_id": run_id, "started_at": 1e9})
+    hand_off(store, run_id)
+    running = client.simulate_post("/script-running-callback/", json={"script_id": run_id, "started_at": time.time()})
     assert running.json == {"success": True}
-    result = client.simulate_post("/script-result/", json={"script_id": run_id, "success": False, "output": "E"})
+    result = client.simulate_post("/script-result/", json={"script_id": run_id, "success": False, "output": "E"},
+                                  headers=AUTH)  # an old starter sending SeaTable's token: as unauthenticated
     assert result.json == {"success": True}
     script = runs.get_run(store, run_id)
     assert script is not None and script["state"] == "finished" and script["success"] is False
+    refused(client.simulate_post("/script-result/", json={"script_id": run_id, "output": "again"}), 409, "finished")
     # the rest of the API still needs the token
     assert client.simulate_post("/run-script/", json={}).status_code == 403
 
 
-def test_duplicate_and_late_results_are_acknowledged_not_counted(client: testing.TestClient, store: Store) -> None:
-    run_id = new_run(client)
-    assert finish(client, run_id, output="first", spend_time=3).json == {"success": True}
-    assert base_stats(store) == (1, 3.0)
-    again = finish(client, run_id, output="second", success=False, spend_time=50)
-    assert (again.status_code, again.json) == (200, {"success": True})
-    late_running = client.simulate_post("/script-running-callback/", json={"script_id": run_id}, headers=AUTH)
-    assert late_running.json == {"success": True}
-    script = runs.get_run(store, run_id)
-    assert script is not None
-    assert (script["state"], script["output"], script["success"]) == ("finished", "first", True)
-    assert base_stats(store) == (1, 3.0)
-
-
 def test_unknown_run_is_404_with_upstreams_json(client: testing.TestClient) -> None:
     for path in ("/script-running-callback/", "/script-result/"):
-        result = client.simulate_post(path, json={"script_id": 424242}, headers=AUTH)
+        result = client.simulate_post(path, json={"script_id": 424242}, headers={"Authorization": "Token " + "x" * 40})
         assert (result.status_code, result.json) == (404, {"error_msg": "Script not found"})
         assert result.headers["content-type"].startswith("application/json")
 
@@ -80,7 +157,7 @@ def test_result_without_running_callback_or_times(client: testing.TestClient, st
         "/script-result/",
         json={"script_id": run_id, "success": False, "return_code": None, "output": "Fail to get script",
               "spend_time": None, "task_log_id": None},
-        headers=AUTH,
+        headers=callback_headers(client, run_id),
     )  # fmt: skip
     assert result.json == {"success": True}
     script = runs.get_run(store, run_id)
@@ -132,8 +209,8 @@ def test_a_malformed_result_is_stored_as_failed_saying_what_was_wrong(
     """Refusing it would lose the run's result; it is kept, as a failure that names the bad field."""
     run_id = new_run(client)
     body = {"script_id": run_id, "success": True, "return_code": 0, "output": "partial output",
-            "started_at": 1_750_000_000, "spend_time": 2, field: value}  # fmt: skip
-    result = client.simulate_post("/script-result/", json=body, headers=AUTH)
+            "started_at": time.time() - 5, "spend_time": 2, field: value}  # fmt: skip
+    result = client.simulate_post("/script-result/", json=body, headers=callback_headers(client, run_id))
     assert (result.status_code, result.json) == (200, {"success": True})
     script = runs.get_run(store, run_id)
     assert script is not None and script["state"] == "finished" and script["success"] is False
@@ -143,8 +220,8 @@ def test_a_malformed_result_is_stored_as_failed_saying_what_was_wrong(
     if field != "return_code":
         assert script["return_code"] == 0
     assert base_stats(store)[0] == 1
-    # Still idempotent: the proper result arriving later changes nothing and counts nothing.
-    assert finish(client, run_id, output="late and valid", spend_time=1).json == {"success": True}
+    # Once only: the proper result arriving later is refused, changes nothing and counts nothing.
+    assert finish(client, run_id, output="late and valid", spend_time=1).status_code == 409
     assert runs.get_run(store, run_id)["output"] == script["output"]  # type: ignore[index]
     assert base_stats(store)[0] == 1
 
@@ -152,8 +229,9 @@ def test_a_malformed_result_is_stored_as_failed_saying_what_was_wrong(
 def test_a_malformed_result_for_a_finished_run_changes_nothing(client: testing.TestClient, store: Store) -> None:
     run_id = new_run(client)
     finish(client, run_id, output="first", spend_time=3)
-    again = client.simulate_post("/script-result/", json={"script_id": run_id, "success": "yes"}, headers=AUTH)
-    assert (again.status_code, again.json) == (200, {"success": True})
+    again = client.simulate_post("/script-result/", json={"script_id": run_id, "success": "yes"},
+                                 headers=callback_headers(client, run_id))
+    refused(again, 409, "finished")
     script = runs.get_run(store, run_id)
     assert script is not None and (script["output"], script["success"]) == ("first", True)
     assert base_stats(store) == (1, 3.0)
@@ -162,7 +240,8 @@ def test_a_malformed_result_for_a_finished_run_changes_nothing(client: testing.T
 def test_a_huge_bad_field_is_named_not_copied(client: testing.TestClient, store: Store) -> None:
     run_id = new_run(client)
     body = {"script_id": run_id, "output": "ok", "return_code": ["x" * 100_000]}
-    assert client.simulate_post("/script-result/", json=body, headers=AUTH).status_code == 200
+    headers = callback_headers(client, run_id)
+    assert client.simulate_post("/script-result/", json=body, headers=headers).status_code == 200
     output = runs.get_run(store, run_id)["output"]  # type: ignore[index]
     assert "return_code: " in output and len(output) < 1000
 
@@ -173,7 +252,7 @@ def test_a_malformed_running_callback_marks_the_run_running_at_arrival(
 ) -> None:
     run_id = new_run(client)
     body = {"script_id": run_id, "started_at": started_at}
-    result = client.simulate_post("/script-running-callback/", json=body, headers=AUTH)
+    result = client.simulate_post("/script-running-callback/", json=body, headers=callback_headers(client, run_id))
     assert (result.status_code, result.json) == (200, {"success": True})
     script = runs.get_run(store, run_id)
     assert script is not None and script["state"] == "running" and script["started_at"] != ""

@@ -21,7 +21,7 @@ from scheduler import lifecycle, texts
 from scheduler.config import Config
 from scheduler.db import Store, open_store
 from scheduler.seatable import ScriptNotFound, SeaTable
-from tests.scheduler.conftest import AUTH, BASE, RunningServer, StubSeaTable
+from tests.scheduler.conftest import AUTH, BASE, RunningServer, StubSeaTable, hand_off
 
 BAD_NAMES = [
     ".",
@@ -62,9 +62,14 @@ def server_store(scheduler: RunningServer, env: dict[str, str]) -> Iterator[tupl
     store.disconnect()
 
 
-def post_raw(server: RunningServer, path: str, body: bytes) -> requests.Response:
+def post_raw(server: RunningServer, path: str, body: bytes, auth: dict[str, str] = AUTH) -> requests.Response:
     return requests.post(f"{server.url}{path}", data=body, timeout=60,
-                         headers={**AUTH, "Content-Type": "application/json"})
+                         headers={**auth, "Content-Type": "application/json"})
+
+
+def post_result(server: RunningServer, store: Store, run_id: int, body: bytes) -> requests.Response:
+    """A result callback as the sandbox sends it: the run handed off first, its own secret presented."""
+    return post_raw(server, "/script-result/", body, {"Authorization": f"Token {hand_off(store, run_id)}"})
 
 
 def run_body(**fields: Any) -> dict[str, Any]:
@@ -110,18 +115,20 @@ def test_lone_surrogates_anywhere_are_a_400_not_a_500(scheduler: RunningServer) 
         assert answer.status_code < 500, (url, answer.status_code, answer.text)
 
 
-def test_a_result_with_a_lone_surrogate_is_stored_not_refused(scheduler: RunningServer) -> None:
+def test_a_result_with_a_lone_surrogate_is_stored_not_refused(scheduler: RunningServer,
+                                                              server_store: tuple[Config, Store]) -> None:
     run_id = post_raw(scheduler, "/run-script/", encoded(run_body())).json()["script_id"]
     result = {"script_id": run_id, "success": True, "return_code": 0, "output": "half \ud83d of an emoji",
               "spend_time": 1.0}
-    answer = post_raw(scheduler, "/script-result/", encoded(result))
+    answer = post_result(scheduler, server_store[1], run_id, encoded(result))
     assert answer.status_code == 200, answer.text
     run = requests.get(f"{scheduler.url}/run-script/{run_id}/", headers=AUTH, timeout=30,
                        params={"dtable_uuid": BASE, "script_name": "a.py"}).json()["script"]
     assert run["output"] == "half \ufffd of an emoji"
 
 
-def test_many_small_values_are_refused_before_parsing(scheduler: RunningServer) -> None:
+def test_many_small_values_are_refused_before_parsing(scheduler: RunningServer,
+                                                      server_store: tuple[Config, Store]) -> None:
     # ~1 MiB of empty objects: within the byte limit, ~64 bytes of Python object per 3 bytes of JSON.
     hoard = b'{"dtable_uuid": "%s", "script_name": "a.py", "owner": "a", "context_data": [%s{}]}' % (
         BASE.encode(), b"{}," * 350_000)
@@ -136,8 +143,9 @@ def test_many_small_values_are_refused_before_parsing(scheduler: RunningServer) 
     row = {"table": "T", "row": {f"c{i}": "[{,:}]" * 100 for i in range(200)}}
     run_id = post_raw(scheduler, "/run-script/", encoded(run_body(context_data=row))).json()["script_id"]
     output = '{"a": [1, 2, 3]}, ' * 50_000
-    answer = post_raw(scheduler, "/script-result/", encoded({"script_id": run_id, "success": True, "output": output,
-                                                              "return_code": 0, "spend_time": 1}))
+    answer = post_result(scheduler, server_store[1], run_id, encoded({"script_id": run_id, "success": True,
+                                                                       "output": output, "return_code": 0,
+                                                                       "spend_time": 1}))
     assert answer.status_code == 200, answer.text
     assert "Traceback" not in scheduler.log()
 
@@ -169,7 +177,7 @@ def test_draft_tokens_leave_the_database_files(scheduler: RunningServer,
 
     lifecycle.erase_drafts(store, [run_id])  # the dispatcher's call once a sandbox accepted the draft
     finish = {"script_id": other, "success": True, "return_code": 0, "output": "", "spend_time": 1}
-    assert post_raw(scheduler, "/script-result/", encoded(finish)).status_code == 200
+    assert post_result(scheduler, store, other, encoded(finish)).status_code == 200
     assert store.scrub()  # the maintenance loop's pass
 
     assert _draft_rows(store) == []

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
 from scheduler import texts
-from tests.scheduler.conftest import AUTH, BASE, RunningServer
+from scheduler.config import Config
+from scheduler.db import Store, open_store
+from tests.scheduler.conftest import AUTH, BASE, RunningServer, hand_off
+
+
+def store_of(env: dict[str, str]) -> Store:
+    """The served database, opened here to hand runs off as the dispatcher would."""
+    return open_store(Config.from_env(env))
 
 RUNS = 200
 DUPLICATES = 50
@@ -22,7 +31,8 @@ def post(server: RunningServer, path: str, body: object, headers: dict[str, str]
 def test_run_lifecycle_over_http(
     make_env: Callable[..., dict[str, str]], serve: Callable[[dict[str, str]], RunningServer]
 ) -> None:
-    server = serve(make_env())
+    env = make_env()
+    server = serve(env)
     assert requests.get(server.url + "/ping/", timeout=5).text == "Pong"
     created = post(server, "/run-script/", {"dtable_uuid": BASE, "script_name": "a.py", "owner": "o@x"})
     assert created.status_code == 200 and created.headers["Content-Type"].startswith("application/json")
@@ -30,12 +40,15 @@ def test_run_lifecycle_over_http(
     params = {"dtable_uuid": BASE, "script_name": "a.py"}
     pending = requests.get(f"{server.url}/run-script/{run_id}/", params=params, headers=AUTH, timeout=5)
     assert pending.json()["script"]["state"] == "pending"
-    assert post(server, "/script-running-callback/", {"script_id": run_id, "started_at": 1.7e9}).json() == {
-        "success": True
-    }
-    unauthenticated = post(server, "/script-result/", {"script_id": run_id}, headers={})
-    assert (unauthenticated.status_code, unauthenticated.text) == (403, texts.FORBIDDEN)
-    assert post(server, "/script-result/", {"script_id": run_id, "success": True, "spend_time": 1}).ok
+    store = store_of(env)
+    secret = {"Authorization": f"Token {hand_off(store, run_id)}"}
+    store.disconnect()
+    running = {"script_id": run_id, "started_at": time.time() - 1}
+    assert post(server, "/script-running-callback/", running, headers=secret).json() == {"success": True}
+    for wrong in ({}, AUTH):  # SeaTable's token is not a callback credential
+        unauthenticated = post(server, "/script-result/", {"script_id": run_id}, headers=wrong)
+        assert (unauthenticated.status_code, unauthenticated.json()["refused"]) == (403, "secret")
+    assert post(server, "/script-result/", {"script_id": run_id, "success": True, "spend_time": 1}, secret).ok
     done = requests.get(f"{server.url}/run-script/{run_id}/", params=params, headers=AUTH, timeout=5).json()
     assert done["script"]["state"] == "finished" and done["script"]["success"] is True
     runs = requests.get(server.url + "/admin/runs/", headers=AUTH, timeout=5)
@@ -51,22 +64,26 @@ def test_concurrent_results_are_counted_exactly(
     make_env: Callable[..., dict[str, str]], serve: Callable[[dict[str, str]], RunningServer]
 ) -> None:
     """200 results for one base on one day, sent at once with 50 duplicates among them: exactly 200."""
-    server = serve(make_env(PYTHON_SCHEDULER_WORKERS="4", PYTHON_SCHEDULER_THREADS="16"))
+    env = make_env(PYTHON_SCHEDULER_WORKERS="4", PYTHON_SCHEDULER_THREADS="16")
+    server = serve(env)
     body = {"dtable_uuid": BASE, "script_name": "a.py", "owner": "alice@auth.local", "org_id": 3}
     with ThreadPoolExecutor(32) as pool:
         ids = list(pool.map(lambda _: post(server, "/run-script/", body).json()["script_id"], range(RUNS)))
     assert len(set(ids)) == RUNS
+    store = store_of(env)
+    secrets = {run_id: {"Authorization": f"Token {hand_off(store, run_id)}"} for run_id in ids}
+    store.disconnect()
     targets = ids + ids[:DUPLICATES]
     barrier = threading.Barrier(len(targets))
 
     def send(run_id: int) -> int:
         barrier.wait()
         result = {"script_id": run_id, "success": True, "return_code": 0, "output": "x", "spend_time": 0.5}
-        return post(server, "/script-result/", result).status_code
+        return post(server, "/script-result/", result, secrets[run_id]).status_code
 
     with ThreadPoolExecutor(len(targets)) as pool:
         statuses = list(pool.map(send, targets))
-    assert statuses == [200] * len(targets)
+    assert Counter(statuses) == {200: RUNS, 409: DUPLICATES}  # a replay is refused, never counted
     for path, key, value in (
         ("/admin/statistics/scripts-running/by-base/", "base_uuid", BASE),
         ("/admin/statistics/scripts-running/by-user/", "username", "alice@auth.local"),

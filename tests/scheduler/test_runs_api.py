@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import re
+import time
 
 from falcon import testing
 
 from scheduler import texts
 from scheduler.db import Store
-from tests.scheduler.conftest import AUTH, BASE, BASE_HEX, OTHER_BASE, StubSeaTable, finish, new_run
+from tests.scheduler.conftest import (
+    AUTH,
+    BASE,
+    BASE_HEX,
+    OTHER_BASE,
+    StubSeaTable,
+    callback_headers,
+    finish,
+    new_run,
+)
 
 ISO_WITH_OFFSET = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d$")
 
@@ -43,9 +53,10 @@ def test_new_run_is_pending_with_upstream_shape(client: testing.TestClient) -> N
 
 def test_finished_run_reports_result_and_times(client: testing.TestClient, store: Store) -> None:
     run_id = new_run(client, operate_from="automation-rule")
-    started = 1_750_000_000
+    started = int(time.time()) - 30
     assert client.simulate_post(
-        "/script-running-callback/", json={"script_id": run_id, "started_at": started}, headers=AUTH
+        "/script-running-callback/", json={"script_id": run_id, "started_at": started},
+        headers=callback_headers(client, run_id),
     ).json == {"success": True}
     assert status(client, run_id).json["script"]["state"] == "running"
     assert finish(client, run_id, output="héllo ✓ 🙂", spend_time=12.25, return_code=0).status_code == 200
@@ -178,7 +189,8 @@ def test_draft_run(client: testing.TestClient, store: Store) -> None:
 
     with db_session:
         assert store.db.select(token_sql, {"run_id": run_id})[0] == ("eyJ.jwt.sig", "print(1)")
-    client.simulate_post("/script-running-callback/", json={"script_id": run_id}, headers=AUTH)
+    client.simulate_post("/script-running-callback/", json={"script_id": run_id},
+                         headers=callback_headers(client, run_id))
     with db_session:
         assert store.db.select(token_sql, {"run_id": run_id})[0] == (None, "print(1)")
     finish(client, run_id)

@@ -133,7 +133,6 @@ class Pipeline:
         env = {
             "PYTHON_SANDBOX_AUTH_TOKEN": self.sandbox_token,
             "PYTHON_SCHEDULER_URL": self.scheduler_url,
-            "PYTHON_SCHEDULER_AUTH_TOKEN": self.secret,
             "PYTHON_SANDBOX_BIND": f"127.0.0.1:{port}",
             "PYTHON_SANDBOX_STATE_DIR": str(state),
             "PYTHON_SANDBOX_NODE_NAME": f"pipeline-{port}",

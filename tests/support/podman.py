@@ -307,6 +307,11 @@ def receiver() -> Iterator[CallbackReceiver]:
 
 # --- the sandbox service, as the sandbox user --------------------------------------------
 
+def secret_for(script_id: int) -> str:
+    """The callback secret the tests hand each run (the dispatcher issues a random one)."""
+    return f"run-{script_id}-callback-secret-of-the-tests"
+
+
 @dataclass
 class SandboxProcess:
     user: SandboxUser
@@ -316,11 +321,17 @@ class SandboxProcess:
     token: str = "sandbox-test-token"
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    tls_ca: str | None = None  # serving HTTPS (PYTHON_SANDBOX_TLS_*): the CA that verifies it, at localhost
+    client_cert: tuple[str, str] | None = None  # presented when the node requires client certificates
     venv_bin: Path = VENV_BIN  # another prefix's sandbox (a benchmark's side-by-side run of an older commit)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://localhost:{self.port}" if self.tls_ca else f"http://127.0.0.1:{self.port}"
+
+    @property
+    def _tls(self) -> dict[str, Any]:
+        return {"verify": self.tls_ca, "cert": self.client_cert} if self.tls_ca else {}
 
     def start(self) -> None:
         self.log_path = self.state_dir.parent / f"sandbox-{int(time.time() * 1000)}.log"
@@ -338,7 +349,7 @@ class SandboxProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"sandbox exited at start:\n{self.log()}")
             try:
-                if requests.get(self.url + "/ping/", timeout=5).status_code == 200:
+                if requests.get(self.url + "/ping/", timeout=5, **self._tls).status_code == 200:
                     return
             except requests.RequestException:  # not listening yet, or the worker still booting
                 time.sleep(0.1)
@@ -369,8 +380,12 @@ class SandboxProcess:
         raise AssertionError("no gunicorn worker found")
 
     def post(self, body: Any, token: str | None = None, **kwargs: Any) -> requests.Response:
+        """POST a run; a body without a callback secret gets the test's one for its script_id (secret_for)."""
         headers = {"Authorization": f"Token {self.token if token is None else token}"}
-        return requests.post(self.url + "/function/run-python", json=body, headers=headers, timeout=10, **kwargs)
+        if isinstance(body, dict) and isinstance(body.get("script_id"), int) and "callback_secret" not in body:
+            body = {**body, "callback_secret": secret_for(body["script_id"])}
+        return requests.post(self.url + "/function/run-python", json=body, headers=headers, timeout=10,
+                             **{**self._tls, **kwargs})
 
     def run(self, script_id: int, script: str, env: dict[str, str] | None = None,
             context: Any = None) -> requests.Response:
@@ -379,17 +394,17 @@ class SandboxProcess:
 
     def health(self) -> dict[str, Any]:
         """The /health report (also when it answers 503: the body says why)."""
-        result: dict[str, Any] = requests.get(self.url + "/health", timeout=10).json()
+        result: dict[str, Any] = requests.get(self.url + "/health", timeout=10, **self._tls).json()
         return result
 
     def ready(self) -> tuple[int, dict[str, Any]]:
-        response = requests.get(self.url + "/ready", timeout=10)
+        response = requests.get(self.url + "/ready", timeout=10, **self._tls)
         return response.status_code, response.json()
 
     def state(self, script_id: int) -> tuple[int, Any]:
         """GET /function/runs/{id}: (status, body)."""
         response = requests.get(f"{self.url}/function/runs/{script_id}",
-                                headers={"Authorization": f"Token {self.token}"}, timeout=10)
+                                headers={"Authorization": f"Token {self.token}"}, timeout=10, **self._tls)
         return response.status_code, response.json()
 
 
@@ -418,7 +433,8 @@ class SandboxStarter:
         self.base = Path(tempfile.mkdtemp(prefix="sandbox-test-"))
         self.base.chmod(0o755)
 
-    def __call__(self, **overrides: str) -> SandboxProcess:
+    def __call__(self, tls_ca: str | None = None, client_cert: tuple[str, str] | None = None,
+                 **overrides: str) -> SandboxProcess:
         state = self.base / f"state-{len(self.started)}"
         state.mkdir()
         os.chown(state, self.user.uid, self.user.gid)
@@ -426,7 +442,6 @@ class SandboxStarter:
         env = {
             "PYTHON_SANDBOX_AUTH_TOKEN": "sandbox-test-token",
             "PYTHON_SCHEDULER_URL": self.receiver.url,
-            "PYTHON_SCHEDULER_AUTH_TOKEN": "scheduler-test-token",
             "PYTHON_SANDBOX_BIND": f"127.0.0.1:{port}",
             "PYTHON_SANDBOX_STATE_DIR": str(state),
             "PYTHON_SANDBOX_NODE_NAME": f"test-{port}",
@@ -436,7 +451,7 @@ class SandboxStarter:
             "PYTHON_SANDBOX_WARM_POOL": "0",
             **overrides,
         }
-        proc = SandboxProcess(self.user, env, port, state)
+        proc = SandboxProcess(self.user, env, port, state, tls_ca=tls_ca, client_cert=client_cert)
         proc.start()
         self.started.append(proc)
         proc.wait_ready()  # measure the warm path, not a miss

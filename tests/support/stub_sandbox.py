@@ -1,15 +1,16 @@
 """A stand-in sandbox node: a real HTTP server that accepts runs at once and counts them per script_id.
 
 Speaks the sandbox API of the scheduler <-> sandbox contract (POST /function/run-python, idempotent by script_id;
-GET /function/runs/{id} with running/reporting/done and tombstones; GET /ready; GET /health; same token rule) and,
-when given a scheduler URL, reports like the real sandbox: a running callback, then the result, retried until the
-scheduler answers 2xx. Knobs for the failure tests: `busy` (429 to every POST), `refuse` (400 to every POST, as the
-real sandbox refuses a body it cannot run), `unhealthy` (503 from /ready and to every POST), `refuse_posts` (503 to
-POSTs while /ready still says 200), `without_ready` (no /ready: an older node), `reset_next(mode, n)` (the next n
-POSTs end in a connection reset, "before" the run is accepted or "after"), `forget_all()` (the node loses its runs:
-404 and no result, as after a wiped state directory), `report=False` (accept and hold forever), `set_state()`. Run
-in-process (`with StubSandbox(...) as node:`) or as a process for benchmarks:
-`python -m tests.support.stub_sandbox --port P --token T [--scheduler-url U --scheduler-token S]`.
+GET /function/runs/{id} with running/reporting/done and tombstones; GET /ready; GET /health; same token rule;
+answers to a challenge signed with its token, sandbox.node_proof) and, when given a scheduler URL, reports like the
+real sandbox: a running callback, then the result, with the run's callback secret, retried until the scheduler
+answers 2xx or refuses it for the run (403/409 with "refused"). Knobs for the failure tests: `busy` (429 to every
+POST), `refuse` (400 to every POST, as the real sandbox refuses a body it cannot run), `unhealthy` (503 from /ready
+and to every POST), `refuse_posts` (503 to POSTs while /ready still says 200), `without_ready` (no /ready: an older
+node), `reset_next(mode, n)` (the next n POSTs end in a connection reset, "before" the run is accepted or "after"),
+`forget_all()` (the node loses its runs: 404 and no result, as after a wiped state directory), `report=False`
+(accept and hold forever), `set_state()`. Run in-process (`with StubSandbox(...) as node:`) or as a process for
+benchmarks: `python -m tests.support.stub_sandbox --port P --token T [--scheduler-url U --scheduler-token S]`.
 
 Every body it sends or answers is checked against the contract (pipeline_contract.schemas) as it is built, and a
 hand-off that breaks the contract gets the real sandbox's 400 with the field named.
@@ -49,6 +50,7 @@ from pipeline_contract.schemas import (
     RUN_STATES,
     RUNNING_CALLBACK,
 )
+from sandbox import node_proof
 
 NODE = "stub"
 _RUNS = re.compile(r"^/function/runs/([0-9]+)$")
@@ -58,7 +60,7 @@ _RUNS = re.compile(r"^/function/runs/([0-9]+)$")
 class StubSandbox:
     token: str
     scheduler_url: str | None = None
-    scheduler_token: str | None = None
+    scheduler_token: str | None = None  # a fixed callback token instead of each run's secret (refusal tests)
     run_seconds: float = 0.0
     slots: int = 100_000
     report: bool = True
@@ -80,6 +82,7 @@ class StubSandbox:
     accepted_at: dict[int, float] = field(default_factory=dict)  # epoch of the first acceptance
     bodies: dict[int, dict[str, Any]] = field(default_factory=dict)
     held: set[int] = field(default_factory=set)
+    refusals: list[tuple[int, str, str]] = field(default_factory=list)  # (script_id, path, why) refused for the run
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _jobs: queue.Queue[int | None] = field(default_factory=queue.Queue)
     _server: ThreadingHTTPServer | None = None
@@ -162,7 +165,9 @@ class StubSandbox:
     # --- reporting like the real sandbox --------------------------------------------------------------
 
     def _deliver(self, path: str, body: dict[str, Any]) -> bool:
-        headers = {"Authorization": f"Token {self.scheduler_token or ''}"}
+        with self._lock:
+            secret = self.scheduler_token or str(self.bodies.get(body["script_id"], {}).get("callback_secret", ""))
+        headers = {"Authorization": f"Token {secret}"}
         while self._server is not None:
             if self.forget:
                 return False
@@ -170,6 +175,9 @@ class StubSandbox:
                 response = requests.post(f"{self.scheduler_url}{path}", json=body, headers=headers, timeout=10)
                 if response.ok:
                     return True
+                if response.status_code in (403, 409) and "refused" in response.text:
+                    self.refusals.append((int(body["script_id"]), path, response.json()["refused"]))
+                    return True  # the scheduler's final word, as the real outbox takes it
             except requests.RequestException:
                 pass
             time.sleep(0.2)
@@ -216,6 +224,9 @@ class StubSandbox:
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                challenge = self.headers.get(node_proof.CHALLENGE_HEADER)
+                if node_proof.valid_challenge(challenge):
+                    self.send_header(node_proof.PROOF_HEADER, node_proof.sign([stub.token], str(challenge), code, data))
                 if code == 429:
                     self.send_header("Retry-After", "1")
                 self.end_headers()

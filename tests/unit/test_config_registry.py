@@ -23,6 +23,7 @@ from pipeline_config.registry import (
     Urls,
     Use,
     Variable,
+    Words,
     Zone,
     services,
 )
@@ -40,12 +41,32 @@ SAMPLES = {
     "PYTHON_RUNNER_DROPPED_CAPABILITIES": "NET_RAW",
     "PYTHON_RUNNER_UID": "1000", "PYTHON_RUNNER_GID": "1000", "PYTHON_RUNNER_USER": "runner",
     "PYTHON_RUNNER_GROUP": "runner",
+    "PYTHON_SANDBOX_NODE_TOKENS": "http://127.0.0.1:8088=node-token",
+    # Certificates, keys and CA bundles are files checked readable at start (tests/unit/test_credentials.py
+    # checks their pairing); another readable file changes the config.
+    **{name: "/etc/passwd" for name in (
+        "PYTHON_SCHEDULER_TLS_CERT", "PYTHON_SCHEDULER_TLS_KEY", "PYTHON_SCHEDULER_TLS_CLIENT_CA",
+        "PYTHON_SANDBOX_CA_BUNDLE", "PYTHON_DISPATCH_TLS_CERT", "PYTHON_DISPATCH_TLS_KEY",
+        "PYTHON_SANDBOX_TLS_CERT", "PYTHON_SANDBOX_TLS_KEY", "PYTHON_SANDBOX_TLS_CLIENT_CA",
+        "PYTHON_SCHEDULER_CA_BUNDLE", "PYTHON_SANDBOX_CLIENT_CERT", "PYTHON_SANDBOX_CLIENT_KEY")},
 }
+TLS_PAIR = {"PYTHON_SCHEDULER_TLS_CERT": "/etc/hostname", "PYTHON_SCHEDULER_TLS_KEY": "/etc/hostname"}
+SANDBOX_TLS_PAIR = {"PYTHON_SANDBOX_TLS_CERT": "/etc/hostname", "PYTHON_SANDBOX_TLS_KEY": "/etc/hostname"}
+DISPATCH_TLS_PAIR = {"PYTHON_DISPATCH_TLS_CERT": "/etc/hostname", "PYTHON_DISPATCH_TLS_KEY": "/etc/hostname"}
+CALLBACK_TLS_PAIR = {"PYTHON_SANDBOX_CLIENT_CERT": "/etc/hostname", "PYTHON_SANDBOX_CLIENT_KEY": "/etc/hostname"}
 ALWAYS_ON = {"PYTHON_RUNNER_READ_ONLY_FILESYSTEM", "PYTHON_RUNNER_NO_NEW_PRIVILEGES"}
 PARTNERS = {
     "DB_ROOT_USER": {"DB_ROOT_PASSWD": "pw"},
     "PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT": {"PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT": "true"},
     "PYTHON_STARTER_USE_ALTERNATIVE_FILE_SERVER_ROOT": {"PYTHON_STARTER_ALTERNATIVE_FILE_SERVER_ROOT": "http://f"},
+    # A certificate needs its key (and the other way round); a client CA is checked on HTTPS only: each is
+    # changed from a complete setting (both /etc/hostname) to another readable file.
+    **{name: TLS_PAIR for name in TLS_PAIR},
+    **{name: SANDBOX_TLS_PAIR for name in SANDBOX_TLS_PAIR},
+    **{name: DISPATCH_TLS_PAIR for name in DISPATCH_TLS_PAIR},
+    **{name: CALLBACK_TLS_PAIR for name in CALLBACK_TLS_PAIR},
+    "PYTHON_SCHEDULER_TLS_CLIENT_CA": TLS_PAIR,
+    "PYTHON_SANDBOX_TLS_CLIENT_CA": SANDBOX_TLS_PAIR,
 }
 
 
@@ -70,6 +91,8 @@ def sample(var: Variable, use: Use) -> str:
         return "after-claim:5"
     if isinstance(kind, Password):
         return "a-long-status-page-password"
+    if isinstance(kind, Words):
+        return "old-token-1, old-token-2"
     assert isinstance(kind, Text)
     if kind.choices:
         return next(c for c in kind.choices if kind.case is None or c != kind.case(use.default))
@@ -121,7 +144,8 @@ def test_shared_variables_are_one_entry_with_a_meaning_per_service() -> None:
     names = [var.name for var in VARIABLES]
     assert len(names) == len(set(names))
     shared = {var.name for var in VARIABLES if var.scheduler and var.sandbox}
-    assert shared == {"PYTHON_SCHEDULER_URL", "PYTHON_SCHEDULER_AUTH_TOKEN", "PYTHON_PROCESS_TIMEOUT", "TIME_ZONE",
+    # SeaTable's PYTHON_SCHEDULER_AUTH_TOKEN is the scheduler's alone (issue 20: credentials by role).
+    assert shared == {"PYTHON_SCHEDULER_URL", "PYTHON_PROCESS_TIMEOUT", "TIME_ZONE",
                       "PYTHON_SANDBOX_AUTH_TOKEN", "PYTHON_SCHEDULER_MAX_BODY_BYTES", "LOG_FORMAT", "LOG_TO_STDOUT"}
     for var in VARIABLES:  # one default in both services (issue 15); the meanings say what each does with it
         if var.scheduler and var.sandbox:

@@ -117,7 +117,7 @@ def test_resolver_cache_keeps_answers_and_failures_briefly() -> None:
 
 
 def test_network_modes(caplog: pytest.LogCaptureFixture) -> None:
-    base = {"PYTHON_SANDBOX_AUTH_TOKEN": "a", "PYTHON_SCHEDULER_AUTH_TOKEN": "b"}
+    base = {"PYTHON_SANDBOX_AUTH_TOKEN": "a"}
     assert SandboxConfig.from_env(base).network == "open"  # upstream's users have a network
     for mode in ("none", "seatable", "open"):
         assert SandboxConfig.from_env({**base, "PYTHON_RUNNER_NETWORK": mode}).network == mode

@@ -51,7 +51,7 @@ def test_parse_size_refuses(bad: str) -> None:
 def test_config_requires_tokens_and_checks_numbers() -> None:
     with pytest.raises(ValueError, match="PYTHON_SANDBOX_AUTH_TOKEN"):
         SandboxConfig.from_env({"PYTHON_SCHEDULER_AUTH_TOKEN": "s"})
-    base = {"PYTHON_SANDBOX_AUTH_TOKEN": "a", "PYTHON_SCHEDULER_AUTH_TOKEN": "b", "HOME": "/home/x"}
+    base = {"PYTHON_SANDBOX_AUTH_TOKEN": "a", "HOME": "/home/x"}
     with pytest.raises(ValueError, match="PYTHON_PROCESS_TIMEOUT"):
         SandboxConfig.from_env({**base, "PYTHON_PROCESS_TIMEOUT": "0"})
     with pytest.raises(ValueError, match="PYTHON_SANDBOX_WARM_POOL"):
