@@ -66,7 +66,7 @@ def test_the_dispatchers_hand_offs_are_what_the_sandbox_accepts(
     assert [node.bodies[i]["context_data"] for i in saved] == [
         {"row": {"_id": "r1"}}, "plain text", None, "[1, 2]", "5", "true"]
     service, sandbox_node = FakeService(), FakeNode()
-    sandbox = testing.TestClient(create_app(TOKEN, service, sandbox_node.health, sandbox_node.ready))
+    sandbox = testing.TestClient(create_app([TOKEN], service, sandbox_node.health, sandbox_node.ready))
     for run_id, body in node.bodies.items():
         assert contract.HANDOFF.closed().problems(body) == [], body
         answer = sandbox.simulate_post("/function/run-python", json=body, headers=AUTH)

@@ -23,7 +23,7 @@ from tests.support.podman import CallbackReceiver, SandboxProcess
 @given(body=examples(contract.HANDOFF))
 def test_every_hand_off_the_contract_calls_valid_is_accepted(body: dict[str, Any]) -> None:
     service, node = FakeService(), FakeNode()
-    client = testing.TestClient(create_app(TOKEN, service, node.health, node.ready))
+    client = testing.TestClient(create_app([TOKEN], service, node.health, node.ready))
     response = client.simulate_post("/function/run-python", json=body, headers=AUTH)
     content = body.get("script_content")
     if content is not None and len(content.encode()) > contract.SCRIPT_MAX_BYTES:
