@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_config.variables import SCHEDULER
 from sandbox import systemd as sandbox_systemd
 from sandbox.config import VARIABLES as SANDBOX_VARIABLES
 from sandbox.host import SandboxUser
@@ -166,8 +167,17 @@ def test_env_templates_list_every_variable(name: str, variables: tuple[tuple[str
     listed = {line.lstrip("#").split("=", 1)[0] for line in text.splitlines()
               if "=" in line and not line.startswith("# ")}
     assert {v[0] for v in variables} <= listed
+
+
+def test_compose_env_example_lists_every_scheduler_variable_and_no_secret_value() -> None:
+    """The compose stack is MariaDB, the scheduler and the dispatcher (the sandbox has its own env file on the
+    host); its secrets are Podman secrets, so the example names their files, never a value to fill in."""
     compose = (REPO / "containers" / "pipeline.env.example").read_text()
-    assert all(f"{v[0]}=" in compose for v in variables)
+    for name, _default, _meaning in SCHEDULER_VARIABLES:
+        assert f"{name}=" in compose or f"{name}_FILE=" in compose, name
+    secrets = [var.name for var, _use in SCHEDULER.uses() if var.secret]
+    filled = [line for line in compose.splitlines() if not line.startswith("#") and "=" in line]
+    assert not [line for line in filled if line.split("=", 1)[0] in secrets], filled
 
 
 def test_install_systemd_writes_for_another_user_and_paths(tmp_path: Path) -> None:
