@@ -14,6 +14,10 @@ from sandbox.errors import SetupError
 def cmd_host_setup(args: argparse.Namespace) -> int:
     from sandbox.host import setup_host
 
+    if args.stack_user:
+        from sandbox.stack_user import check_stack_user
+
+        check_stack_user(args.stack_user, args.user)  # before anything on the host changes
     report = setup_host(args.user, cgroups_only=args.cgroups_only)
     if report is None:
         return 0

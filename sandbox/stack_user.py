@@ -25,13 +25,18 @@ from sandbox.host import (
 DEFAULT_STACK_USER = "seatable-stack"
 
 
-def setup_stack_user(name: str, sandbox_user: str) -> SandboxUser:
-    """Create (or keep) the stack user with its subordinate ids and its own Podman configuration; idempotent."""
+def check_stack_user(name: str, sandbox_user: str) -> None:
+    """Refuse a stack user that would put the stack back into the runners' Podman, or run it as root."""
     if name in ("root", "0"):
         raise SetupError("the compose stack must run as an unprivileged user, not root")
     if name == sandbox_user:
         raise SetupError(f"--stack-user {name} is the sandbox user: the stack needs a Podman the sandbox does not "
                          "control (another user)")
+
+
+def setup_stack_user(name: str, sandbox_user: str) -> SandboxUser:
+    """Create (or keep) the stack user with its subordinate ids and its own Podman configuration; idempotent."""
+    check_stack_user(name, sandbox_user)
     user = ensure_user(name, comment="SeaTable Python pipeline stack (compose)")
     if os.geteuid() != 0:
         return user

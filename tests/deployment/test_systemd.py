@@ -206,7 +206,7 @@ def test_sandbox_install_systemd_stages_user_unit_and_dropin(sandbox_account: Sa
     from sandbox.cli import main as sandbox_main
 
     user = sandbox_account
-    assert sandbox_main(["install-systemd", "--root", str(tmp_path), "--venv", "/srv/venv"]) == 0
+    assert sandbox_main(["install-systemd", "--root", str(tmp_path), "--venv", "/srv/venv", "--user", user.name]) == 0
     unit = tmp_path / user.home.relative_to("/") / ".config/systemd/user/seatable-sandbox.service"
     assert parse(unit)["Service"]["ExecStart"] == ["/srv/venv/bin/seatable-sandbox serve"]
     dropin = tmp_path / f"etc/systemd/system/user@{user.uid}.service.d" / sandbox_systemd.DELEGATE_DROPIN
