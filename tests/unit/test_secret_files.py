@@ -15,6 +15,8 @@ from scheduler.config import Config
 
 TOKENS = {"PYTHON_SANDBOX_AUTH_TOKEN": "a", "PYTHON_SCHEDULER_AUTH_TOKEN": "b", "HOME": "/home/x"}
 VALUE = "a-secret-value-from-a-file"
+# Secrets with a form of their own (a value of that form; others take VALUE).
+FORMED = {"PYTHON_SANDBOX_NODE_TOKENS": "http://node-a:8088=a-node-token-from-a-file"}
 
 
 def config_of(service: Service, env: dict[str, str]) -> Any:
@@ -37,9 +39,10 @@ SECRETS = [(service, var.name) for service in (SCHEDULER, SANDBOX) for var, _use
 @pytest.mark.parametrize(("service", "name"), SECRETS, ids=[f"{s.name}-{n}" for s, n in SECRETS])
 def test_every_secret_can_come_from_a_file(service: Service, name: str, tmp_path: Path) -> None:
     partner = {"DB_USER": "pipeline", "DB_PASSWD": "serving-password"} if name == "DB_ROOT_PASSWD" else {}
-    path = secret_file(tmp_path, VALUE + "\n")
+    value = FORMED.get(name, VALUE)
+    path = secret_file(tmp_path, value + "\n")
     from_file = config_of(service, {**partner, f"{name}_FILE": str(path)})
-    assert from_file == config_of(service, {**partner, name: VALUE})
+    assert from_file == config_of(service, {**partner, name: value})
     assert from_file != config_of(service, partner), f"{name}_FILE changed nothing"
     # The templates leave X blank to be filled in: X_FILE next to an empty X is the file's value.
     assert config_of(service, {**partner, name: "", f"{name}_FILE": str(path)}) == from_file
