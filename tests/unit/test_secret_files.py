@@ -16,7 +16,7 @@ from scheduler.config import Config
 TOKENS = {"PYTHON_SANDBOX_AUTH_TOKEN": "a", "PYTHON_SCHEDULER_AUTH_TOKEN": "b", "HOME": "/home/x"}
 VALUE = "a-secret-value-from-a-file"
 # Secrets with a form of their own (a value of that form; others take VALUE).
-FORMED = {"PYTHON_SANDBOX_NODE_TOKENS": "http://node-a:8088=a-node-token-from-a-file"}
+FORMED = {"PYTHON_SANDBOX_NODE_TOKENS": "http://127.0.0.1:8088=a-node-token-from-a-file"}  # a default node
 
 
 def config_of(service: Service, env: dict[str, str]) -> Any:
