@@ -5,6 +5,10 @@ the config field it fills, its default there, what it means there, and whether i
 reads the environment through its uses into `{field: value}` and gives the service's dataclass its defaults
 (`Service.config`), so a default is written in one place only. Every bad value is one readable line
 (`ConfigError`), never a traceback.
+
+Every secret `X` may instead be given as `X_FILE`, the path of a file holding it (Podman secrets under
+/run/secrets, systemd's `LoadCredential=` under `$CREDENTIALS_DIRECTORY`), so its value need not sit in an
+environment that `podman inspect` or /proc shows.
 """
 
 from __future__ import annotations
@@ -236,6 +240,37 @@ class Variable:
         return use
 
 
+FILE_SUFFIX = "_FILE"
+
+
+def with_secret_files(env: Mapping[str, str], variables: Iterable[Variable]) -> Mapping[str, str]:
+    """`env` with each secret `X` read from the file `X_FILE` names (one trailing newline dropped).
+
+    Both set (non-empty) is refused: which one wins would be a guess. The path is opened as given and the file's
+    content is never shown in an error.
+    """
+    resolved: dict[str, str] | None = None
+    for var in variables:
+        if not var.secret:
+            continue
+        path = (env.get(var.name + FILE_SUFFIX) or "").strip()
+        if not path:
+            continue
+        if (env.get(var.name) or "").strip():
+            raise ConfigError(f"{var.name} and {var.name}{FILE_SUFFIX} are both set: set one of them")
+        try:
+            with open(path, encoding="utf-8") as secret:
+                text = secret.read()
+        except OSError as exc:
+            raise ConfigError(f"{var.name}{FILE_SUFFIX}={path}: cannot read it ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{var.name}{FILE_SUFFIX}={path}: not UTF-8 text") from None
+        if resolved is None:
+            resolved = dict(env)
+        resolved[var.name] = text.removesuffix("\n").removesuffix("\r")
+    return env if resolved is None else resolved
+
+
 class Documented(NamedTuple):
     """One row of a service's documentation: what the README table and the env templates show."""
 
@@ -268,10 +303,12 @@ class Service:
 
         fallbacks: values for variables the environment does not set, in place of the registry's defaults.
         names: read only these variables (e.g. the log settings, before the rest can be checked).
+        A secret may come from the file its `_FILE` variable names (`with_secret_files`).
         """
         values: dict[str, Any] = {}
         missing: list[str] = []
         only = None if names is None else set(names)
+        env = with_secret_files(env, (var for var, _use in self.uses() if only is None or var.name in only))
         for var, use in self.uses():
             if only is not None and var.name not in only:
                 continue

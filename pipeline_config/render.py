@@ -9,24 +9,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pipeline_config.registry import Service, Use
-from pipeline_config.variables import SANDBOX, SCHEDULER, VARIABLES
+from pipeline_config.variables import SCHEDULER
 
-# Set by containers/compose.yaml per service (addresses on the compose network, the socket path inside the
-# container); the env file must not override them, so the example lists them as comments only.
+# Set by containers/compose.yaml per service (addresses on the compose network, the secrets' files); the env file
+# must not override them, so the example lists them as comments only.
 COMPOSE_FIXED = frozenset({
-    "DB_HOST", "PYTHON_SCHEDULER_BIND_HOST", "PYTHON_SCHEDULER_PORT", "PYTHON_SANDBOX_URLS", "PYTHON_SCHEDULER_URL",
-    "PYTHON_SANDBOX_BIND", "PYTHON_SANDBOX_NODE_NAME", "PYTHON_SANDBOX_PODMAN_URL", "PYTHON_SANDBOX_STATE_DIR",
-    "PYTHON_RUNNER_IMAGE", "PYTHON_SANDBOX_SECCOMP_PROFILE", "PYTHON_SCHEDULER_SQLITE_PATH", "PYTHON_RUNNER_NETWORK",
+    "DB_HOST", "PYTHON_SCHEDULER_BIND_HOST", "PYTHON_SCHEDULER_PORT", "PYTHON_SANDBOX_URLS",
 })
-# Read by the MariaDB container of the compose stack, not by our services.
-MARIADB_VARIABLES = (
-    ("MARIADB_USER", "database user the MariaDB container creates at its first start; = DB_USER"),
-    ("MARIADB_PASSWORD", "its password; = DB_PASSWD"),
-    ("MARIADB_ROOT_PASSWORD", "MariaDB's root password (the scheduler does not use it)"),
-)
-COMPOSE_SECRETS = ("PYTHON_SCHEDULER_AUTH_TOKEN", "PYTHON_SANDBOX_AUTH_TOKEN", "SEATABLE_SERVER_URL",
-                   "DB_USER", "DB_PASSWD")
-COMPOSE_PRESETS = {"DB_USER": "seatable", "MARIADB_USER": "seatable"}
+# The Podman secrets of containers/compose.yaml: variable -> secret name (a file under /run/secrets).
+COMPOSE_SECRETS = {
+    "PYTHON_SCHEDULER_AUTH_TOKEN": "seatable_auth_token",
+    "PYTHON_SANDBOX_AUTH_TOKEN": "sandbox_auth_token",
+    "DB_PASSWD": "db_password",
+}
+COMPOSE_REQUIRED = {"SEATABLE_SERVER_URL": "", "DB_USER": "seatable"}
+# Read by the MariaDB container of the compose stack, not by our services (its passwords are Podman secrets).
+MARIADB_VARIABLES = {"MARIADB_USER": "seatable"}
 
 
 def markdown_table(service: Service) -> str:
@@ -65,29 +63,32 @@ def _described(use: Use, label: str = "", fixed: bool = False) -> str:
 
 
 def compose_env_example() -> str:
-    """containers/pipeline.env.example: one env file both compose services read, so every variable once."""
+    """containers/pipeline.env.example: the settings (never the secrets) MariaDB, the scheduler and the dispatcher
+    read; the sandbox runs on the host with its own environment file."""
     lines = [
-        "# SeaTable Python pipeline for podman-compose: copy to pipeline.env (mode 0600, owned by the sandbox user)",
-        "# and fill in the secrets. Generated from the configuration registry (pipeline_config/variables.py).",
+        "# SeaTable Python pipeline for podman-compose: the settings of MariaDB, the scheduler and the dispatcher.",
+        "# Copy to pipeline.env (owned by the stack user); generated from pipeline_config/variables.py.",
+        "# No secrets here: they are Podman secrets (`podman secret create`, see compose.yaml), which compose.yaml",
+        "# gives each service as files under /run/secrets (NAME_FILE). The sandbox runs on the host as the sandbox",
+        "# user (its systemd user unit) with its own environment file: its variables are not read from here.",
         "# Variables compose.yaml sets per service are listed as comments only: setting them here has no effect.",
         "",
-        "## Secrets (required)",
-        *(f"{name}={COMPOSE_PRESETS.get(name, '')}" for name in COMPOSE_SECRETS),
-        *(f"{name}={COMPOSE_PRESETS.get(name, '')}" for name, _meaning in MARIADB_VARIABLES),
+        "## Required",
+        *(f"{name}={value}" for name, value in COMPOSE_REQUIRED.items()),
+        *(f"{name}={value}" for name, value in MARIADB_VARIABLES.items()),
         "",
-        "## Both services (one value for both; each has its own meaning and default)",
+        "## Scheduler, dispatcher, maintenance",
         "",
     ]
-    for var in VARIABLES:
-        if var.scheduler is None or var.sandbox is None or var.name in COMPOSE_SECRETS:
+    for var, use in SCHEDULER.uses():
+        if var.name in COMPOSE_REQUIRED:
             continue
-        fixed = var.name in COMPOSE_FIXED
-        lines += [_described(var.scheduler, "Scheduler: "), _described(var.sandbox, "Sandbox: ", fixed),
-                  f"#{var.name}={_literal(var.scheduler)}", ""]
-    for title, service in (("Scheduler, dispatcher, maintenance", SCHEDULER), ("Sandbox", SANDBOX)):
-        lines += [f"## {title}", ""]
-        for var, use in service.uses():
-            if (var.scheduler is not None and var.sandbox is not None) or var.name in COMPOSE_SECRETS:
-                continue
+        if var.name in COMPOSE_SECRETS:
+            lines += [f"# {use.meaning.rstrip('.')}. Podman secret {COMPOSE_SECRETS[var.name]}, set by compose.yaml.",
+                      f"#{var.name}_FILE=/run/secrets/{COMPOSE_SECRETS[var.name]}", ""]
+        elif var.secret:
+            lines += [_described(use) + f" A secret: a Podman secret given as {var.name}_FILE.",
+                      f"#{var.name}_FILE=/run/secrets/<name>", ""]
+        else:
             lines += [_described(use, fixed=var.name in COMPOSE_FIXED), f"#{var.name}={_literal(use)}", ""]
     return "\n".join(lines)

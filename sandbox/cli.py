@@ -14,9 +14,19 @@ from sandbox.errors import SetupError
 def cmd_host_setup(args: argparse.Namespace) -> int:
     from sandbox.host import setup_host
 
+    if args.stack_user:
+        from sandbox.stack_user import check_stack_user
+
+        check_stack_user(args.stack_user, args.user)  # before anything on the host changes
     report = setup_host(args.user, cgroups_only=args.cgroups_only)
     if report is None:
         return 0
+    if args.stack_user:
+        from sandbox.stack_user import setup_stack_user
+
+        stack = setup_stack_user(args.stack_user, args.user)
+        if not args.quiet and not args.json:
+            print(f"stack user        {stack.name} (its own rootless Podman for compose.yaml)")
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     elif not args.quiet:
@@ -114,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--cgroups-only", action="store_true",
                    help="only (re)create the user's delegated runner cgroups (cgroup v1; at every boot)")
+    p.add_argument("--stack-user", metavar="NAME",
+                   help="also prepare this user's rootless Podman for the compose stack (MariaDB, scheduler, "
+                        "dispatcher), which must not live in the sandbox user's (e.g. seatable-stack)")
     commands["host-setup"] = cmd_host_setup
 
     p = sub.add_parser("build-runner", help="build the runner image offline and import it")

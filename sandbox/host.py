@@ -107,14 +107,14 @@ def lookup_user(name: str) -> SandboxUser:
     return SandboxUser(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
 
 
-def ensure_user(name: str) -> SandboxUser:
+def ensure_user(name: str, comment: str = "SeaTable Python sandbox") -> SandboxUser:
     if os.geteuid() != 0:
         return lookup_user(name)
     try:
         pwd.getpwnam(name)
     except KeyError:
         _checked(["useradd", "--create-home", "--home-dir", f"/var/lib/{name}", "--shell", "/usr/sbin/nologin",
-                  "--user-group", "--comment", "SeaTable Python sandbox", name], f"cannot create user {name}")
+                  "--user-group", "--comment", comment, name], f"cannot create user {name}")
     user = lookup_user(name)
     for kind in ("uid", "gid"):
         _ensure_subids(user.name, Path(f"/etc/sub{kind}"), kind)

@@ -4,6 +4,16 @@
 set -eu
 DATADIR=/var/lib/mysql
 quote() { printf "%s" "$1" | sed "s/\\\\/\\\\\\\\/g; s/'/\\\\'/g"; }
+# As the official image: NAME_FILE names a file holding NAME (Podman secrets under /run/secrets).
+from_file() {
+    eval "file=\${${1}_FILE:-}"
+    if [ -n "$file" ]; then
+        [ -r "$file" ] || { echo "mariadb-entrypoint: ${1}_FILE=$file cannot be read" >&2; exit 1; }
+        eval "$1=\$(cat \"\$file\")"
+    fi
+}
+from_file MARIADB_ROOT_PASSWORD
+from_file MARIADB_PASSWORD
 if [ ! -d "$DATADIR/mysql" ]; then
     mariadb-install-db --datadir="$DATADIR" --skip-test-db --auth-root-authentication-method=normal \
         --skip-name-resolve >/dev/null
@@ -26,4 +36,6 @@ if [ ! -d "$DATADIR/mysql" ]; then
         fi
     } | mariadbd --bootstrap --datadir="$DATADIR" --skip-networking >/dev/null
 fi
+# The server needs none of them: not in its environment.
+unset MARIADB_ROOT_PASSWORD MARIADB_PASSWORD MARIADB_ROOT_PASSWORD_FILE MARIADB_PASSWORD_FILE
 exec mariadbd --datadir="$DATADIR" --bind-address=0.0.0.0 --skip-name-resolve --socket=/run/mysqld/mysqld.sock "$@"

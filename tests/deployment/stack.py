@@ -1,4 +1,5 @@
-"""The podman-compose stack of containers/compose.yaml, built and run offline as the sandbox user.
+"""The podman-compose stack of containers/compose.yaml, built and run offline as the stack user (not the sandbox
+user: the runners' Podman runs runners only), with the sandbox on the host as the sandbox user.
 
 Images: the local mmdebstrap base, then `podman build --build-arg BASE_IMAGE=localhost/...` of each
 Containerfile, with the project's dependencies from a host-side wheelhouse. Each image's tag is a hash of
@@ -14,13 +15,13 @@ import socket
 import stat
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from sandbox.host import SandboxUser
+from sandbox.host import SandboxUser, configured_user
 from tests.deployment.images import (
     CACHE,
     CONTEXT_PATHS,
@@ -33,9 +34,19 @@ from tests.deployment.images import (
     tree_digest,
     wheelhouse,
 )
+from tests.support.podman import SandboxProcess
 
 VENV_BIN = Path(os.environ.get("SEATABLE_PIPELINE_PREFIX", "/opt/seatable-pipeline")) / "venv" / "bin"
 PROJECT = "seatable-deploy-test"  # compose project name: every container and volume carries it
+SERVICES = ("mariadb", "python-scheduler", "dispatcher")
+
+
+def stack_user_name() -> str:
+    """The stack user next to the configured sandbox user: seatable-stack for seatable-sandbox, and a name of its
+    own for another checkout's sandbox user (seatable-sandbox-x: seatable-stack-x), so stacks never share one."""
+    sandbox = configured_user()
+    name = sandbox.replace("seatable-sandbox", "seatable-stack", 1)
+    return name if name != sandbox else f"{sandbox}-stack"
 
 
 @dataclass
@@ -116,14 +127,20 @@ def host_address() -> str:
 
 @dataclass
 class ComposeStack:
-    """containers/compose.yaml under a test project name, with a generated env file, as the sandbox user."""
+    """containers/compose.yaml under a test project name, with a generated env file and Podman secrets, as the
+    stack user; `sandbox_urls` is where its dispatcher finds the sandbox."""
 
     podman: Podman
     images: Images
     env: dict[str, str]
-    runner_image: str
+    secrets: dict[str, str]
+    sandbox_urls: str
     port: int
-    workdir: Path = field(default_factory=lambda: CACHE / "compose")
+    workdir: Path = Path()
+
+    def __post_init__(self) -> None:
+        if self.workdir == Path():
+            self.workdir = CACHE / f"compose-{self.user.name}"  # one per stack user: checkouts run side by side
 
     @property
     def user(self) -> SandboxUser:
@@ -145,6 +162,18 @@ class ComposeStack:
             os.chown(path, self.user.uid, self.user.gid)
         self.containers_conf()
         self.clear_stale_dns()
+
+    def create_secrets(self) -> None:
+        """`podman secret create NAME -` for each, the value on stdin (never in an argv)."""
+        self.remove_secrets()
+        for name, value in self.secrets.items():
+            result = self.user.run(["podman", "secret", "create", name, "-"], input=value)
+            if result.returncode != 0:
+                raise AssertionError(f"podman secret create {name} failed: {result.stderr[-2000:]}")
+
+    def remove_secrets(self) -> None:
+        for name in self.secrets:
+            self.user.run(["podman", "secret", "rm", name])
 
     def clear_stale_dns(self) -> None:
         """Drop aardvark-dns state an interrupted run left for OUR network.
@@ -170,7 +199,7 @@ class ComposeStack:
         home is under /var/lib (seatable-sandbox's is) cannot see its own networks there: every bridge
         network is "not found" at start. A config dir elsewhere avoids that; docs/deployment.md says so.
         """
-        networks = CACHE / "podman-networks"
+        networks = CACHE / f"podman-networks-{self.user.name}"
         networks.mkdir(exist_ok=True)
         os.chown(networks, self.user.uid, self.user.gid)
         user_conf = self.user.home / ".config" / "containers" / "containers.conf"
@@ -186,10 +215,8 @@ class ComposeStack:
             "CONTAINERS_CONF": str(self.workdir / "containers.conf"),
             "MARIADB_IMAGE": self.images.mariadb,
             "SCHEDULER_IMAGE": self.images.scheduler,
-            "SANDBOX_IMAGE": self.images.sandbox,
-            "PYTHON_RUNNER_IMAGE": self.runner_image,
             "SCHEDULER_PUBLISH": f"127.0.0.1:{self.port}",
-            "SANDBOX_NODE_NAME": PROJECT,
+            "SANDBOX_URLS": self.sandbox_urls,
         }
         command = [str(VENV_BIN / "podman-compose"), "--project-name", PROJECT, "-f", "compose.yaml", *argv]
         return subprocess.run(self.user.command(command), env=env, cwd=self.workdir, capture_output=True,
@@ -226,7 +253,7 @@ class ComposeStack:
         return f"--- {name}\n{result.stdout}{result.stderr}"
 
     def all_logs(self) -> str:
-        return "\n".join(self.logs(s) for s in ("mariadb", "python-scheduler", "dispatcher", "sandbox"))
+        return "\n".join(self.logs(s) for s in SERVICES)
 
     def wait_healthy(self, services: tuple[str, ...], timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -249,3 +276,15 @@ class ComposeStack:
                 pass
             time.sleep(0.5)
         raise AssertionError(f"{self.url}{path} did not answer within {timeout:.0f} s\n{self.all_logs()}")
+
+
+@dataclass
+class HostSandbox(SandboxProcess):
+    """The sandbox as the compose deployment runs it: on the host as the sandbox user, listening on the host's
+    address (what host.containers.internal names in the stack's containers), not in the stack."""
+
+    address: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}"
