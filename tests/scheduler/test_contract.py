@@ -34,7 +34,7 @@ from scheduler import runs
 from scheduler.app import create_app
 from scheduler.config import Config
 from scheduler.db import Store
-from tests.scheduler.conftest import AUTH, TOKEN, _QuietHandler, new_run
+from tests.scheduler.conftest import _QuietHandler, hand_off, new_run
 from tests.support.contract_examples import FEWER, examples
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -99,9 +99,10 @@ def scheduler_http(config: Config, store: Store) -> Iterator[Scheduler]:
     server.server_close()
 
 
-def queued(client: testing.TestClient) -> int:
-    """A new pending run (no team limit: no SeaTable to ask)."""
-    return new_run(client, scripts_running_limit=-1)
+def queued(client: testing.TestClient, store: Store) -> tuple[int, str]:
+    """A new run (no team limit: no SeaTable to ask) handed off as the dispatcher does, and its callback secret."""
+    run_id = new_run(client, scripts_running_limit=-1)
+    return run_id, hand_off(store, run_id)
 
 
 def outcome_of(store: Store, run_id: int) -> str:
@@ -121,23 +122,26 @@ def test_what_the_sandbox_sends_is_what_the_scheduler_reads(scheduler_http: Sche
                                                             tmp_path: Path) -> None:
     client = scheduler_http.client
     # Results bounded below the scheduler's body limit, as PYTHON_SCHEDULER_MAX_BODY_BYTES says.
-    outbox = Outbox(tmp_path / "outbox.sqlite", scheduler_http.url, TOKEN, max_backoff=0.2, timeout=5,
+    outbox = Outbox(tmp_path / "outbox.sqlite", scheduler_http.url, max_backoff=0.2, timeout=5,
                     max_body_bytes=120_000)
     driver = ScriptedDriver()
     service = RunService(driver=driver, outbox=outbox, slots=4, timeout=30)
     expected: dict[int, tuple[str, str]] = {}  # run id -> (outcome, output)
     for kind, (code, how) in OBSERVED.items():
-        run_id = queued(client)
+        run_id, secret = queued(client, store)
         output = f"{kind} ✓\n" + ("x" * 300_000 if kind == "output_limit" else "")  # too big: cut to fit
         driver.results[run_id] = RunResult(code, output, time.time(), 0.25, how)
         expected[run_id] = (kind, output)
-        service.submit(RunRequest(run_id, {"api_token": "t"}, {"row": {"_id": "r"}}, script_content="print(1)"))
-    unreachable = queued(client)  # the script URL refuses: fetch_failed, before any runner
-    service.submit(RunRequest(unreachable, {}, None, script_url="http://127.0.0.1:9/never.py"))
-    expected[unreachable] = ("fetch_failed", sandbox_texts.FAIL_TO_GET_SCRIPT)
+        service.submit(RunRequest(run_id, {"api_token": "t"}, {"row": {"_id": "r"}}, script_content="print(1)",
+                                  callback_secret=secret))
+    unreachable, secret = queued(client, store)  # a script URL it may not fetch: fetch_failed, before any runner
+    service.submit(RunRequest(unreachable, {}, None, script_url="http://127.0.0.1:9/never.py",
+                              callback_secret=secret))
+    # Loopback: the sandbox's own download obeys the runners' egress rules (issue 20), so it never connects.
+    expected[unreachable] = ("fetch_failed", sandbox_texts.FETCH_REFUSED.format(reason="127.0.0.1:9: loopback address"))
     service.shutdown(wait=True)
-    lost = queued(client)  # accepted, then the sandbox restarted: reported lost by the next start
-    assert outbox.run_accepted(lost)
+    lost, secret = queued(client, store)  # accepted, then the sandbox restarted: reported lost by the next start
+    assert outbox.run_accepted(lost, secret)
     assert RunService(driver=ScriptedDriver(), outbox=outbox, slots=1, timeout=30).recover() == 1
     expected[lost] = ("sandbox_lost", sandbox_texts.SANDBOX_LOST)
     deliver(outbox)
@@ -161,8 +165,9 @@ def test_what_the_sandbox_sends_is_what_the_scheduler_reads(scheduler_http: Sche
 def test_a_result_the_scheduler_refuses_comes_back_as_the_contracts_minimal_result(
         scheduler_http: Scheduler, store: Store, tmp_path: Path) -> None:
     """Misconfigured limits (the sandbox's above the scheduler's): 413, then the outbox's replacement, read as is."""
-    run_id = queued(scheduler_http.client)
-    outbox = Outbox(tmp_path / "outbox.sqlite", scheduler_http.url, TOKEN, max_backoff=0.2, timeout=5)
+    run_id, secret = queued(scheduler_http.client, store)
+    outbox = Outbox(tmp_path / "outbox.sqlite", scheduler_http.url, max_backoff=0.2, timeout=5)
+    assert outbox.run_accepted(run_id, secret)
     outbox.result(run_id, RunResult(0, "y" * 400_000, time.time(), 1.0, "exited").body(run_id))
     deliver(outbox)
     minimal = [body for path, body in scheduler_http.bodies if len(json.dumps(body)) < 150_000]
@@ -173,8 +178,15 @@ def test_a_result_the_scheduler_refuses_comes_back_as_the_contracts_minimal_resu
 
 
 def accepted(scheduler: Scheduler, store: Store, path: str, message: Message, body: dict[str, Any]) -> None:
-    run_id = queued(scheduler.client)
-    answer = scheduler.client.simulate_post(path, json={**body, "script_id": run_id}, headers=AUTH)
+    run_id, secret = queued(scheduler.client, store)
+    # What the schema cannot bound, the run's own history does: a start after the run was created and not in the
+    # future, a duration since that start (scheduler.callback_auth; tests/scheduler/test_callbacks.py).
+    if body.get("started_at") is not None:
+        body = {**body, "started_at": time.time()}
+    if body.get("spend_time") is not None:
+        body = {**body, "spend_time": min(float(body["spend_time"]), 1.0)}
+    answer = scheduler.client.simulate_post(path, json={**body, "script_id": run_id},
+                                            headers={"Authorization": f"Token {secret}"})
     assert (answer.status_code, answer.json) == (200, {"success": True}), answer.text
     assert contract.CALLBACK_ACK.closed().problems(answer.json) == []
     stored = runs.get_run(store, run_id)

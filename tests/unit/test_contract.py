@@ -23,6 +23,7 @@ from scheduler.resources.callbacks import ResultCallback, RunningCallback
 from scheduler.resources.common import MAX_ID
 
 TOKEN = "secret-token-of-the-run-" + "x" * 40
+SECRET = "c" * 43  # the run's callback secret, as callback_auth.issue() makes them
 
 
 def test_every_message_is_a_draft_2020_12_schema_with_a_name_of_its_own() -> None:
@@ -39,14 +40,17 @@ def test_the_services_validate_with_the_contracts_own_schemas() -> None:
     assert contract.MAX_RUN_ID == MAX_ID  # the scheduler's int(11) ids bound both sides
 
 
+def _handoff(**fields: object) -> dict[str, object]:
+    return {**fields, "callback_secret": SECRET}
+
+
 BAD = [
-    ({"script_id": "7", "script_content": "x", "env": {}}, "script_id: must be of type integer"),
-    ({"script_id": 2**31, "script_content": "x", "env": {}}, "script_id: must be at most 2147483647"),
-    ({"script_id": 7, "env": {}}, "body: needs one of script_url, script_content"),
-    ({"script_id": 7, "script_url": "file:///etc/passwd", "env": {}},
-     "script_url: must be an http:// or https:// URL"),
-    ({"script_id": 7, "script_content": "x", "env": {"A B": "1"}}, "env: a key must match"),
-    ({"script_id": 7, "script_content": "x", "env": {}, "context_data": [1]},
+    (_handoff(script_id="7", script_content="x", env={}), "script_id: must be of type integer"),
+    (_handoff(script_id=2**31, script_content="x", env={}), "script_id: must be at most 2147483647"),
+    (_handoff(script_id=7, env={}), "body: needs one of script_url, script_content"),
+    (_handoff(script_id=7, script_url="file:///etc/passwd", env={}), "script_url: must be an http:// or https:// URL"),
+    (_handoff(script_id=7, script_content="x", env={"A B": "1"}), "env: a key must match"),
+    (_handoff(script_id=7, script_content="x", env={}, context_data=[1]),
      "context_data: must be of type object or string or null"),
     ([1, 2], "body: must be of type object"),
 ]
@@ -62,7 +66,8 @@ def test_a_broken_hand_off_gets_one_line_naming_the_field(body: object, error: s
 def test_an_error_names_the_field_never_the_value() -> None:
     """An env value is the run's API token; an output can be megabytes: neither is copied into an error."""
     for env in ({"api_token": TOKEN + "\x00"}, {"api_token": TOKEN * 2000}):
-        wrong = contract.HANDOFF.problems({"script_id": 7, "script_content": "x", "env": env})
+        wrong = contract.HANDOFF.problems({"script_id": 7, "script_content": "x", "env": env,
+                                          "callback_secret": SECRET})
         assert wrong and wrong[0].startswith("env.api_token: ") and "secret" not in " ".join(wrong)
     huge = contract.RESULT_CALLBACK.problems({"script_id": 7, "output": ["x" * 100_000]})
     assert huge == ["output: must be of type string or null"]
