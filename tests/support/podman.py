@@ -79,6 +79,7 @@ class PodmanService:
     name: str
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    nodes: list[str] = field(default_factory=list)  # sandboxes a test pointed at it: whose runners it removes
 
     @property
     def socket(self) -> Path:
