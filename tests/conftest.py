@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import workers
+
 REPO = Path(__file__).resolve().parents[1]
 
 pytest_plugins = [
@@ -62,16 +64,22 @@ def lane_of(markers: set[str]) -> str:
     return next((lane for lane in LANES if lane in markers), "fast")
 
 
+LANE_PROPERTY = "lane"
+
+
 class LaneClock:
-    """Where the suite's time goes, by lane: setup, call and teardown added up, each test in one lane."""
+    """Where the suite's time goes, by lane: setup, call and teardown added up, each test in one lane.
+
+    The lane travels in the report's user_properties, so with pytest-xdist the controller (which collects
+    nothing itself) adds up every worker's reports.
+    """
 
     def __init__(self) -> None:
-        self.lane_of: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
         self.tests: dict[str, int] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        lane = self.lane_of.get(report.nodeid, "fast")
+        lane = dict(report.user_properties).get(LANE_PROPERTY, "fast")
         self.seconds[lane] = self.seconds.get(lane, 0.0) + report.duration
         if report.when == "call":
             self.tests[lane] = self.tests.get(lane, 0) + 1
@@ -84,19 +92,24 @@ class LaneClock:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller adds up its reports
+        return
     config.pluginmanager.register(LaneClock(), "lane-clock")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(workers.WorkerGroups(), "worker-groups")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    clock = config.pluginmanager.get_plugin("lane-clock")
+    markers_of: dict[str, set[str]] = {}
     for item in items:
         callspec = getattr(item, "callspec", None)
         params = dict(callspec.params) if callspec is not None else {}
         markers = lane_markers(list(getattr(item, "fixturenames", ())), params)
         for marker in sorted(markers):
             item.add_marker(marker)
-        if clock is not None:
-            clock.lane_of[item.nodeid] = lane_of(markers)
+        markers_of[item.nodeid] = markers
+        item.user_properties.append((LANE_PROPERTY, lane_of(markers)))
+    workers.publish_groups(config, items, markers_of)
 
 
 # --- no test writes a tracked file ------------------------------------------------------------------
@@ -121,7 +134,8 @@ def tracked_files() -> dict[str, str]:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[_TRACKED] = tracked_files()
+    if not hasattr(session.config, "workerinput"):  # once, in the controller: it outlives every worker
+        session.config.stash[_TRACKED] = tracked_files()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

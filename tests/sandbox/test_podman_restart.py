@@ -37,8 +37,10 @@ def private_podman(sandbox_user: SandboxUser) -> Iterator[PodmanService]:
         service.start()  # a test that failed with it down: remove what it left, then stop it
     api = PodmanAPI(service.url)
     try:
-        for container in api.labelled(LABEL):
-            if container.get("Labels", {}).get(LABEL, "").startswith("test-"):
+        # Only the runners of this test's sandboxes: the service lists every container of the sandbox user,
+        # other workers' and other workloads' too.
+        for node in service.nodes:
+            for container in api.labelled(f"{LABEL}={node}"):
                 api.remove(str(container["Id"]))
     finally:
         api.close()
@@ -67,6 +69,7 @@ def wait_until_started(service: PodmanService, node: str, script_id: int, timeou
 
 def start_sandbox(sandbox_factory: Any, service: PodmanService, **env: str) -> SandboxProcess:
     sandbox: SandboxProcess = sandbox_factory(PYTHON_SANDBOX_PODMAN_URL=service.url, **env)
+    service.nodes.append(sandbox.env["PYTHON_SANDBOX_NODE_NAME"])
     return sandbox
 
 

@@ -15,6 +15,7 @@ import requests
 
 from sandbox import texts
 from sandbox.driver import LABEL
+from sandbox.identity import RUN_UID_FIRST, IdMapping
 from sandbox.podman_api import PodmanAPI
 from tests.support.podman import PATHS, CallbackReceiver, SandboxProcess, SandboxStarter, secret_for
 
@@ -151,9 +152,11 @@ def test_the_time_limit_still_ends_a_chatty_script(sandbox_factory: Any, receive
 
 @pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
 def test_tmp_is_capped_and_root_read_only(sandbox: SandboxProcess, receiver: CallbackReceiver,
-                                         sandbox_user: Any) -> None:
+                                         sandbox_user: Any, podman: PodmanAPI, tmp_path: Path) -> None:
     storage = sandbox_user.home / ".local/share/containers"
-    before = disk_usage(storage)
+    since = tmp_path / "since"
+    since.touch()
+    runner_uids = runner_host_uids(podman)
     script = (
         "import errno\n"
         "try:\n"
@@ -174,13 +177,27 @@ def test_tmp_is_capped_and_root_read_only(sandbox: SandboxProcess, receiver: Cal
     assert lines[0] in ("tmp: ENOSPC", "tmp: EFBIG"), result["output"]
     assert lines[1] == "root: Read-only file system"
     assert lines[2] == "['tmpfs']"  # in memory, capped: never the host's disk
-    assert disk_usage(storage) - before < 10 << 20, "the runner's writes reached the sandbox user's storage"
+    written = bytes_written(storage, since, runner_uids)
+    assert written < 10 << 20, "the runner's writes reached the sandbox user's storage"
 
 
 @pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
-def disk_usage(path: Path) -> int:
-    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=False).stdout
-    return int(out.split()[0])
+def runner_host_uids(podman: PodmanAPI) -> range:
+    """The host uids a runner's files can have: a run's uid (RUN_UID_FIRST and up) under either mapping (the
+    fixed one, or Podman's default that puts container uid 1 on the first subordinate id)."""
+    mapping = IdMapping.from_podman_info(podman.client.info())
+    return range(mapping.host_first + RUN_UID_FIRST - 1, mapping.host_first + mapping.size)
+
+
+def bytes_written(path: Path, since: Path, uids: range) -> int:
+    """Bytes in files under `path` changed after `since` and owned by one of `uids`: what runners left there.
+
+    Not the size of the whole storage: other workers and other workloads of the sandbox user build images and
+    run containers meanwhile; a runner's own files always carry its run uid.
+    """
+    out = subprocess.run(["find", str(path), "-xdev", "-type", "f", "-newer", str(since), "-printf", "%U %s\\n"],
+                         capture_output=True, text=True, check=False).stdout
+    return sum(int(size) for uid, size in (line.split() for line in out.splitlines()) if int(uid) in uids)
 
 
 def test_runner_reaches_no_address(sandbox: SandboxProcess, receiver: CallbackReceiver) -> None:

@@ -86,6 +86,7 @@ class PodmanService:
     wrap: Callable[[list[str]], list[str]] | None = None
     start_secs: float = 90
     process: subprocess.Popen[bytes] | None = None
+    nodes: list[str] = field(default_factory=list)  # sandboxes a test pointed at it: whose runners it removes
 
     @property
     def socket(self) -> Path:
