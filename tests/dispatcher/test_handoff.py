@@ -75,7 +75,7 @@ def resets_once_then_dies() -> Iterator[str]:
     thread.join(timeout=5)
 
 
-BODY = {"script_id": 1, "script_content": "print(1)", "env": {}}
+BODY = {"script_id": 1, "script_content": "print(1)", "env": {}, "callback_secret": "s" * 43}
 
 
 def test_a_post_that_may_have_arrived_is_uncertain_a_refused_connect_is_not_sent(hangs_up: str) -> None:

@@ -84,7 +84,9 @@ def test_fetched_script_bytes_reach_the_runner_unchanged(sandbox_factory: Any, r
     a warm one may still be importing pandas when taken, which on a loaded host eats the 5 s limit.)"""
     sandbox: SandboxProcess = sandbox_factory()
     for script_id, name in ((801, "bom"), (802, "latin1"), (803, "invalid")):
-        response = sandbox.post({"script_id": script_id, "script_url": f"{script_server}/{name}.py", "env": {}})
+        # The file server is the run's own SeaTable server: the only loopback address its download may reach.
+        response = sandbox.post({"script_id": script_id, "script_url": f"{script_server}/{name}.py",
+                                 "env": {"dtable_web_url": script_server}})
         assert response.status_code == 202, response.text
     results = {script_id: receiver.result(script_id) for script_id in (801, 802, 803)}
     assert results[801]["output"] == "bom ok /scripts/index.py\n" and results[801]["success"] is True

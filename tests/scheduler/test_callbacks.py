@@ -15,7 +15,7 @@ import pytest
 from falcon import testing
 from pony.orm import db_session
 
-from scheduler import runs, texts
+from scheduler import lifecycle, runs, texts
 from scheduler.app import create_app
 from scheduler.config import Config
 from scheduler.db import Store
@@ -84,7 +84,6 @@ def test_running_once_result_once_then_the_secret_is_dead(client: testing.TestCl
 
 def test_the_secret_is_bound_to_the_hand_off(client: testing.TestClient, store: Store) -> None:
     """Handed off again (the first node provably never got it), the run answers only to the new secret."""
-    from scheduler import lifecycle
 
     run_id = new_run(client)
     first = hand_off(store, run_id, node="http://node-a:8088")
@@ -104,7 +103,7 @@ def test_times_that_cannot_be_true_are_not_believed(client: testing.TestClient, 
     assert client.simulate_post("/script-running-callback/", json=future, headers=headers).status_code == 200
     with db_session:
         [started] = store.db.select("SELECT started_at FROM script_log WHERE id = $i", {"i": run_id})
-    started = runs._as_datetime(started)
+    started = lifecycle.as_datetime(started)
     assert started is not None and abs((started - store.clock.now()).total_seconds()) < 60  # arrival time instead
     result = finish(client, run_id, output="done", spend_time=1e9, started_at=1e11)
     assert result.json == {"success": True}
