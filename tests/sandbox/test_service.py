@@ -181,7 +181,6 @@ def test_tmp_is_capped_and_root_read_only(sandbox: SandboxProcess, receiver: Cal
     assert written < 10 << 20, "the runner's writes reached the sandbox user's storage"
 
 
-@pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
 def runner_host_uids(podman: PodmanAPI) -> range:
     """The host uids a runner's files can have: a run's uid (RUN_UID_FIRST and up) under either mapping (the
     fixed one, or Podman's default that puts container uid 1 on the first subordinate id)."""
@@ -200,6 +199,7 @@ def bytes_written(path: Path, since: Path, uids: range) -> int:
     return sum(int(size) for uid, size in (line.split() for line in out.splitlines()) if int(uid) in uids)
 
 
+@pytest.mark.parametrize("sandbox", ["cold", "warm"], indirect=True)
 def test_runner_reaches_no_address(sandbox: SandboxProcess, receiver: CallbackReceiver) -> None:
     host_port = sandbox.port
     script = (
