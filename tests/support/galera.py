@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pymysql
 
+from tests.support.harness import pid_alive
 from tests.support.mariadb import INSTALL_DB, MARIADBD, DatabaseSettings
 
 PROVIDER = "/usr/lib/galera/libgalera_smm.so"
@@ -44,16 +45,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -334,7 +325,7 @@ def reap_stale(tmp: Path = Path("/tmp")) -> list[Path]:
             owner = int(owner_file.read_text())
         except (OSError, ValueError):
             continue
-        if _pid_alive(owner):
+        if pid_alive(owner):
             continue
         for pid_file in base.glob("node*/run/mysqld.pid"):
             with contextlib.suppress(OSError, ValueError):

@@ -24,6 +24,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.harness import pid_alive
+
 OWNER_ALIAS = "seatable-cluster owner="
 NETNS_DIR = Path("/run/netns")
 
@@ -37,16 +39,6 @@ def ip(*args: str, check: bool = True) -> str:
     if check and result.returncode != 0:
         raise NetworkError(f"ip {' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
     return result.stdout
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _used_subnets() -> set[int]:
@@ -160,12 +152,12 @@ def reap_stale() -> list[str]:
     if NETNS_DIR.is_dir():
         for path in NETNS_DIR.iterdir():
             match = re.fullmatch(r"spc-[0-9a-f]{4}-(\d+)-\d+", path.name)
-            if match and not _pid_alive(int(match.group(1))):
+            if match and not pid_alive(int(match.group(1))):
                 ip("netns", "del", path.name, check=False)
                 reaped.append(path.name)
     for block in ip("-o", "link", "show", "type", "bridge").splitlines():
         match = re.search(r"^\d+: (spc[0-9a-f]{4}br)[:@].*alias " + re.escape(OWNER_ALIAS) + r"(\d+)", block)
-        if match and not _pid_alive(int(match.group(2))):
+        if match and not pid_alive(int(match.group(2))):
             ip("link", "del", match.group(1), check=False)
             reaped.append(match.group(1))
     return reaped
