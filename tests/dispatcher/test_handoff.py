@@ -221,6 +221,23 @@ def test_only_nodes_that_sign_with_their_own_token_get_runs(
         assert sum(row(store, i)["dispatched_at"] is None for i in ids) == 3
 
 
+# Which resets each run's POSTs meet (the first 16 runs; the other 24 meet none): 20 resets, every order of two.
+RESET_PLAN = [("before",)] * 6 + [("after",)] * 6 + [
+    ("before", "after"), ("after", "after"), ("after", "before"), ("before", "before"),
+]
+
+
+def expected_answers(resets: tuple[str, ...]) -> list[str]:
+    """The stub's answers to one run's POSTs when each reset is retried at once on the same node: a reset
+    "after" is the one acceptance (202); every later POST finds the run already there (409)."""
+    answers: list[str] = []
+    here = False
+    for mode in resets:
+        answers.append(f"reset after {409 if here else 202}" if mode == "after" else "reset before")
+        here = here or mode == "after"
+    return [*answers, "409" if here else "202"]
+
+
 @BOTH
 def test_no_run_waits_for_the_sweep_because_of_resets(
     backend: str,
@@ -231,21 +248,30 @@ def test_no_run_waits_for_the_sweep_because_of_resets(
     dispatchers: Callable[..., DispatcherProcess],
 ) -> None:
     """Half the hand-offs end in a reset, before or after the node accepted. With a one-hour hand-off window,
-    a run that needed the sweeper could not finish within this test: every run finishes, each ran once."""
+    a run that needed the sweeper could not finish within this test: every run finishes, each ran once.
+
+    A run accepted before its reset reports its result at once, so it may be finished while the dispatcher
+    still waits to retry its POST (the 409 that settles the hand-off): the POSTs are counted once the
+    dispatcher has exited, which it does only after every hand-off in hand is settled."""
     server = serve({**db_env, "SEATABLE_SERVER_URL": seatable.url})
     with StubSandbox(SANDBOX_TOKEN, scheduler_url=server.url) as node:
-        for _ in range(10):
-            node.reset_next("before")
-            node.reset_next("after")
-        proc = dispatchers(dispatch_env(db_env, seatable, node, PYTHON_DISPATCH_HANDOFF_SECS="3600"), "--maintain")
         ids = enqueue(store, seatable.base, 40)
+        plan = dict(zip(ids[: len(RESET_PLAN)], RESET_PLAN, strict=True))
+        for run_id, resets in plan.items():
+            node.reset_run(run_id, *resets)
+        proc = dispatchers(dispatch_env(db_env, seatable, node, PYTHON_DISPATCH_HANDOFF_SECS="3600"), "--maintain")
         wait_for(lambda: all(row(store, i)["state"] == "finished" for i in ids), 120, "every run to finish")
+        assert proc.terminate() == 0  # every hand-off in hand settled: no POST can still be on its way
         log = proc.log()
         assert "back in the queue" not in log and "uncertain" not in log and "Traceback" not in log, log
-        assert not node.resets  # every planned reset happened
-        assert set(node.accepted.values()) == {1} and sorted(node.accepted) == sorted(ids)
-        assert sum(node.posts.values()) == len(ids) + 20, node.answers  # one retry per reset
+        assert not any(node.planned.values())  # every planned reset happened
         for run_id in ids:
+            resets = plan.get(run_id, ())
+            answers = [answer for script_id, answer in node.answers if script_id == run_id]
+            assert answers == expected_answers(resets), (run_id, resets)  # each reset retried once, at once
+            if resets:  # the dispatcher saw each reset and retried: accepted on the attempt after the last
+                assert f"run {run_id} to {node.url} accepted on attempt {len(resets) + 1} ({answers[-1]})" in log
             done = row(store, run_id)
             assert done["output"] == f"stub ran {run_id}\n" and done["attempt"] == 1, done
-        assert proc.terminate() == 0
+        assert set(node.accepted.values()) == {1} and sorted(node.accepted) == sorted(ids)
+        assert sum(node.posts.values()) == len(ids) + sum(map(len, RESET_PLAN))  # 40 + 20: one retry per reset

@@ -8,6 +8,8 @@ answers 2xx or refuses it for the run (403/409 with "refused"). Knobs for the fa
 POST), `refuse` (400 to every POST, as the real sandbox refuses a body it cannot run), `unhealthy` (503 from /ready
 and to every POST), `refuse_posts` (503 to POSTs while /ready still says 200), `without_ready` (no /ready: an older
 node), `reset_next(mode, n)` (the next n POSTs end in a connection reset, "before" the run is accepted or "after"),
+`reset_run(script_id, *modes)` (that run's next POSTs end in these resets, in order: a test that knows which
+run meets which reset can expect each run's answers exactly, whatever order the POSTs come in),
 `forget_all()` (the node loses its runs: 404 and no result, as after a wiped state directory), `report=False`
 (accept and hold forever), `set_state()`. Run in-process (`with StubSandbox(...) as node:`) or as a process for
 benchmarks: `python -m tests.support.stub_sandbox --port P --token T [--scheduler-url U --scheduler-token S]`.
@@ -76,6 +78,7 @@ class StubSandbox:
     accepted: Counter[int] = field(default_factory=Counter)
     posts: Counter[int] = field(default_factory=Counter)  # every POST that reached the handler, per script_id
     resets: list[str] = field(default_factory=list)  # modes of the next POSTs to end in a reset
+    planned: dict[int, list[str]] = field(default_factory=dict)  # per script_id: modes of its next POSTs' resets
     answers: list[tuple[int, str]] = field(default_factory=list)  # (script_id, answer) of every POST, in order
     states: dict[int, str] = field(default_factory=dict)  # running, reporting, done (a tombstone)
     order: list[int] = field(default_factory=list)
@@ -131,6 +134,12 @@ class StubSandbox:
         assert mode in ("before", "after")
         with self._lock:
             self.resets.extend([mode] * count)
+
+    def reset_run(self, script_id: int, *modes: str) -> None:
+        """The next POSTs of this run end in TCP resets, one per mode in order; a run's plan goes before `resets`."""
+        assert all(mode in ("before", "after") for mode in modes)
+        with self._lock:
+            self.planned.setdefault(script_id, []).extend(modes)
 
     def slot_counts(self) -> dict[str, int]:
         with self._lock:
@@ -267,7 +276,11 @@ class StubSandbox:
                     return
                 with stub._lock:
                     stub.posts[script_id] += 1
-                    reset = stub.resets.pop(0) if stub.resets else None
+                    planned = stub.planned.get(script_id)
+                    if planned:
+                        reset: str | None = planned.pop(0)
+                    else:
+                        reset = stub.resets.pop(0) if stub.resets else None
                 if reset == "before":
                     stub.answers.append((script_id, "reset before"))
                     self._reset()
