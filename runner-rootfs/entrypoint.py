@@ -35,6 +35,7 @@ import sys
 import types
 import warnings
 from collections.abc import Iterator
+from typing import NoReturn
 
 EGRESS_SOCKET = "/run/egress/proxy.sock"  # present when the sandbox gives this runner a way out
 EGRESS_FORWARDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_forward.py")
@@ -130,7 +131,7 @@ def parse_args(argv: list[str]) -> types.SimpleNamespace:
     return types.SimpleNamespace(**values)
 
 
-def usage(problem: str) -> None:
+def usage(problem: str) -> NoReturn:
     options = " ".join([f"[--{n.replace('_', '-')} N]" for n in INT_OPTIONS]
                        + [f"[--{n.replace('_', '-')} TEXT]" for n in TEXT_OPTIONS]
                        + [f"[--{n.replace('_', '-')}]" for n in FLAGS])
@@ -213,7 +214,7 @@ def known_libraries() -> Iterator[None]:
     stand_in.find_library = find_library  # type: ignore[attr-defined]
     had = sys.modules.get("ctypes.util")
     sys.modules["ctypes.util"] = stand_in
-    ctypes.util = stand_in  # type: ignore[attr-defined]  # `import ctypes.util` then reads the attribute
+    ctypes.util = stand_in  # `import ctypes.util` then reads the attribute
     try:
         yield
     finally:
@@ -223,9 +224,9 @@ def known_libraries() -> Iterator[None]:
             sys.modules["ctypes.util"] = had
         if getattr(ctypes, "util", None) is stand_in:
             if had is not None:
-                ctypes.util = had  # type: ignore[attr-defined]
+                ctypes.util = had
             else:
-                del ctypes.util  # type: ignore[attr-defined]
+                del ctypes.util
 
 
 def _flag_bits(mask: int) -> list[int]:
