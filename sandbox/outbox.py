@@ -217,6 +217,17 @@ class Outbox:
             return str(exc)
         return None
 
+    def wait_reported(self, script_id: int, timeout: float) -> bool:
+        """Wait until the scheduler took the run's result (True), or `timeout` seconds passed."""
+        deadline = time.monotonic() + timeout
+        while self.holds(script_id) == "reporting":
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._changed:
+                self._changed.wait(min(remaining, 0.2))
+        return True
+
     def flush(self, timeout: float) -> bool:
         """Wait until the queue is empty (tests, graceful shutdown); True if it is."""
         deadline = time.monotonic() + timeout
