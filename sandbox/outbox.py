@@ -219,8 +219,8 @@ class Outbox:
         return None
 
     def wait_reported(self, script_id: int, timeout: float) -> bool:
-        """Wait until the scheduler took the run's result (True), or `timeout` seconds passed."""
-        return self._wait_until(lambda: self.holds(script_id) != "reporting", timeout)
+        """Wait until the scheduler took the run's result (True), or `timeout` seconds passed, or delivery stops."""
+        return self._wait_until(lambda: self._stop.is_set() or self.holds(script_id) != "reporting", timeout)
 
     def flush(self, timeout: float) -> bool:
         """Wait until the queue is empty (tests, graceful shutdown); True if it is."""

@@ -31,7 +31,7 @@ from sandbox.network import host_addresses as this_hosts_addresses
 
 log = logging.getLogger(__name__)
 SCRIPT_FETCH_TIMEOUT = 60
-REMOVAL_WAITS_FOR_RESULT = 1.0  # seconds a finished runner waits for its result to be taken before removal
+REMOVAL_WAITS_FOR_RESULT = 5.0  # at most, seconds a finished runner waits for its result to be taken before removal
 
 
 class Busy(Exception):
