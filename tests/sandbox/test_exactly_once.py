@@ -195,7 +195,8 @@ def relay(sandbox_user: SandboxUser) -> Any:
 
 
 def test_a_node_whose_podman_is_gone_refuses_runs_until_it_is_back(
-        sandbox_factory: Any, receiver: CallbackReceiver, relay: SocketRelay) -> None:
+        relay: SocketRelay, sandbox_factory: Any, receiver: CallbackReceiver) -> None:
+    # The relay first, so it goes last: the sandbox's graceful stop removes its runners through it.
     sandbox = sandbox_factory(PYTHON_SANDBOX_PODMAN_URL=f"unix://{relay.path}")
     assert sandbox.ready() == (200, {"node": sandbox.env["PYTHON_SANDBOX_NODE_NAME"],
                                      "slots": {"total": 4, "busy": 0, "free": 4}})
