@@ -192,6 +192,10 @@ class PipelineSystem:
             workdir=work / name.replace(" ", "-"), repo=repo, sandbox_venv=venv,
             scheduler_extra_env={"TIME_ZONE": "UTC", "PYTHON_SCHEDULER_WORKERS": "2",
                              "PYTHON_SCHEDULER_LOG_LEVEL": "WARNING"})
+        if venv is not None:
+            # Another prefix may be a commit from before the credentials split (issue 20), whose sandbox signs
+            # its callbacks with SeaTable's secret; today's sandbox ignores the variable.
+            self.pipeline.sandbox_env["PYTHON_SCHEDULER_AUTH_TOKEN"] = self.pipeline.secret
         self.pipeline.workdir.mkdir(parents=True)
         self.pipeline.start()
         assert self.pipeline.stub is not None

@@ -20,8 +20,8 @@ it runs under Podman's profile alone, which carries the same denials); imports n
 
 from __future__ import annotations
 
-import argparse
 import base64
+import contextlib
 import errno
 import importlib
 import io
@@ -32,10 +32,10 @@ import resource
 import signal
 import site
 import sys
-import tokenize
-import traceback
 import types
 import warnings
+from collections.abc import Iterator
+from typing import NoReturn
 
 EGRESS_SOCKET = "/run/egress/proxy.sock"  # present when the sandbox gives this runner a way out
 EGRESS_FORWARDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_forward.py")
@@ -58,6 +58,8 @@ EXIT_RECORD = b"\x00seatable-runner-exit "
 # waits for the job. The warm pool counts a runner as ready from here on.
 READY = b"\x00seatable-runner-ready\n"
 PR_SET_DUMPABLE = 4
+# The libraries pyseccomp looks up, by the sonames glibc-based images (Debian, Ubuntu) give them.
+KNOWN_SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
 
 # Denied with EPERM, not a kill, so user code sees an ordinary OSError.
 DENIED_SYSCALLS = (
@@ -89,24 +91,55 @@ CLONE_NAMESPACE_FLAGS = (
 )
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="runner-entrypoint")
-    parser.add_argument("--address-space", type=int, default=0, help="RLIMIT_AS bytes, 0 = unset")
-    parser.add_argument("--nproc", type=int, default=0)
-    parser.add_argument("--nofile", type=int, default=1024)
-    parser.add_argument("--fsize", type=int, default=0)
-    parser.add_argument("--cpu-seconds", type=int, default=0)
-    parser.add_argument("--sigpending", type=int, default=-1, help="RLIMIT_SIGPENDING, -1 = unchanged")
-    parser.add_argument("--msgqueue", type=int, default=-1, help="RLIMIT_MSGQUEUE bytes, -1 = unchanged")
-    parser.add_argument("--running-oom-score", type=int, default=0,
-                        help="oom_score_adj from the job on (0 = unchanged): running runs before idle ones")
-    parser.add_argument("--preimport", default="", help="comma-separated modules to import before the job")
-    parser.add_argument("--no-seccomp", action="store_true", help="for diagnosis only")
-    parser.add_argument("--probe", action="store_true", help="print what this image offers as JSON and exit")
-    return parser.parse_args(argv)
+# Options and their defaults. Parsed by hand, not with argparse: its import (re, gettext, shutil) costs
+# every run ~15 ms of CPU, and the sandbox is the only caller.
+INT_OPTIONS = {
+    "address_space": 0,  # RLIMIT_AS bytes, 0 = unset
+    "nproc": 0,
+    "nofile": 1024,
+    "fsize": 0,
+    "cpu_seconds": 0,
+    "sigpending": -1,  # RLIMIT_SIGPENDING, -1 = unchanged
+    "msgqueue": -1,  # RLIMIT_MSGQUEUE bytes, -1 = unchanged
+    "running_oom_score": 0,  # oom_score_adj from the job on (0 = unchanged): running runs before idle ones
+}
+TEXT_OPTIONS = {"preimport": ""}  # comma-separated modules to import before the job
+FLAGS = ("no_seccomp", "probe")  # --no-seccomp for diagnosis only; --probe prints what this image offers
 
 
-def set_rlimits(args: argparse.Namespace) -> None:
+def parse_args(argv: list[str]) -> types.SimpleNamespace:
+    """`--name value` and `--flag` options; anything else ends the runner with a usage line (exit 2)."""
+    values: dict[str, object] = {**INT_OPTIONS, **TEXT_OPTIONS, **dict.fromkeys(FLAGS, False)}
+    args = iter(argv)
+    for arg in args:
+        name = arg[2:].replace("-", "_") if arg.startswith("--") else ""
+        if name in FLAGS:
+            values[name] = True
+            continue
+        if name not in INT_OPTIONS and name not in TEXT_OPTIONS:
+            usage(f"unrecognized argument: {arg}")
+        value = next(args, None)
+        if value is None:
+            usage(f"{arg} expects a value")
+        if name in INT_OPTIONS:
+            try:
+                values[name] = int(value)
+            except ValueError:
+                usage(f"{arg}: not an integer: {value!r}")
+        else:
+            values[name] = value
+    return types.SimpleNamespace(**values)
+
+
+def usage(problem: str) -> NoReturn:
+    options = " ".join([f"[--{n.replace('_', '-')} N]" for n in INT_OPTIONS]
+                       + [f"[--{n.replace('_', '-')} TEXT]" for n in TEXT_OPTIONS]
+                       + [f"[--{n.replace('_', '-')}]" for n in FLAGS])
+    print(f"usage: runner-entrypoint {options}\nrunner-entrypoint: error: {problem}", file=sys.stderr)
+    sys.exit(2)
+
+
+def set_rlimits(args: types.SimpleNamespace) -> None:
     limits = [(resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, args.nofile)]
     if args.address_space:
         limits.append((resource.RLIMIT_AS, args.address_space))
@@ -132,7 +165,8 @@ def set_rlimits(args: argparse.Namespace) -> None:
 def install_seccomp() -> bool:
     """Stack a deny-list filter on top of Podman's profile, for every thread; False where the image lacks pyseccomp."""
     try:
-        import pyseccomp as seccomp
+        with known_libraries():
+            import pyseccomp as seccomp
     except (ImportError, OSError, RuntimeError):  # no binding, or no libseccomp behind it (upstream's alpine image)
         return False
 
@@ -149,6 +183,50 @@ def install_seccomp() -> bool:
         filt.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     filt.load()
     return True
+
+
+@contextlib.contextmanager
+def known_libraries() -> Iterator[None]:
+    """While pyseccomp is imported, ctypes.util is a stand-in that names libc and libseccomp by their sonames.
+
+    The real ctypes.util imports subprocess and shutil, and its find_library runs `ldconfig -p` (where that
+    fails, gcc and ld) once per library: together about a fifth of a warm run's CPU. The dynamic loader finds
+    the sonames itself; in an image where one does not load (musl, another soname) the real module answers.
+    Afterwards the script imports the real module as usual.
+    """
+    import ctypes
+
+    def find_library(name: str) -> str | None:
+        soname = KNOWN_SONAMES.get(name)
+        if soname is not None:
+            try:
+                ctypes.CDLL(soname)
+                return soname
+            except OSError:
+                pass
+        sys.modules.pop("ctypes.util", None)
+        import ctypes.util as real
+
+        found: str | None = real.find_library(name)
+        return found
+
+    stand_in = types.ModuleType("ctypes.util")
+    stand_in.find_library = find_library  # type: ignore[attr-defined]
+    had = sys.modules.get("ctypes.util")
+    sys.modules["ctypes.util"] = stand_in
+    ctypes.util = stand_in  # `import ctypes.util` then reads the attribute
+    try:
+        yield
+    finally:
+        if sys.modules.get("ctypes.util") is stand_in:
+            del sys.modules["ctypes.util"]
+        if had is not None:
+            sys.modules["ctypes.util"] = had
+        if getattr(ctypes, "util", None) is stand_in:
+            if had is not None:
+                ctypes.util = had
+            else:
+                del ctypes.util
 
 
 def _flag_bits(mask: int) -> list[int]:
@@ -296,10 +374,15 @@ def compile_script(source: bytes) -> types.CodeType:
     file reader refuses it; that one case raises the file reader's own SyntaxError here. dont_inherit: the script
     must not get this module's `from __future__` flags.
     """
-    try:
-        encoding, _lines = tokenize.detect_encoding(io.BytesIO(source).readline)
-    except SyntaxError:
-        encoding = ""  # a bad declaration: compile() below says so in Python's own words
+    if source.startswith(b"\xef\xbb\xbf") or b"coding" in b"\n".join(source.split(b"\n", 2)[:2]):
+        import tokenize  # only for a BOM or a declaration: its import costs every other run CPU
+
+        try:
+            encoding, _lines = tokenize.detect_encoding(io.BytesIO(source).readline)
+        except SyntaxError:
+            encoding = ""  # a bad declaration: compile() below says so in Python's own words
+    else:
+        encoding = "utf-8"
     if encoding == "utf-8":
         try:
             source.decode("utf-8")
@@ -332,6 +415,8 @@ def run_script(source: bytes) -> int:
         while frames is not None and frames.tb_frame.f_globals is globals():  # hide the entrypoint's frames
             frames = frames.tb_next
         sys.stdout.flush()
+        import traceback
+
         traceback.print_exception(type(exc), exc, frames)
         sys.stderr.flush()
         return EXIT_OUT_OF_MEMORY if isinstance(exc, MemoryError) else 1
@@ -357,6 +442,8 @@ def finish(status: int) -> None:
         threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads
         atexit._run_exitfuncs()
     except BaseException:
+        import traceback
+
         traceback.print_exc()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -460,6 +547,8 @@ def supervise(running_oom_score: int) -> None:
         try:
             run_job(running_oom_score)
         except BaseException:
+            import traceback
+
             traceback.print_exc()
         os._exit(1)
     try:

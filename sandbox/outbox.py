@@ -26,6 +26,7 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import requests
@@ -217,10 +218,18 @@ class Outbox:
             return str(exc)
         return None
 
+    def wait_reported(self, script_id: int, timeout: float) -> bool:
+        """Wait until the scheduler took the run's result (True), or `timeout` seconds passed, or delivery stops."""
+        return self._wait_until(lambda: self._stop.is_set() or self.holds(script_id) != "reporting", timeout)
+
     def flush(self, timeout: float) -> bool:
         """Wait until the queue is empty (tests, graceful shutdown); True if it is."""
+        return self._wait_until(lambda: not self.pending(), timeout)
+
+    def _wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Check again at each delivery (or every 0.2 s) until done() or the timeout; done()'s last answer."""
         deadline = time.monotonic() + timeout
-        while self.pending():
+        while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False

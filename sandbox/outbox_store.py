@@ -105,16 +105,31 @@ class OutboxStore:
         return db
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction at a time; IMMEDIATE so other processes on the file serialize too."""
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction at a time; IMMEDIATE so other processes on the file serialize too.
+
+        Durable ones (a run accepted, a result queued) reach the disk before this returns. The rest (leases,
+        acknowledgements, a container's name, the running callback) survive the service's crash as well, since
+        the write-ahead log is in the kernel's hands at commit, but not a power cut; an fsync each would cost
+        every run's result several milliseconds on its way out. The log is written in order, so the next
+        durable commit makes every earlier one durable too, and what a power cut can undo is safe to undo: a
+        callback sent again (the scheduler answers it as already taken), a lease that lapses, a container
+        found by its label.
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
         with self._lock:
@@ -147,7 +162,7 @@ class OutboxStore:
         return None
 
     def set_container(self, script_id: int, container: str) -> None:
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute("UPDATE ledger SET container = ? WHERE script_id = ?", (container, script_id))
 
     def in_flight(self) -> list[InFlight]:
@@ -155,14 +170,14 @@ class OutboxStore:
         return [InFlight(int(s), str(c), float(a)) for s, c, a in rows]
 
     def prune_tombstones(self, before: float) -> int:
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             return int(db.execute("DELETE FROM tombstone WHERE done_at < ?", (before,)).rowcount)
 
     # --- the queue --------------------------------------------------------------------------------
 
     def enqueue(self, script_id: int, kind: str, packed: bytes, now: float, *, ends_run: bool = False) -> None:
-        """Queue a callback; for a result, drop the ledger entry in the same transaction."""
-        with self._tx() as db:
+        """Queue a callback; for a result, drop the ledger entry in the same transaction (durably)."""
+        with self._tx(durable=ends_run) as db:
             db.execute("INSERT INTO outbox (script_id, kind, body, next_at, created_at, secret) VALUES (?, ?, ?, ?, ?, "
                        "COALESCE((SELECT secret FROM ledger WHERE script_id = ?), ''))",
                        (script_id, kind, packed, now, now, script_id))
@@ -182,21 +197,21 @@ class OutboxStore:
 
     def claim(self, entry: Entry, until: float) -> bool:
         """Push next_at ahead while it is sent, so another process on the same file does not send it too."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             cur = db.execute("UPDATE outbox SET next_at = ? WHERE id = ? AND next_at = ?",
                              (until, entry.id, entry.next_at))
             return cur.rowcount == 1
 
     def acknowledged(self, entry: Entry, now: float) -> None:
         """The scheduler took it: gone from the queue; a result leaves its tombstone."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute("DELETE FROM outbox WHERE id = ?", (entry.id,))
             if entry.kind in RESULT_KINDS:
                 db.execute("INSERT OR REPLACE INTO tombstone (script_id, done_at) VALUES (?, ?)",
                            (entry.script_id, now))
 
     def drop(self, entry: Entry) -> None:
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute("DELETE FROM outbox WHERE id = ?", (entry.id,))
 
     def replace(self, entry: Entry, kind: str, packed: bytes, now: float) -> None:
@@ -206,7 +221,7 @@ class OutboxStore:
                        (kind, packed, now, entry.id))
 
     def postpone(self, entry: Entry, until: float) -> None:
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute("UPDATE outbox SET attempts = attempts + 1, next_at = ? WHERE id = ?", (until, entry.id))
 
     def pending(self) -> int:

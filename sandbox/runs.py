@@ -31,6 +31,7 @@ from sandbox.network import host_addresses as this_hosts_addresses
 
 log = logging.getLogger(__name__)
 SCRIPT_FETCH_TIMEOUT = 60
+REMOVAL_WAITS_FOR_RESULT = 5.0  # at most, seconds a finished runner waits for its result to be taken before removal
 
 
 class Busy(Exception):
@@ -65,6 +66,7 @@ class Ledger(Protocol):
     def run_container(self, script_id: int, container: str) -> None: ...
     def running(self, script_id: int, started_at: float) -> None: ...
     def result(self, script_id: int, body: dict[str, object]) -> None: ...
+    def wait_reported(self, script_id: int, timeout: float) -> bool: ...
     def in_flight(self) -> list[Any]: ...
     def holds(self, script_id: int) -> str | None: ...
 
@@ -176,6 +178,10 @@ class RunService:
             self.finished += 1
         try:
             self.outbox.result(request.script_id, result.body(request.script_id))
+            if container:
+                # Removing a container keeps Podman busy for tens of milliseconds of CPU: after the result
+                # is on its way, not while the scheduler takes it.
+                self.outbox.wait_reported(request.script_id, REMOVAL_WAITS_FOR_RESULT)
         finally:
             if container:
                 self.driver.cleanup(container)

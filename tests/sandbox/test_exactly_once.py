@@ -195,7 +195,8 @@ def relay(sandbox_user: SandboxUser) -> Any:
 
 
 def test_a_node_whose_podman_is_gone_refuses_runs_until_it_is_back(
-        sandbox_factory: Any, receiver: CallbackReceiver, relay: SocketRelay) -> None:
+        relay: SocketRelay, sandbox_factory: Any, receiver: CallbackReceiver) -> None:
+    # The relay first, so it goes last: the sandbox's graceful stop removes its runners through it.
     sandbox = sandbox_factory(PYTHON_SANDBOX_PODMAN_URL=f"unix://{relay.path}")
     assert sandbox.ready() == (200, {"node": sandbox.env["PYTHON_SANDBOX_NODE_NAME"],
                                      "slots": {"total": 4, "busy": 0, "free": 4}})
@@ -365,3 +366,40 @@ def test_a_newline_less_flood_on_the_control_path_does_not_pin_the_sandbox(
         result = receiver.result(script_id)
         assert result["success"] is True and result["return_code"] == 0
         assert result["output"].endswith(texts.notice(texts.OUTPUT_LIMIT.format(limit=1000)))
+
+
+def test_a_finished_runner_is_removed_once_its_result_is_taken(sandbox_factory: Any, receiver: CallbackReceiver,
+                                                               podman: PodmanAPI) -> None:
+    """Issue 16: removal (tens of ms of Podman's CPU) waits until the scheduler took the result, at most
+    REMOVAL_WAITS_FOR_RESULT; a scheduler that does not take it does not keep the container."""
+    arrived, taken = threading.Event(), threading.Event()
+
+    def hold_results(path: str, body: dict[str, Any]) -> int:
+        if path == "/script-result/":
+            arrived.set()
+            if not taken.wait(timeout=30):
+                return 503
+        return 200
+
+    receiver.answer = hold_results
+    sandbox = sandbox_factory(PYTHON_RUNNER_NETWORK="none")
+    node = sandbox.env["PYTHON_SANDBOX_NODE_NAME"]
+
+    def runners(script_id: int) -> list[dict[str, Any]]:
+        return [c for c in podman.labelled(f"{LABEL}={node}") if c["Labels"].get(LABEL_SCRIPT) == str(script_id)]
+
+    assert sandbox.run(251, "print('held')").status_code == 202
+    assert arrived.wait(timeout=60)  # the result is on its way and not yet taken
+    time.sleep(0.5)
+    assert [c["State"] for c in runners(251)] == ["exited"]
+    taken.set()
+    assert receiver.result(251)["output"] == "held\n"
+    eventually(lambda: not runners(251), what="the runner removed after its result was taken")
+
+    receiver.answer = lambda path, body: 503 if path == "/script-result/" else 200  # never taken
+    assert sandbox.run(252, "print('unanswered')").status_code == 202
+    receiver.wait_for(lambda: any(c.path == "/script-result/" for c in receiver.tries(252, None)))
+    eventually(lambda: not runners(252), timeout=15, what="the runner removed although its result waits")
+    assert sandbox.state(252) == (200, {"script_id": 252, "state": "reporting"})
+    receiver.answer = None
+    assert receiver.result(252)["output"] == "unanswered\n"
