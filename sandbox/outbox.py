@@ -186,13 +186,22 @@ class Outbox:
         """
         packed = pack(fit_result({**body, "script_id": script_id}, self.max_body_bytes))
         try:
-            self.store.enqueue(script_id, "result", packed, time.time(), ends_run=True)
+            # Committed (safe from the service's crash) and handed to delivery, then synced to the disk while it
+            # is sent: a power cut before the sync ends the run as lost, after it the result is kept, as when
+            # the commit itself synced; only the scheduler may hear of it a few milliseconds sooner.
+            self.store.enqueue(script_id, "result", packed, time.time(), ends_run=True, durable=False)
         except sqlite3.Error as exc:
             log.error("outbox: result for script %d could not be saved (%s); kept in memory", script_id, exc)
             with self._lock:
                 self.write_error = str(exc)
                 self._unsaved.append((script_id, packed))
+            self._wake.set()
+            return
         self._wake.set()
+        try:
+            self.store.sync()
+        except OSError as exc:
+            log.error("outbox: result for script %d queued but not synced to the disk: %s", script_id, exc)
 
     def pending(self) -> int:
         """Entries not yet acknowledged."""

@@ -108,13 +108,13 @@ class OutboxStore:
     def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction at a time; IMMEDIATE so other processes on the file serialize too.
 
-        Durable ones (a run accepted, a result queued) reach the disk before this returns. The rest (leases,
-        acknowledgements, a container's name, the running callback) survive the service's crash as well, since
-        the write-ahead log is in the kernel's hands at commit, but not a power cut; an fsync each would cost
-        every run's result several milliseconds on its way out. The log is written in order, so the next
-        durable commit makes every earlier one durable too, and what a power cut can undo is safe to undo: a
-        callback sent again (the scheduler answers it as already taken), a lease that lapses, a container
-        found by its label.
+        Durable ones (a run accepted) reach the disk before this returns; a result is synced right after its
+        commit (Outbox.result). The rest (leases, acknowledgements, a container's name, the running callback)
+        survive the service's crash as well, since the write-ahead log is in the kernel's hands at commit, but
+        not a power cut; an fsync each would cost every run's result several milliseconds on its way out. The
+        log is written in order, so the next durable commit makes every earlier one durable too, and what a
+        power cut can undo is safe to undo: a callback sent again (the scheduler answers it as already taken),
+        a lease that lapses, a container found by its label.
         """
         with self._lock:
             if not durable:
@@ -165,6 +165,20 @@ class OutboxStore:
         with self._tx(durable=False) as db:
             db.execute("UPDATE ledger SET container = ? WHERE script_id = ?", (container, script_id))
 
+    def sync(self) -> None:
+        """Make every commit so far survive a power cut: the write-ahead log, where they are, to the disk.
+
+        A checkpoint that moved them into the file first has synced the file (WAL mode does, from NORMAL up)."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # checkpointed and removed: in the synced file already
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def in_flight(self) -> list[InFlight]:
         rows = self._query("SELECT script_id, container, accepted_at FROM ledger ORDER BY accepted_at")
         return [InFlight(int(s), str(c), float(a)) for s, c, a in rows]
@@ -175,9 +189,11 @@ class OutboxStore:
 
     # --- the queue --------------------------------------------------------------------------------
 
-    def enqueue(self, script_id: int, kind: str, packed: bytes, now: float, *, ends_run: bool = False) -> None:
-        """Queue a callback; for a result, drop the ledger entry in the same transaction (durably)."""
-        with self._tx(durable=ends_run) as db:
+    def enqueue(self, script_id: int, kind: str, packed: bytes, now: float, *, ends_run: bool = False,
+                durable: bool | None = None) -> None:
+        """Queue a callback; for a result, drop the ledger entry in the same transaction (durably, unless the
+        caller makes it durable with sync())."""
+        with self._tx(durable=ends_run if durable is None else durable) as db:
             db.execute("INSERT INTO outbox (script_id, kind, body, next_at, created_at, secret) VALUES (?, ?, ?, ?, ?, "
                        "COALESCE((SELECT secret FROM ledger WHERE script_id = ?), ''))",
                        (script_id, kind, packed, now, now, script_id))

@@ -123,3 +123,20 @@ def test_pick_prefers_exact_then_smallest_superset_then_most_overlap() -> None:
     assert pick([full, none], api) == 0  # has everything: fastest for this script
     assert pick([none, full], frozenset()) == 0
     assert pick([none, api], full) == 1  # nothing has everything: most of it
+
+
+def test_a_result_queued_without_its_own_fsync_is_synced_and_read_back(tmp_path: Path) -> None:
+    """Issue 16: the result's commit no longer waits for the disk; sync() makes it durable while it is sent."""
+    from sandbox.outbox_store import OutboxStore, pack
+
+    store = OutboxStore(tmp_path / "outbox.sqlite3")
+    assert store.accept(7, 1.0, "secret")
+    store.enqueue(7, "result", pack(b'{"script_id": 7}'), 2.0, ends_run=True, durable=False)
+    store.sync()
+    again = OutboxStore(tmp_path / "outbox.sqlite3")  # another connection sees what was committed
+    assert again.state(7) == "reporting" and again.in_flight() == []
+    assert [(e.script_id, e.kind, e.secret) for e in again.heads()] == [(7, "result", "secret")]
+    again.reclaim(truncate_log=True)  # a checkpoint may empty the log first: syncing it is then a no-op
+    store.sync()
+    store.close()
+    again.close()
