@@ -227,9 +227,11 @@ class Outbox:
             return str(exc)
         return None
 
-    def wait_reported(self, script_id: int, timeout: float) -> bool:
-        """Wait until the scheduler took the run's result (True), or `timeout` seconds passed, or delivery stops."""
-        return self._wait_until(lambda: self._stop.is_set() or self.holds(script_id) != "reporting", timeout)
+    def wait_reported(self, script_id: int, timeout: float, cancel: threading.Event | None = None) -> bool:
+        """Wait until the scheduler took the run's result, delivery stops or `cancel` is set (True), or `timeout`
+        seconds passed (False)."""
+        return self._wait_until(lambda: self._stop.is_set() or (cancel is not None and cancel.is_set())
+                                or self.holds(script_id) != "reporting", timeout)
 
     def flush(self, timeout: float) -> bool:
         """Wait until the queue is empty (tests, graceful shutdown); True if it is."""

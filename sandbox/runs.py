@@ -66,7 +66,7 @@ class Ledger(Protocol):
     def run_container(self, script_id: int, container: str) -> None: ...
     def running(self, script_id: int, started_at: float) -> None: ...
     def result(self, script_id: int, body: dict[str, object]) -> None: ...
-    def wait_reported(self, script_id: int, timeout: float) -> bool: ...
+    def wait_reported(self, script_id: int, timeout: float, cancel: threading.Event) -> bool: ...
     def in_flight(self) -> list[Any]: ...
     def holds(self, script_id: int) -> str | None: ...
 
@@ -103,6 +103,7 @@ class RunService:
     _active: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: ThreadPoolExecutor | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)  # a graceful stop: no more waiting
     finished: int = 0
 
     def __post_init__(self) -> None:
@@ -181,7 +182,7 @@ class RunService:
             if container:
                 # Removing a container keeps Podman busy for tens of milliseconds of CPU: after the result
                 # is on its way, not while the scheduler takes it.
-                self.outbox.wait_reported(request.script_id, REMOVAL_WAITS_FOR_RESULT)
+                self.outbox.wait_reported(request.script_id, REMOVAL_WAITS_FOR_RESULT, self._stopping)
         finally:
             if container:
                 self.driver.cleanup(container)
@@ -262,6 +263,7 @@ class RunService:
         return lost
 
     def shutdown(self, wait: bool = True) -> None:
+        self._stopping.set()  # finished runners are removed at once: the stop waits for the outbox anyway
         if self._pool is not None:
             self._pool.shutdown(wait=wait)
 
