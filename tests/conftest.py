@@ -101,7 +101,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     config.pluginmanager.register(LaneClock(), "lane-clock")
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(workers.WorkerGroups(getattr(config, "cache", None)), "worker-groups")
+        config.pluginmanager.register(workers.WorkerGroups(), "worker-groups")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,10 +7,8 @@ are derived from the fixtures on the workers (which collect) and handed to the c
 folder of its own, not through xdist_group marks: loadgroup smuggles the group in the node id, which pytest 9.2
 no longer lets it change (pytest-xdist issue 1386), and the id stays as the test's own in every report.
 
-Each group is named `<its heaviest marker>/<what it shares>`, and the scheduler hands out the longest groups
-first, so a long one (image builds, the chaos harness, Galera) never starts last while the other workers idle:
-longest by the seconds its tests took in the previous run (kept in pytest's cache, .pytest_cache), and a group
-the cache knows none of (a new module, a fresh clone) by its heaviest marker, before the known ones.
+Each group is named `<its heaviest marker>/<what it shares>`, and the scheduler hands out the heaviest groups
+first, so a long one (image builds, the chaos harness, Galera) never starts last while the other workers idle.
 Every worker has its own session fixtures (its own MariaDB server, sandboxes on their own ports and node names,
 its own temp dirs), and the tests count only the containers of their own labels.
 """
@@ -20,7 +18,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +32,6 @@ SHARED_GROUPS: dict[str, str] = {
     "compose_host": "deployment",  # the compose images, built once: two builds of one tag would race
 }
 FOLDER_KEY = "seatable_worker_groups"  # in each worker's workerinput: where it writes its nodeid -> group
-SECONDS_KEY = "seatable/test-seconds"  # in pytest's cache: nodeid -> its setup, call and teardown, last time
 
 
 def shared_scope(item: pytest.Item) -> str:
@@ -73,32 +69,18 @@ def publish_groups(config: pytest.Config, items: list[pytest.Item], markers: dic
         path.write_text(json.dumps(groups_of(items, markers)))
 
 
-def group_seconds(groups: Mapping[str, Iterable[str]], seconds: dict[str, float]) -> dict[str, float]:
-    """group -> the seconds its tests took in the previous run, for the groups with at least one test it ran."""
-    known: dict[str, float] = {}
-    for group, nodeids in groups.items():
-        took = [seconds[nodeid] for nodeid in nodeids if nodeid in seconds]
-        if took:
-            known[group] = sum(took)
-    return known
-
-
-def rank(group: str, tests: int, seconds: dict[str, float] | None = None) -> tuple[float, ...]:
-    """The order groups are handed out in: groups of unknown length (not in `seconds`, the previous run's) by
-    heaviest marker, then by more tests; then the known ones, longest first."""
-    if seconds and group in seconds:
-        return (1, -seconds[group])
+def rank(group: str, tests: int) -> tuple[int, int]:
+    """The order groups are handed out in: heaviest marker first, then the group with more tests."""
     weight = group.split("/", 1)[0]
-    return (0, WEIGHT_ORDER.index(weight) if weight in WEIGHT_ORDER else len(WEIGHT_ORDER), -tests)
+    return (WEIGHT_ORDER.index(weight) if weight in WEIGHT_ORDER else len(WEIGHT_ORDER), -tests)
 
 
 class HeaviestFirstScheduling(LoadScopeScheduling):
     """xdist's loadscope scheduling over the workers' groups; the next group a worker gets is the heaviest left."""
 
-    def __init__(self, config: pytest.Config, log: Any, folder: Path, seconds: dict[str, float]) -> None:
+    def __init__(self, config: pytest.Config, log: Any, folder: Path) -> None:
         super().__init__(config, log)
         self.folder = folder
-        self.seconds = seconds  # nodeid -> seconds in the previous run
         self.groups: dict[str, str] | None = None
 
     def _split_scope(self, nodeid: str) -> str:
@@ -109,22 +91,17 @@ class HeaviestFirstScheduling(LoadScopeScheduling):
         return self.groups.get(nodeid) or super()._split_scope(nodeid)
 
     def _assign_work_unit(self, node: Any) -> None:
-        known = group_seconds(self.workqueue, self.seconds)
-        first = min(self.workqueue, key=lambda group: rank(group, len(self.workqueue[group]), known))
+        first = min(self.workqueue, key=lambda group: rank(group, len(self.workqueue[group])))
         self.workqueue.move_to_end(first, last=False)
         super()._assign_work_unit(node)
 
 
 class WorkerGroups:
-    """The controller's side (a pytest plugin where xdist is loaded): a folder for the workers' groups,
-    HeaviestFirstScheduling for `--dist loadscope`, and each test's seconds kept for the next run."""
+    """The controller's side (a pytest plugin where xdist is loaded): a folder for the workers' groups, and
+    HeaviestFirstScheduling for `--dist loadscope`."""
 
-    def __init__(self, cache: Any = None) -> None:
+    def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="pytest-worker-groups-"))
-        self.cache = cache  # pytest's cache; None with -p no:cacheprovider (then the markers alone order)
-        kept = cache.get(SECONDS_KEY, {}) if cache is not None else {}
-        self.previous: dict[str, float] = kept if isinstance(kept, dict) else {}
-        self.seconds: dict[str, float] = {}
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[FOLDER_KEY] = str(self.folder)
@@ -133,15 +110,7 @@ class WorkerGroups:
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
         if config.getvalue("dist") != "loadscope":
             return None
-        return HeaviestFirstScheduling(config, log, self.folder, self.previous)
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration  # setup+call+teardown
-
-    def pytest_sessionfinish(self) -> None:
-        """The tests this run ran replace their seconds; a run of some tests leaves the others' as they were."""
-        if self.cache is not None and self.seconds:
-            self.cache.set(SECONDS_KEY, {**self.previous, **{k: round(v, 2) for k, v in self.seconds.items()}})
+        return HeaviestFirstScheduling(config, log, self.folder)
 
     def pytest_unconfigure(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -3,12 +3,11 @@ groups go first, and the lane clock and --durations add up every worker's report
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.support.workers import SECONDS_KEY, group_seconds, rank
+from tests.support.workers import rank
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,8 +89,8 @@ def test_shared_services_stay_in_one_worker_and_the_lane_clock_adds_up_all_worke
     record = pytester.path / "record.txt"
     monkeypatch.setenv("WORKERS_RECORD", str(record))
     monkeypatch.setenv("PYTHONPATH", f"{pytester.path}:{REPO}")
-    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadscope", "--durations=3", "--durations-min=0",
-                                           "-q", timeout=180)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--dist", "loadscope",
+                                           "--durations=3", "--durations-min=0", "-q", timeout=180)
     output = result.stdout.str()
     assert result.ret == 0, output + result.stderr.str()
     assert "9 passed" in output
@@ -102,9 +101,6 @@ def test_shared_services_stay_in_one_worker_and_the_lane_clock_adds_up_all_worke
     assert {name: len(seen) for name, seen in workers.items()} == {"module": 1, "package": 1, "loose": 1}
     assert "lane times: fast " in output and "(9 tests)" in output  # every worker's reports
     assert "slowest 3 durations" in output
-    # Every test's seconds, for the next run's order (pytest's cache, in the suite's folder).
-    kept = json.loads((pytester.path / ".pytest_cache" / "v" / SECONDS_KEY).read_text())
-    assert len(kept) == 9 and all(nodeid.startswith(("test_", "pkg/")) for nodeid in kept), kept
 
 
 def test_the_heaviest_groups_are_handed_out_first() -> None:
@@ -114,16 +110,3 @@ def test_the_heaviest_groups_are_handed_out_first() -> None:
     assert order == ["compose/deployment", "podman/d.py", "podman/c.py", "slow/e.py", "mariadb/b.py", "fast/a.py",
                      "tests/f.py::Class"]
 
-
-def test_groups_the_last_run_timed_go_longest_first_after_the_unknown_ones() -> None:
-    """The previous run's seconds beat the markers' guess: a podman module of two 80 s tests before one of twelve
-    5 s tests; a group none of whose tests ran before (new) goes first, ordered by its markers as above."""
-    queue = {"podman/build.py": ["build.py::a", "build.py::b"], "podman/many.py": [f"many.py::{n}" for n in range(12)],
-             "mariadb/db.py": ["db.py::slow", "db.py::new"], "fast/new.py": ["new.py::x"],
-             "slow/new.py": ["snew.py::x"]}
-    last = {"build.py::a": 80.0, "build.py::b": 79.5, **{f"many.py::{n}": 5.0 for n in range(12)},
-            "db.py::slow": 170.0, "gone.py::x": 500.0}
-    known = group_seconds(queue, last)
-    assert known == {"podman/build.py": 159.5, "podman/many.py": 60.0, "mariadb/db.py": 170.0}
-    order = sorted(queue, key=lambda group: rank(group, len(queue[group]), known))
-    assert order == ["slow/new.py", "fast/new.py", "mariadb/db.py", "podman/build.py", "podman/many.py"]
