@@ -156,7 +156,7 @@ class RunnerImageBuilder:
 
     def build(self, force: bool = False, prune: bool = False) -> str:
         """Return the image tag, building only what is missing."""
-        progress = Progress(total=7, quiet=self.quiet)
+        progress = Progress(total=8, quiet=self.quiet)
         self._check_tools()
         self._check_cache_dir()
         progress(f"recipe {self.recipe.digest()}")
@@ -223,6 +223,8 @@ class RunnerImageBuilder:
         return dict(os.environ, PIP_CACHE_DIR=str(self.cache_dir / "pip"), PIP_DISABLE_PIP_VERSION_CHECK="1")
 
     def _build_tree(self, work: Path, tarball: Path, progress: Progress) -> None:
+        progress(f"checking that Debian {SUITE} has {' '.join(self.recipe.debian_packages)} (mmdebstrap --simulate)")
+        self._check_debian_packages(work)
         progress(f"fetching the locked Python packages for Python {runner_lock.RUNNER_PYTHON} (hash-checked)")
         wheelhouse = self._wheelhouse()
         site = work / "site-packages"
@@ -240,6 +242,21 @@ class RunnerImageBuilder:
              "packing the root filesystem")
         partial.replace(tarball)
 
+    def _check_debian_packages(self, work: Path) -> None:
+        """Resolve the packages and their dependencies in the suite without downloading or installing anything.
+
+        The build's mmdebstrap installs the whole essential set before it turns to --include, so a package the
+        suite lacks failed only after a minute of work; --simulate of the extract variant resolves just the
+        listed packages in seconds (not --quiet: apt's "Unable to locate package" is the line to show; a
+        tarball target: nothing is written)."""
+        _run(self._mmdebstrap_argv("extract", work / "simulated.tar", "--simulate"),
+             "mmdebstrap failed to resolve the Debian packages", stdin=subprocess.DEVNULL)
+
+    def _mmdebstrap_argv(self, variant: str, target: Path, *options: str) -> list[str]:
+        return ["mmdebstrap", f"--variant={variant}", "--mode=root",
+                f"--include={','.join(self.recipe.debian_packages)}", *options,
+                SUITE, str(target), *self.recipe.mirrors]
+
     def _mmdebstrap(self, rootfs: Path, site: Path, work: Path) -> None:
         finish = work / "finish_tree.py"
         finish.write_text(self.recipe.finish_tree)
@@ -250,12 +267,10 @@ class RunnerImageBuilder:
             # (a package's Python 2 test data) just stays without byte-code.
             f'chroot "$1" /usr/bin/python3 -m compileall -q -j0 /{SITE_PACKAGES} >/dev/null 2>&1 || true',
         ]
-        argv = ["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
-                f"--include={','.join(self.recipe.debian_packages)}",
-                *(f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES),
-                "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-                *(f"--customize-hook={hook}" for hook in hooks),
-                SUITE, str(rootfs), *self.recipe.mirrors]
+        argv = self._mmdebstrap_argv("minbase", rootfs, "--quiet",
+                                     *(f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES),
+                                     "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+                                     *(f"--customize-hook={hook}" for hook in hooks))
         _run(argv, "mmdebstrap failed", stdin=subprocess.DEVNULL)
 
     def _import(self, tarball: Path, progress: Progress) -> None:

@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.support.databases",
     "tests.support.podman",
     "tests.support.netlab",
+    "pytester",  # tests/unit/test_workers.py runs the suite's own hooks in a pytest of their own
 ]
 
 # fixture -> the markers of every test that uses it. The root fixtures of each real service are enough:
@@ -42,6 +43,10 @@ FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     "serve": ("slow",),
     "scheduler": ("slow",),  # tests/operators/test_openapi.py: a gunicorn scheduler of its own
     "dispatchers": ("slow",),
+    # Network namespaces with servers in them (root, ip netns, seconds each): real hosts, not pure logic.
+    "lan": ("slow",),  # tests/cluster/conftest.py: a LAN of namespaces
+    "netlab": ("slow",),  # tests/support/netlab.py: the open-network lab
+    "pytester": ("slow",),  # a whole pytest run (with xdist workers) in a subprocess
 }
 # (parametrized fixture, value) -> markers, for fixtures that pick their service by parameter.
 PARAM_MARKERS: dict[tuple[str, str], tuple[str, ...]] = {

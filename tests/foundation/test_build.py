@@ -68,7 +68,7 @@ def test_build_from_scratch_then_cached(fresh_cache: Path, tmp_path: Path, podma
         locked = next(line for line in first.stdout.splitlines() if line.startswith("locked "))
         lock = Path(locked.split(" into ")[1].split(" (")[0])
         assert is_locked(lock.read_text()) and "six==" in lock.read_text()
-        for step in ("hash-checked", "pip", "mmdebstrap", "setuid", "importing", "done"):
+        for step in ("--simulate", "hash-checked", "pip", "mmdebstrap", "setuid", "importing", "done"):
             assert step in first.stdout, first.stdout
         assert tag == Recipe.packaged(requirements=lock, extra_packages=("file",)).tag
         assert podman.image_exists(tag)
@@ -92,13 +92,16 @@ def test_build_from_scratch_then_cached(fresh_cache: Path, tmp_path: Path, podma
 
 
 def test_missing_debian_package_is_one_clear_line(sandbox_account: SandboxUser, fresh_cache: Path) -> None:
-    # One small wheel, not the runner's 200 MB: pip runs before mmdebstrap, and mmdebstrap's error is the point.
-    # A cache of its own: mmdebstrap takes minutes to fail, and would hold the shared cache's lock all along.
+    """The package selection is resolved (mmdebstrap --simulate) before anything is fetched or installed: the
+    error comes before pip and the build's mmdebstrap, which would install the essential set first."""
+    # A cache of its own: no waiting for the shared cache's lock while another recipe builds.
     requirements = fresh_cache / "requirements.txt"
     requirements.write_text("six\n")
     result = build("--extra-package", "no-such-package-seatable-xyz", "--cache-dir", str(fresh_cache),
                    "--requirements", str(requirements))
     assert_one_line_error(result, "mmdebstrap failed", "no-such-package-seatable-xyz")
+    assert "mmdebstrap --simulate" in result.stdout, result.stdout
+    assert "fetching the locked Python packages" not in result.stdout, result.stdout
 
 
 def test_a_list_that_cannot_be_locked_is_one_clear_line(sandbox_account: SandboxUser, tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ def test_lanes_follow_the_fixture_closure_and_parameters() -> None:
     assert lane_markers(["registry_image", "compose_host"], {}) == {"compose", "podman"}
     assert lane_markers(["backend", "store"], {"backend": "sqlite"}) == set()
     assert lane_markers(["backend", "store", "serve"], {"backend": "mariadb"}) == {"mariadb", "slow"}
+    # Network namespaces and a pytest run of its own are real processes and hosts, not the fast lane's.
+    assert lane_markers(["lan"], {}) == lane_markers(["netlab"], {}) == lane_markers(["pytester"], {}) == {"slow"}
     assert lane_of(set()) == "fast"
     assert lane_of({"mariadb", "slow"}) == "mariadb" and lane_of({"compose", "podman"}) == "compose"
 

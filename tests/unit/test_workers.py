@@ -3,10 +3,9 @@ groups go first, and the lane clock and --durations add up every worker's report
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+import pytest
 
 from tests.support.workers import rank
 
@@ -82,26 +81,26 @@ def test_b() -> None:
 }
 
 
-def test_shared_services_stay_in_one_worker_and_the_lane_clock_adds_up_all_workers(tmp_path: Path) -> None:
-    suite = tmp_path / "suite"
+def test_shared_services_stay_in_one_worker_and_the_lane_clock_adds_up_all_workers(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, text in SUITE.items():
-        (suite / name).parent.mkdir(parents=True, exist_ok=True)
-        (suite / name).write_text(text)
-    record = tmp_path / "record.txt"
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadscope",
-         "--durations=3", "--durations-min=0", "-q", str(suite)],
-        cwd=suite, env={**os.environ, "WORKERS_RECORD": str(record), "PYTHONPATH": f"{suite}:{REPO}"},
-        capture_output=True, text=True, timeout=180, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "9 passed" in result.stdout
+        (pytester.path / name).parent.mkdir(parents=True, exist_ok=True)
+        (pytester.path / name).write_text(text)
+    record = pytester.path / "record.txt"
+    monkeypatch.setenv("WORKERS_RECORD", str(record))
+    monkeypatch.setenv("PYTHONPATH", f"{pytester.path}:{REPO}")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--dist", "loadscope",
+                                           "--durations=3", "--durations-min=0", "-q", timeout=180)
+    output = result.stdout.str()
+    assert result.ret == 0, output + result.stderr.str()
+    assert "9 passed" in output
     workers: dict[str, set[str]] = {}
     for line in record.read_text().splitlines():
         name, worker = line.split()
         workers.setdefault(name, set()).add(worker)
     assert {name: len(seen) for name, seen in workers.items()} == {"module": 1, "package": 1, "loose": 1}
-    assert "lane times: fast " in result.stdout and "(9 tests)" in result.stdout  # every worker's reports
-    assert "slowest 3 durations" in result.stdout
+    assert "lane times: fast " in output and "(9 tests)" in output  # every worker's reports
+    assert "slowest 3 durations" in output
 
 
 def test_the_heaviest_groups_are_handed_out_first() -> None:
@@ -110,3 +109,4 @@ def test_the_heaviest_groups_are_handed_out_first() -> None:
     order = sorted(groups, key=lambda group: rank(group, groups[group]))
     assert order == ["compose/deployment", "podman/d.py", "podman/c.py", "slow/e.py", "mariadb/b.py", "fast/a.py",
                      "tests/f.py::Class"]
+
