@@ -20,16 +20,19 @@ def new(store: Store, name: str, org_id: int = 7, owner: str = "a@auth.local") -
 
 
 def test_the_report_counts_what_the_pipeline_did(store: Store) -> None:
+    # Results as a sandbox reports them: started in the past, ended by now (started_at + spend_time is the end;
+    # an end in the future would fall in a minute the report does not show yet).
     ok = new(store, "fast.py")
     runs.mark_running(store, ok)
-    runs.record_result(store, ok, runs.RunResult(True, 0, "ok", spend_time=0.4, outcome=outcomes.SUCCESS))
+    two_ago = store.clock.now() - timedelta(seconds=2)
+    runs.record_result(store, ok, runs.RunResult(True, 0, "ok", two_ago, 0.4, outcome=outcomes.SUCCESS))
     slow = new(store, "slow.py")
     runs.mark_running(store, slow)
     thirty_ago = store.clock.now() - timedelta(seconds=30)
     runs.record_result(store, slow, runs.RunResult(False, -1, LONG_OUTPUT, thirty_ago, 30, outcome=outcomes.TIME_LIMIT))
     broken = new(store, "broken.py")
     runs.mark_running(store, broken)
-    runs.record_result(store, broken, runs.RunResult(False, 1, "Traceback <b>", spend_time=1, outcome=outcomes.FAILED))
+    runs.record_result(store, broken, runs.RunResult(False, 1, "Traceback <b>", two_ago, 1, outcome=outcomes.FAILED))
     limited = new(store, "busy.py")
     runs.fail_run(store, limited, "Running scripts too frequently", -1, outcome=outcomes.RATE_LIMITED)
     queued = new(store, "later.py", org_id=9)
@@ -44,7 +47,7 @@ def test_the_report_counts_what_the_pipeline_did(store: Store) -> None:
     assert [t["team"] for t in data["queue"]["teams"]] == ["org:9"]
     assert data["nodes"] == [{"url": "http://node-1:8088", "reachable": None, "in_flight": 1}]
     minutes = data["minutes"]
-    assert len(minutes["labels"]) == 180 and minutes["labels"][-1] == store.clock.now().strftime("%Y-%m-%d %H:%M")
+    assert len(minutes["labels"]) == 180 and minutes["labels"][-1] == data["generated_at"][:16].replace("T", " ")
     totals = {kind: sum(values) for kind, values in minutes["series"].items()}
     assert totals == {"success": 1, "failed": 1, "time_limit": 1, "rate_limited": 1}
     assert list(minutes["series"]) == ["success", "failed", "time_limit", "rate_limited"]  # outcomes.ALL's order
