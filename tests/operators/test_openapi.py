@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from sandbox.host import SandboxUser
 from tests.scheduler.conftest import RunningServer, start_scheduler, stop_scheduler
 from tests.seatable_stub import StubServer
 from tests.support.podman import VENV_BIN, CallbackReceiver, SandboxProcess
@@ -103,13 +104,12 @@ def test_scheduler_answers_as_its_description_says(scheduler: tuple[RunningServe
 
 
 @pytest.fixture
-def sandbox(sandbox_user: object, runner_image: str, tmp_path: Path) -> Iterator[SandboxProcess]:
+def sandbox(sandbox_user: SandboxUser, runner_image: str, tmp_path: Path) -> Iterator[SandboxProcess]:
     receiver = CallbackReceiver()
     receiver.start()
-    from sandbox.host import DEFAULT_USER, lookup_user
     from tests.support.podman import free_port
 
-    user = lookup_user(DEFAULT_USER)
+    user = sandbox_user  # the configured one (SEATABLE_SANDBOX_USER), whose Podman service the fixture started
     base = Path(tempfile.mkdtemp(prefix="sandbox-openapi-"))  # pytest's tmp_path is not the sandbox user's to enter
     base.chmod(0o755)
     state = base / "state"
