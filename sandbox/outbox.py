@@ -34,7 +34,7 @@ import requests
 from sandbox import texts
 from sandbox.outbox_store import RESULT_KINDS, Entry, InFlight, OutboxStore, pack
 from sandbox.output import encode_body, fit_result
-from sandbox.tls import PLAIN_HTTP_HINT, is_tls_error, plain_http_to_tls, tls_reason
+from sandbox.tls import describe_failure
 
 __all__ = ["InFlight", "Outbox", "OutboxStats", "backoff"]
 
@@ -339,7 +339,7 @@ class Outbox:
                 status, retry_after = resp.status_code, resp.headers.get("Retry-After", "")
                 refusal = _refusal(resp) if status in REFUSED_FOR_THE_RUN else None
         except requests.RequestException as exc:
-            self._retry(entry, what, texts.delivery_cause(None, _cause(exc)), 0.0)
+            self._retry(entry, what, texts.delivery_cause(None, describe_failure(exc)), 0.0)
             return
         if 200 <= status < 300:
             self.store.acknowledged(entry, time.time())
@@ -426,12 +426,3 @@ def _refusal(resp: requests.Response) -> str | None:
         return None
     message = data.get("error_msg")
     return f"{data['refused']}: {message}"[:300] if isinstance(message, str) else data["refused"][:100]
-
-
-def _cause(exc: requests.RequestException) -> str:
-    """The exception's name, and for TLS what was wrong (an unknown CA, a wrong host name, plain HTTP)."""
-    if is_tls_error(exc):
-        return f"TLS: {tls_reason(exc)}"
-    if plain_http_to_tls(exc):
-        return f"{type(exc).__name__}: {PLAIN_HTTP_HINT}"
-    return type(exc).__name__

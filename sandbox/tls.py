@@ -68,3 +68,23 @@ def plain_http_to_tls(exc: BaseException) -> bool:
     """A connection the server closed without a byte of answer: what a TLS port does to plain HTTP."""
     names = {type(inner).__name__ for inner in _chain(exc)}
     return bool(names & {"RemoteDisconnected", "ConnectionResetError", "BadStatusLine"})
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for a failed request: TLS problems and plain HTTP on a TLS port in words, else the cause's name."""
+    if is_tls_error(exc):
+        return f"TLS: {tls_reason(exc)}"
+    if plain_http_to_tls(exc):
+        return f"{innermost_name(exc)}: {PLAIN_HTTP_HINT}"
+    return type(exc).__name__
+
+
+def innermost_name(exc: BaseException) -> str:
+    """The innermost cause's name ("ConnectionResetError", "RemoteDisconnected", "ReadTimeoutError"...)."""
+    cause = exc
+    for _ in range(5):  # requests wraps urllib3's error, which wraps the socket's
+        inner = next((arg for arg in cause.args if isinstance(arg, BaseException)), None)
+        if inner is None:
+            break
+        cause = inner
+    return type(cause).__name__

@@ -33,7 +33,7 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 from pipeline_contract import Message
 from pipeline_contract.schemas import NOT_HERE, NOT_READY, READY, RUN_STATE
 from sandbox import node_proof
-from sandbox.tls import PLAIN_HTTP_HINT, is_tls_error, plain_http_to_tls, tls_reason
+from sandbox.tls import describe_failure, innermost_name
 from scheduler.config import Config
 from scheduler.sessions import ThreadSessions
 
@@ -171,7 +171,7 @@ class Nodes:
             response, signed = self._signed_get(node, "/ready", {}, READY_TIMEOUT)
         except requests.RequestException as exc:
             self._sessions.reset()
-            self._silent(node, f"no answer to /ready: {describe(exc)}")
+            self._silent(node, f"no answer to /ready: {describe_failure(exc)}")
             return
         code = response.status_code
         if not signed:
@@ -305,7 +305,7 @@ class Nodes:
                         return HandOff(Sent.NOT_SENT, "node not reachable", attempt)
                 else:
                     may_have_arrived = True
-                    reason = _exception_text(exc)
+                    reason = innermost_name(exc)
                     log.info("hand-off of run %s to %s: %s; retrying (attempt %d)", run_id, url, reason, attempt)
             else:
                 code = response.status_code
@@ -388,26 +388,6 @@ def _retry_after(response: requests.Response) -> float:
         return float(response.headers.get("Retry-After", "1"))
     except ValueError:
         return 1.0
-
-
-def describe(exc: requests.RequestException) -> str:
-    """One line for a failed request: TLS problems and plain HTTP on a TLS port in words, else the cause's name."""
-    if is_tls_error(exc):
-        return f"TLS: {tls_reason(exc)}"
-    if plain_http_to_tls(exc):
-        return f"{_exception_text(exc)}: {PLAIN_HTTP_HINT}"
-    return type(exc).__name__
-
-
-def _exception_text(exc: requests.RequestException) -> str:
-    """The innermost cause's name ("ConnectionResetError", "RemoteDisconnected", "ReadTimeoutError"...)."""
-    cause: BaseException = exc
-    for _ in range(5):  # requests wraps urllib3's error, which wraps the socket's
-        inner = next((arg for arg in cause.args if isinstance(arg, BaseException)), None)
-        if inner is None:
-            break
-        cause = inner
-    return type(cause).__name__
 
 
 def _error_text(response: requests.Response) -> str:
