@@ -8,7 +8,7 @@ machine's (scheduler/lifecycle.py); writes are lifecycle's alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from scheduler import outcomes
@@ -72,9 +72,9 @@ class RunFilter:
     end_inclusive: bool = True
 
 
-def admin_runs(store: Store, where: RunFilter, offset: int, limit: int) -> tuple[list[Any], int]:
-    """Run summaries for /admin/runs/, newest first, and how many match."""
-    clauses: list[str] = ["1 = 1"]
+def _filtered(where: RunFilter, *extra: str) -> tuple[list[str], dict[str, Any]]:
+    """WHERE clauses and their parameters for a RunFilter (a run's start decides its time)."""
+    clauses: list[str] = ["1 = 1", *extra]
     params: dict[str, Any] = {}
     if where.org_id is not None:
         clauses.append("org_id = $org_id")
@@ -89,6 +89,12 @@ def admin_runs(store: Store, where: RunFilter, offset: int, limit: int) -> tuple
     if where.end is not None:
         clauses.append("started_at <= $end" if where.end_inclusive else "started_at < $end")
         params["end"] = where.end
+    return clauses, params
+
+
+def admin_runs(store: Store, where: RunFilter, offset: int, limit: int) -> tuple[list[Any], int]:
+    """Run summaries for /admin/runs/, newest first, and how many match."""
+    clauses, params = _filtered(where)
     condition = " AND ".join(clauses)
     params.update(limit=limit, offset=offset)
     with store.reading():
@@ -262,3 +268,43 @@ def recent_failures(store: Store, limit: int, tail: int) -> list[Any]:
         f"SELECT id, finished_at, dtable_uuid, script_name, owner, {KIND}, return_code, {ending} FROM script_log "
         f"WHERE state = 'finished' AND success = 0 ORDER BY id DESC LIMIT {int(limit)}"
     )
+
+
+def grouped_runs(store: Store, by: str, where: RunFilter, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Run counts per base or per day from script_log (admin statistics by-base / by-day)."""
+    key = "dtable_uuid" if by == "base" else "DATE(started_at)"
+    clauses, params = _filtered(where, *(["started_at IS NOT NULL"] if by == "day" else []))
+    params.update(limit=limit, offset=offset)
+    condition = " AND ".join(clauses)
+    select_sql = (
+        f"SELECT {key} AS grp, COUNT(id), SUM({store.seconds_between('started_at', 'finished_at')}), "
+        "COUNT(CASE WHEN operate_from = 'manualy' THEN 1 END), "
+        "COUNT(CASE WHEN operate_from = 'automation-rule' THEN 1 END), "
+        "COUNT(CASE WHEN success = 1 THEN 1 END), COUNT(CASE WHEN success = 0 THEN 1 END) "
+        f"FROM script_log WHERE {condition} GROUP BY {key} ORDER BY grp LIMIT $limit OFFSET $offset"
+    )
+    with store.reading():
+        rows = store.select(select_sql, params)
+        total = store.select(
+            f"SELECT COUNT(*) FROM (SELECT {key} AS grp FROM script_log WHERE {condition} GROUP BY {key}) t",
+            params,
+        )[0]
+    label = "base_uuid" if by == "base" else "date"
+    results = []
+    for row in rows:
+        group = row[0]
+        if by == "day":
+            group = group.isoformat() if isinstance(group, date) else str(group)
+        results.append(
+            {
+                label: group,
+                "number_of_runs": int(row[1]),
+                # rounded first: SQLite's julianday arithmetic lands a hair below whole seconds
+                "total_run_time": int(round(float(row[2] or 0), 3)),
+                "triggered_manually": int(row[3]),
+                "triggered_by_automation_rule": int(row[4]),
+                "successful_runs": int(row[5]),
+                "unsuccessful_runs": int(row[6]),
+            }
+        )
+    return results, int(total or 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import falcon
 
-from scheduler import runs, stats, texts
+from scheduler import queries, runs, stats, texts
 from scheduler.db import Store
 from scheduler.resources.common import (
     MAX_ID,
@@ -150,6 +150,6 @@ class GroupedStatistics(_Reader):
         start, _ = parse_bound(param(req, "start"), clock, False, texts.START_INVALID)
         end, end_inclusive = parse_bound(param(req, "end"), clock, True, texts.END_INVALID)
         page = _admin_page(req)
-        where = stats.LogFilter(org_id, base_uuids, start, end, end_inclusive)
-        results, total = stats.grouped_runs(self.store, self.by, where, page)
+        where = runs.RunFilter(org_id, base_uuids, start, end, end_inclusive)
+        results, total = queries.grouped_runs(self.store, self.by, where, page.offset, page.limit)
         resp.media = {"results": results, "total_count": total}
