@@ -95,7 +95,7 @@ class OutboxStore:
             if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
                 db.execute("VACUUM")
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA synchronous=NORMAL")  # durable commits sync the log themselves (_tx, sync)
         db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         db.executescript(_SCHEMA)
         for table in _SECRET_COLUMNS:
@@ -108,28 +108,24 @@ class OutboxStore:
     def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction at a time; IMMEDIATE so other processes on the file serialize too.
 
-        Durable ones (a run accepted) reach the disk before this returns; a result is synced right after its
-        commit (Outbox.result). The rest (leases, acknowledgements, a container's name, the running callback)
-        survive the service's crash as well, since the write-ahead log is in the kernel's hands at commit, but
-        not a power cut; an fsync each would cost every run's result several milliseconds on its way out. The
-        log is written in order, so the next durable commit makes every earlier one durable too, and what a
-        power cut can undo is safe to undo: a callback sent again (the scheduler answers it as already taken),
-        a lease that lapses, a container found by its label.
+        Durable ones (a run accepted) reach the disk before this returns: the write-ahead log is synced after the
+        commit, as synchronous=FULL would. A result is synced right after its commit (Outbox.result). The rest
+        (leases, acknowledgements, a container's name, the running callback) survive the service's crash as well,
+        since the log is in the kernel's hands at commit, but not a power cut; an fsync each would cost every run's
+        result several milliseconds on its way out. The log is written in order, so the next durable commit makes
+        every earlier one durable too, and what a power cut can undo is safe to undo: a callback sent again (the
+        scheduler answers it as already taken), a lease that lapses, a container found by its label.
         """
         with self._lock:
-            if not durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            finally:
-                if not durable:
-                    self._db.execute("PRAGMA synchronous=FULL")
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            if durable:
+                self.sync()
 
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
         with self._lock:
