@@ -361,9 +361,18 @@ class SandboxProcess:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM: the graceful stop, as systemd asks the service; SIGKILL: the whole session, a crash."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, sig)
+        if sig == signal.SIGKILL:
+            os.killpg(self.process.pid, sig)
+        else:
+            # To the service (runuser's child), not runuser: runuser SIGKILLs its child two seconds after passing
+            # on a SIGTERM of its own, which cut the graceful stop (runners left behind) on a busy machine.
+            under_runuser = Path(f"/proc/{self.process.pid}/comm").read_text().strip() == "runuser"
+            for pid in (children(self.process.pid) if under_runuser else []) or [self.process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
         try:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
