@@ -36,6 +36,8 @@ OPTIONAL = ("cpu",)
 CPU_PERIOD_US = 100_000
 WRAPPER_DIR = Path("/usr/local/libexec/seatable-sandbox")
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
+# In the OCI config of every runner that must run inside its own cgroups (see runtime_wrapper).
+RUN_CGROUPS_ANNOTATION = "org.seatable.run-cgroups"
 
 
 class CgroupError(Exception):
@@ -51,25 +53,44 @@ def wrapper_path(user: str) -> Path:
     return WRAPPER_DIR / f"runc-{user}"
 
 
-def runtime_wrapper(uid: int, runc: str) -> str:
-    """The sandbox user's OCI runtime: runc, except that `create` first joins the run's cgroups."""
+def runtime_wrapper(uid: int, runc: str, root: Path = ROOT) -> str:
+    """The sandbox user's OCI runtime: runc, except that `create` first joins the run's cgroups.
+
+    A container whose config carries RUN_CGROUPS_ANNOTATION (every runner the sandbox starts with
+    per-run cgroups) is refused when its cgroups are missing: it would otherwise run unbounded in
+    the subtree. Other containers of the user without cgroups of their own go to runc unchanged."""
     controllers = " ".join((*REQUIRED, *OPTIONAL))
+    subtree = subtree_name(uid)
     return f"""#!/bin/sh
 # Written by seatable-sandbox host-setup: the OCI runtime of this user's rootless Podman.
 # `create` of a runner container first moves itself into the cgroups the sandbox made for that
-# container (/sys/fs/cgroup/<controller>/{subtree_name(uid)}/<container id>), so every process
-# of the runner is born inside them. Anything else goes to runc unchanged.
+# container ({root}/<controller>/{subtree}/<container id>), so every process of the runner is
+# born inside them; a runner (annotated {RUN_CGROUPS_ANNOTATION}) without them is refused.
+# Anything else goes to runc unchanged.
+create=; bundle=; previous=
 for arg in "$@"; do
-    [ "$arg" = create ] || continue
-    for id in "$@"; do :; done
-    case "$id" in *[!0-9a-f]*|"") break ;; esac
-    for controller in {controllers}; do
-        dir={ROOT}/$controller/{subtree_name(uid)}/$id
-        [ -d "$dir" ] || continue
-        echo $$ > "$dir/cgroup.procs" || {{ echo "cannot join $dir" >&2; exit 1; }}
-    done
-    break
+    case "$previous" in --bundle|-b) bundle=$arg ;; esac
+    case "$arg" in create) create=1 ;; --bundle=*) bundle=${{arg#--bundle=}} ;; esac
+    previous=$arg
 done
+if [ -n "$create" ]; then
+    for id in "$@"; do :; done
+    case "$id" in *[!0-9a-f]*|"") id= ;; esac
+    required=
+    if [ -n "$bundle" ] && grep -qF '"{RUN_CGROUPS_ANNOTATION}":"required"' "$bundle/config.json" 2>/dev/null; then
+        required=1
+    fi
+    for controller in {controllers}; do
+        [ -d "{root}/$controller/{subtree}" ] || continue
+        dir={root}/$controller/{subtree}/$id
+        if [ -n "$id" ] && [ -d "$dir" ]; then
+            echo $$ > "$dir/cgroup.procs" || {{ echo "cannot join $dir" >&2; exit 1; }}
+        elif [ -n "$required" ]; then
+            echo "runner $id has no cgroup in {root}/$controller/{subtree}: refused" >&2
+            exit 1
+        fi
+    done
+fi
 exec {runc} "$@"
 """
 
@@ -174,14 +195,21 @@ class RunCgroups:
         self._check(container)
         return int((self.base("memory") / container / "memory.usage_in_bytes").read_text())
 
-    def reclaim(self, live: set[str]) -> int:
-        """Remove cgroups of containers that no longer exist (left by a crash)."""
+    def reclaim(self, live: Callable[[], set[str]]) -> int:
+        """Remove cgroups of containers that no longer exist (left by a crash); `live` lists those that do.
+
+        The cgroups are listed before the containers: another process of this user makes a run's cgroups
+        only after its container exists, so a cgroup made meanwhile is never taken for a leftover."""
+        found = [path for controller in self.controllers() for path in self.base(controller).iterdir()
+                 if path.is_dir() and _CONTAINER_ID.match(path.name)]
+        if not found:
+            return 0
+        alive = live()
         removed = 0
-        for controller in self.controllers():
-            for path in self.base(controller).iterdir():
-                if path.is_dir() and _CONTAINER_ID.match(path.name) and path.name not in live:
-                    self._unwatch(path.name)
-                    removed += _rmdir(path)
+        for path in found:
+            if path.name not in alive:
+                self._unwatch(path.name)
+                removed += _rmdir(path)
         return removed
 
     def stop(self) -> None:

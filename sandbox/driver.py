@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox import texts
-from sandbox.cgroups import RunCgroups
+from sandbox.cgroups import RUN_CGROUPS_ANNOTATION, RunCgroups
 from sandbox.egress import EgressPolicy, EgressProxy, RunEgressReport
 from sandbox.identity import RunnerIdentities
 from sandbox.image import ENTRYPOINT_COMMAND, RUNNER_FILES, runner_files_dir
@@ -237,6 +237,8 @@ class ContainerDriver:
             # One fixed mapping for all runners (one copy of the image), a uid of its own in it.
             spec["userns"] = {"nsmode": "private"}
             spec["idmappings"] = self.identities.mapping.spec()
+        if self.cgroups is not None:  # the runtime wrapper refuses to start it outside its own cgroups
+            spec["annotations"] = {RUN_CGROUPS_ANNOTATION: "required"}
         unified = self.limits.unified(self.enforcement)
         if unified:
             spec["unified"] = unified
@@ -532,12 +534,12 @@ class ContainerDriver:
 
     def reclaim(self) -> None:
         """At start, after this node's orphans are removed: drop uid claims and cgroups they left."""
-        runners = self.api.labelled(LABEL)  # of every node of this Podman user
         if self.identities is not None:
+            runners = self.api.labelled(LABEL)  # of every node of this Podman user
             self.identities.reclaim({int(c["Labels"][LABEL_UID]) for c in runners
                                      if (c.get("Labels") or {}).get(LABEL_UID, "").isdigit()})
         if self.cgroups is not None:
-            self.cgroups.reclaim({c["Id"] for c in runners})
+            self.cgroups.reclaim(lambda: {c["Id"] for c in self.api.labelled(LABEL)})
 
     def orphans(self) -> list[str]:
         """Containers of this node that no run owns (left by a crash)."""
