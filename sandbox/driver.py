@@ -263,12 +263,11 @@ class ContainerDriver:
             self._uids[created.id] = uid
             if self.egress is not None:
                 self._egress_keys[created.id] = key
-        if self.cgroups is not None:
-            try:
-                self.cgroups.create(created.id, self.limits.memory, self.limits.pids, self.limits.cpus)
-            except BaseException:
-                self.cleanup(created.id)
-                raise
+        try:
+            self.bound(created.id)
+        except BaseException:
+            self.cleanup(created.id)
+            raise
         for warning in created.warnings:
             if warning not in self.extra_warnings:
                 self.extra_warnings.append(warning)
@@ -286,6 +285,12 @@ class ContainerDriver:
             self.cleanup(created.id)
             raise
         return Runner(created.id, stream, preimport=modules)
+
+    def bound(self, container: str) -> None:
+        """The per-run cgroups of a created container, before it starts (the runtime wrapper refuses it
+        without them); nothing to do where Podman applies the limits itself or none apply."""
+        if self.cgroups is not None:
+            self.cgroups.create(container, self.limits.memory, self.limits.pids, self.limits.cpus)
 
     def run(self, job: Job, timeout: int, on_container: Callable[[str], None],
             on_started: Callable[[float], None], runner: Runner | None = None) -> RunResult:

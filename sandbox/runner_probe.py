@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox.cgroups import CgroupError
 from sandbox.driver import EGRESS_MOUNT, ContainerDriver
 from sandbox.network import CLOSED
 from sandbox.podman_api import STDOUT, PodmanError
@@ -53,6 +54,7 @@ def probe(driver: ContainerDriver, timeout: float = PROBE_TIMEOUT) -> RunnerFact
     except PodmanError as exc:
         raise ProbeError(f"runner image {driver.image}: {exc}") from None
     try:
+        driver.bound(created.id)
         stream = driver.api.attach(created.id)
         try:
             driver.api.start(created.id)
@@ -67,7 +69,7 @@ def probe(driver: ContainerDriver, timeout: float = PROBE_TIMEOUT) -> RunnerFact
         finally:
             stream.close()
         status = driver.api.wait(created.id)
-    except PodmanError as exc:
+    except (PodmanError, CgroupError) as exc:
         raise ProbeError(f"runner image {driver.image} cannot run the sandbox's entrypoint: {exc}") from None
     finally:
         driver.cleanup(created.id)
