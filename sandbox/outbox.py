@@ -142,6 +142,7 @@ class Outbox:
         self._session.cert = client_cert
         self._lock = threading.Lock()
         self._unsaved: list[tuple[int, bytes]] = []  # results the disk refused, kept until it takes them
+        self._deferred: dict[int, tuple[float, bytes]] = {}  # running callbacks not yet due: (monotonic due, body)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._changed = threading.Condition()
@@ -172,10 +173,18 @@ class Outbox:
 
     # --- queue --------------------------------------------------------------------------------------
 
-    def running(self, script_id: int, started_at: float) -> None:
-        """Queue the running callback; the result of the same script waits for it."""
-        body = encode_body({"script_id": script_id, "started_at": started_at})
-        self.store.enqueue(script_id, "running", pack(body), time.time())
+    def running(self, script_id: int, started_at: float, delay: float = 0.0) -> None:
+        """Queue the running callback, after `delay` seconds; the result of the same script waits for it.
+
+        Until then it is held in memory: a result that comes first takes its place (it carries the same started_at,
+        and the scheduler counts a run whose result comes first as started), and a crash loses nothing the
+        ledger does not hold (the run ends as lost)."""
+        packed = pack(encode_body({"script_id": script_id, "started_at": started_at}))
+        if delay > 0:
+            with self._lock:
+                self._deferred[script_id] = (time.monotonic() + delay, packed)
+        else:
+            self.store.enqueue(script_id, "running", packed, time.time())
         self._wake.set()
 
     def result(self, script_id: int, body: dict[str, object]) -> None:
@@ -185,6 +194,8 @@ class Outbox:
         as it can be, and the node reports itself unhealthy meanwhile: a result is never dropped.
         """
         packed = pack(fit_result({**body, "script_id": script_id}, self.max_body_bytes))
+        with self._lock:  # a running callback not queued by now never will be (_queue_deferred)
+            self._deferred.pop(script_id, None)
         try:
             # Committed (safe from the service's crash) and handed to delivery, then synced to the disk while it
             # is sent: a power cut before the sync ends the run as lost, after it the result is kept, as when
@@ -272,7 +283,7 @@ class Outbox:
             try:
                 self._save_unsaved()
                 self._housekeeping()
-                wait = self._deliver_due()
+                wait = min(self._queue_deferred(), self._deliver_due())
             except Exception:
                 log.exception("outbox: delivery loop error, retrying in 1 s")
                 wait = 1.0
@@ -294,6 +305,16 @@ class Outbox:
                 if not self._unsaved:
                     self.write_error = ""
             log.info("outbox: result for script %d saved after all", script_id)
+
+    def _queue_deferred(self) -> float:
+        """Queue the running callbacks now due; seconds until the next one is (IDLE_RECHECK: none held)."""
+        now = time.monotonic()
+        with self._lock:  # held while queueing: the run's result cannot slip in ahead of it
+            due = [(sid, packed) for sid, (at, packed) in self._deferred.items() if at <= now]
+            for script_id, packed in due:
+                self.store.enqueue(script_id, "running", packed, time.time())
+                del self._deferred[script_id]
+            return min((at - now for at, _ in self._deferred.values()), default=IDLE_RECHECK)
 
     def _housekeeping(self) -> None:
         now = time.time()

@@ -31,6 +31,9 @@ from sandbox.network import host_addresses as this_hosts_addresses
 
 log = logging.getLogger(__name__)
 SCRIPT_FETCH_TIMEOUT = 60
+# A run that ends sooner sends no running callback: its result (with the same started_at) takes its place, and
+# the scheduler and the runner are spared a request and a commit while the run is at its shortest.
+RUNNING_CALLBACK_DELAY = 0.2
 REMOVAL_WAITS_FOR_RESULT = 5.0  # at most, seconds a finished runner waits for its result to be taken before removal
 
 
@@ -64,7 +67,7 @@ class Driver(Protocol):
 class Ledger(Protocol):
     def run_accepted(self, script_id: int, secret: str = "") -> bool: ...
     def run_container(self, script_id: int, container: str) -> None: ...
-    def running(self, script_id: int, started_at: float) -> None: ...
+    def running(self, script_id: int, started_at: float, delay: float = 0.0) -> None: ...
     def result(self, script_id: int, body: dict[str, object]) -> None: ...
     def wait_reported(self, script_id: int, timeout: float, cancel: threading.Event) -> bool: ...
     def in_flight(self) -> list[Any]: ...
@@ -196,7 +199,8 @@ class RunService:
         # The pool picks by the script's import lines, a hint that needs no exact decoding.
         runner = self.pool.take(script.decode("utf-8", errors="replace")) if self.pool is not None else None
         return self.driver.run(job, self.timeout, remember,
-                               lambda started: self.outbox.running(request.script_id, started), runner=runner)
+                               lambda started: self.outbox.running(request.script_id, started, RUNNING_CALLBACK_DELAY),
+                               runner=runner)
 
     def _script(self, request: RunRequest) -> bytes | RunResult:
         """The script's bytes: the runner decodes them as Python decodes a file (BOM, coding declaration)."""

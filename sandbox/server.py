@@ -219,6 +219,9 @@ class SandboxServer(BaseApplication):
             "workers": 1,
             "worker_class": "httpworker.HeadFirstWorker",
             "threads": self.config.slots + 8,
+            # Dispatchers spread their calls over pool threads, each with its own connection: past gunicorn's
+            # default 2 s each call would pay a new connection on both sides.
+            "keepalive": 30,
             "timeout": 0,
             "graceful_timeout": self.config.timeout + 10,
             "accesslog": None,

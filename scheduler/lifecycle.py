@@ -411,15 +411,18 @@ def start(
     return outcome
 
 
-def finish(store: Store, run_id: int, reported: RunResult, admit: AdmitResult | None = None) -> Outcome:
+def finish(store: Store, run_id: int, reported: RunResult, admit: AdmitResult | None = None,
+           waited: Callable[[float], None] | None = None) -> Outcome:
     """-> finished, and (when the result is counted) counted in the statistics, in one transaction, at most once.
 
     `admit` sees the locked row and the result first: it answers the result to store, or refuses the change by
-    raising.
+    raising. A run that reports its result without a running callback first (a short one) is counted as started
+    here, and `waited` hears how long it was queued.
     """
 
     def tx() -> Outcome:
         ended.clear()
+        queued.clear()
         result = reported
         rows = store.select(
             "SELECT state, started_at, dtable_uuid, owner, org_id, script_name, sandbox_node, created_at, "
@@ -462,13 +465,18 @@ def finish(store: Store, run_id: int, reported: RunResult, admit: AdmitResult | 
         counters.bump(store, counters.FINISHED, result.kind, key=run_id)
         if result.counted and row.state in (None, PENDING):
             counters.bump(store, counters.STARTED, key=run_id)  # a result without a running callback: it ran
+            created_at = as_datetime(row.created_at)
+            queued.append(max(0.0, (started - created_at).total_seconds()) if created_at else 0.0)
         if result.counted:
             stats.count_run(store, row.dtable_uuid, row.owner, row.org_id, spend or 0.0, now)
         ended.append((row, result))
         return Outcome.APPLIED
 
     ended: list[tuple[Any, RunResult]] = []
+    queued: list[float] = []
     outcome = store.write(tx)
+    if queued and waited is not None:
+        waited(queued[-1])
     if ended:
         row, result = ended[-1]
         run_log = logs.for_run(log, run_id, row.script_name, row.dtable_uuid, row.sandbox_node)

@@ -40,11 +40,13 @@ def mark_running(
     return lifecycle.start(store, run_id, started_at, waited, admit)
 
 
-def record_result(store: Store, run_id: int, result: RunResult, credential: Credential | None = None) -> Outcome:
+def record_result(store: Store, run_id: int, result: RunResult, credential: Credential | None = None,
+                  waited: Callable[[float], None] | None = None) -> Outcome:
     """The run ended (lifecycle.finish). With a `credential` (a callback): refused (callback_auth.Refused) unless
-    it is the run's own secret and the run was handed off and not finished; unbelievable times are not stored."""
+    it is the run's own secret and the run was handed off and not finished; unbelievable times are not stored.
+    `waited` hears how long a run that reported no start before its result was queued."""
     admit = callback_auth.admit_result(credential, store.clock) if credential is not None else None
-    return lifecycle.finish(store, run_id, result, admit)
+    return lifecycle.finish(store, run_id, result, admit, waited)
 
 
 def to_json(store: Store, row: Any, full: bool = True) -> dict[str, Any]:

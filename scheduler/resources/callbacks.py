@@ -124,7 +124,9 @@ class ResultCallback(_Callback):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         data, credential = self.read(req)
         result = self.result(data)
-        recorded = self.answer(resp, lambda: runs.record_result(self.store, data["script_id"], result, credential))
+        waited = self.metrics.waited if self.metrics is not None else None
+        recorded = self.answer(resp, lambda: runs.record_result(self.store, data["script_id"], result, credential,
+                                                                waited))
         if recorded is runs.Outcome.APPLIED:
             self.ctx.wake_dispatchers()  # the run's slot on its node is free again
             if self.metrics is not None:

@@ -367,6 +367,48 @@ def test_a_refused_running_callback_does_not_hold_back_the_result(
     assert box.stats.dropped == 1
 
 
+def test_a_run_that_ends_before_its_running_callback_is_due_sends_only_its_result(
+    receiver: Receiver, make_outbox: Callable[..., Outbox]
+) -> None:
+    """A short run: its result (same started_at) takes the place of the running callback, and nothing is queued
+    for the running callback at all; a longer one sends it when due, then its result."""
+    box = make_outbox()
+    box.start()
+    assert box.run_accepted(60, TOKEN) and box.run_accepted(61, TOKEN)
+    box.running(60, 1700000000.5, delay=0.5)
+    box.running(61, 1700000001.5, delay=0.1)
+    assert box.pending() == 0  # held in memory until due
+    assert wait_until(lambda: any(c.body["script_id"] == 61 for c in receiver.ok()))
+    box.result(60, result_body(60))
+    box.result(61, result_body(61))
+    assert box.flush(5)
+    time.sleep(0.6)  # past 60's due time: nothing more goes out for it
+    assert [(c.path, c.body["script_id"]) for c in receiver.calls] == [
+        ("/script-running-callback/", 61), ("/script-result/", 60), ("/script-result/", 61)]
+    assert receiver.calls[0].body == {"script_id": 61, "started_at": 1700000001.5}
+    assert box.pending() == 0 and box.in_flight() == [] and box.stats.delivered == 3
+
+
+def test_a_due_running_callback_and_its_result_racing_stay_in_order(
+    receiver: Receiver, make_outbox: Callable[..., Outbox]
+) -> None:
+    """Results queued just as their running callbacks fall due: never a running callback after its result."""
+    box = make_outbox()
+    box.start()
+    for sid in range(70, 110):
+        assert box.run_accepted(sid, TOKEN)
+        box.running(sid, 1700000000.5, delay=0.01 * (sid % 5))
+    time.sleep(0.02)
+    for sid in range(70, 110):
+        box.result(sid, result_body(sid))
+    assert box.flush(10)
+    time.sleep(0.1)
+    for sid in range(70, 110):
+        mine = [c.path for c in receiver.calls if c.body["script_id"] == sid]
+        assert mine in (["/script-result/"], ["/script-running-callback/", "/script-result/"]), (sid, mine)
+    assert {c.status for c in receiver.calls} == {200}
+
+
 def test_result_bodies_fit_the_schedulers_limit(receiver: Receiver, make_outbox: Callable[..., Outbox]) -> None:
     """700,000 emoji are 8.4 MB as ASCII-escaped JSON: sent as UTF-8 and cut to fit, never refused."""
     limit = 2_000_000
