@@ -57,7 +57,8 @@ def test_deployment_errors_are_retried_then_delivered_without_a_rerun(
     else:
         receiver.answer = lambda path, body: fault
     sandbox = sandbox_factory()
-    assert sandbox.run(201, "print('once')").status_code == 202
+    # Long enough to be reported running (sandbox.runs.RUNNING_CALLBACK_DELAY): both callbacks wait.
+    assert sandbox.run(201, "import time\ntime.sleep(1)\nprint('once')").status_code == 202
     receiver.wait_for(lambda: len(receiver.tries(201, None)) >= 3)
     # The run ends and its results wait (on a busy machine the running callback alone can fail three times
     # before the script ends, and the result is sent only after it).
