@@ -475,11 +475,13 @@ def finish(store: Store, run_id: int, reported: RunResult, admit: AdmitResult | 
     ended: list[tuple[Any, RunResult]] = []
     queued: list[float] = []
     outcome = store.write(tx)
-    if queued and waited is not None:
-        waited(queued[-1])
     if ended:
         row, result = ended[-1]
         run_log = logs.for_run(log, run_id, row.script_name, row.dtable_uuid, row.sandbox_node)
+        if queued:  # started and ended before its running callback was due: one line for each, as for others
+            run_log.info("running after %.1f s in the queue", queued[-1])
+            if waited is not None:
+                waited(queued[-1])
         run_log.info("finished: %s (return code %s)", result.kind, result.return_code)
     return outcome
 
