@@ -4,7 +4,8 @@ A pooled runner has already paid for create, attach, start, interpreter start-up
 rlimits and seccomp filter, and the optional pre-imports; it waits for exactly one job on
 stdin. Nothing secret is in it until the job arrives. Each serves one run and is then
 removed, so no state passes from one run to the next. Refill never runs on the request
-path, and the pool gives way when the host runs short of memory.
+path, waits a moment after a take while other runners are idle (the run just started goes
+first), and the pool gives way when the host runs short of memory.
 
 Pre-imports follow the scripts: a run takes the runner whose pre-imports best match the
 modules its script imports, and the runner made to replace it pre-imports what that script
@@ -27,6 +28,9 @@ from sandbox.driver import ContainerDriver, Runner
 
 log = logging.getLogger(__name__)
 REFILL_THREADS = 2
+# After a take, while other runners are still idle, the refill waits this long: the run that just started (and its
+# result's way to the scheduler) gets the CPU first. An empty pool is refilled at once.
+REFILL_PAUSE = 0.15
 RETRY_AFTER_FAILURE = 2.0
 _IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+([\w.]+)[ \t]+import\b|import[ \t]+([\w., \t]+))", re.MULTILINE)
 
@@ -73,6 +77,7 @@ class WarmPool:
         self._idle: deque[Runner] = deque()
         self._wanted: deque[frozenset[str]] = deque(maxlen=max(1, size))  # flavours of runners just taken
         self._starting = 0
+        self._taken_at = 0.0  # monotonic time of the last take
         self._cond = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -97,6 +102,7 @@ class WarmPool:
         needs = self.modules & imported_modules(script)
         with self._cond:
             self._wanted.append(needs)
+            self._taken_at = time.monotonic()
             while self._idle:
                 # A runner still importing is slower than a ready one, but still faster than a cold start.
                 candidates = [runner for runner in self._idle if runner.check_ready()] or list(self._idle)
@@ -116,12 +122,18 @@ class WarmPool:
     def _refill(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and len(self._idle) + self._starting >= self.target():
-                    if len(self._idle) > self.target():
-                        self._discard(self._idle.pop())  # shrink: memory is short
+                while not self._stopping:
+                    if len(self._idle) + self._starting >= self.target():
+                        if len(self._idle) > self.target():
+                            self._discard(self._idle.pop())  # shrink: memory is short
+                            continue
+                        self._cond.wait(timeout=5.0)  # re-read the memory situation now and then
+                        self._drop_dead()
                         continue
-                    self._cond.wait(timeout=5.0)  # re-read the memory situation now and then
-                    self._drop_dead()
+                    pause = self._taken_at + REFILL_PAUSE - time.monotonic()
+                    if not self._idle or pause <= 0:
+                        break
+                    self._cond.wait(timeout=pause)
                 if self._stopping:
                     return
                 self._starting += 1
