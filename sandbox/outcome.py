@@ -156,6 +156,9 @@ def decide(timed_out: bool, control: ControlStream, evidence: Evidence, *, timeo
             return out_of_memory
         if record.cpu_s >= hard - max(CPU_SLACK_MIN, CPU_SLACK * hard):
             return _cpu_limit(sig, hard)
+        # Not the CPU limit by pid 1's record: say what it saw, should the kernel's count have differed.
+        log.info("runner's script killed by SIGKILL below its CPU limit: %.2f s of CPU, limits %s",
+                 record.cpu_s, record.cpu_limit or "not read")
     return _signalled(sig)
 
 
