@@ -396,19 +396,28 @@ def start(
             return Outcome.ALREADY_FINISHED if before else Outcome.NOT_FOUND
         row = before[0]
         if row.state in (None, PENDING):
-            counters.bump(store, counters.STARTED, key=run_id)
-            created_at = as_datetime(row.created_at)
-            first.append((max(0.0, (started - created_at).total_seconds()) if created_at else 0.0, row))
+            first.append((_count_start(store, run_id, row.created_at, started), row))
         return Outcome.APPLIED
 
     outcome = store.write(tx)
     if first:
         queued, row = first[0]
-        run_log = logs.for_run(log, run_id, row.script_name, row.dtable_uuid, row.sandbox_node)
-        run_log.info("running after %.1f s in the queue", queued)
-        if waited is not None:
-            waited(queued)
+        _tell_start(logs.for_run(log, run_id, row.script_name, row.dtable_uuid, row.sandbox_node), queued, waited)
     return outcome
+
+
+def _count_start(store: Store, run_id: int, created_at: Any, started: datetime) -> float:
+    """Count a run's first start (within its transaction); how long it was queued, in seconds."""
+    counters.bump(store, counters.STARTED, key=run_id)
+    created = as_datetime(created_at)
+    return max(0.0, (started - created).total_seconds()) if created else 0.0
+
+
+def _tell_start(run_log: Any, queued: float, waited: Callable[[float], None] | None) -> None:
+    """After the commit: the run's start in its log, and its queue wait to `waited`."""
+    run_log.info("running after %.1f s in the queue", queued)
+    if waited is not None:
+        waited(queued)
 
 
 def finish(store: Store, run_id: int, reported: RunResult, admit: AdmitResult | None = None,
@@ -463,10 +472,8 @@ def finish(store: Store, run_id: int, reported: RunResult, admit: AdmitResult | 
         if not changed:
             return Outcome.ALREADY_FINISHED
         counters.bump(store, counters.FINISHED, result.kind, key=run_id)
-        if result.counted and row.state in (None, PENDING):
-            counters.bump(store, counters.STARTED, key=run_id)  # a result without a running callback: it ran
-            created_at = as_datetime(row.created_at)
-            queued.append(max(0.0, (started - created_at).total_seconds()) if created_at else 0.0)
+        if result.counted and row.state in (None, PENDING):  # a result without a running callback: it ran
+            queued.append(_count_start(store, run_id, row.created_at, started))
         if result.counted:
             stats.count_run(store, row.dtable_uuid, row.owner, row.org_id, spend or 0.0, now)
         ended.append((row, result))
@@ -479,9 +486,7 @@ def finish(store: Store, run_id: int, reported: RunResult, admit: AdmitResult | 
         row, result = ended[-1]
         run_log = logs.for_run(log, run_id, row.script_name, row.dtable_uuid, row.sandbox_node)
         if queued:  # started and ended before its running callback was due: one line for each, as for others
-            run_log.info("running after %.1f s in the queue", queued[-1])
-            if waited is not None:
-                waited(queued[-1])
+            _tell_start(run_log, queued[-1], waited)
         run_log.info("finished: %s (return code %s)", result.kind, result.return_code)
     return outcome
 
