@@ -1,7 +1,8 @@
 """The whole pipeline against the sandbox alone: latency with its breakdown, a burst from 4 teams, CPU per run by
 process, and 50 polling browsers, side by side in one run.
 
-Run as root: `./dev bench pipeline [--runs 20] [--burst 500] [--browsers 50] [--base CHECKOUT:PREFIX] [--quick]`.
+Run as root: `./dev bench pipeline [--runs 20] [--burst 500] [--browsers 50] [--gap 1] [--base CHECKOUT:PREFIX]
+[--quick]`.
 Systems, all started at once so the sequential runs interleave (a noisy machine hits each alike):
 - sandbox alone: POST /function/run-python with the script's content until its result callback arrives.
 - pipeline on SQLite and on MariaDB (the test harness starts MariaDB): a SeaTable stand-in (task/file and the
@@ -337,6 +338,8 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=500, help="runs in each burst")
     parser.add_argument("--browsers", type=int, default=50, help="polling browsers in the extra burst (0: none)")
     parser.add_argument("--browser-interval", type=float, default=1.0, help="seconds between one browser's GETs")
+    parser.add_argument("--gap", type=float, default=1.0,
+                        help="seconds between sequential runs: the last run's runner removed and replaced meanwhile")
     parser.add_argument("--browsers-on", nargs="+", default=["MariaDB"], choices=["SQLite", "MariaDB"],
                         help="the pipelines that get the extra burst with browsers")
     parser.add_argument("--base", default="", help="CHECKOUT:PREFIX of the commit to compare with")
@@ -378,7 +381,7 @@ def measure(systems: list[Any], args: argparse.Namespace, mariadb: MariaDBServer
     ids: dict[str, list[int]] = {s.name: [] for s in systems}
     for i in range(args.runs + 3):
         for system in systems:
-            time.sleep(0.3)  # the previous run's result delivered, its runner replaced: a lone click
+            time.sleep(args.gap)  # the previous run's runner removed and replaced: a lone click on a quiet host
             elapsed, script_id = system.one()
             if i >= 3:  # warm-up: connections, caches, the first pool refill
                 latency[system.name].append(elapsed * 1000)
@@ -403,10 +406,12 @@ def render(results: dict[str, Any], args: argparse.Namespace, load: tuple[float,
     alone = median(latency["sandbox alone"])
     lines = [f"{machine()}; load average before the run {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.",
              f"Command: `./dev bench pipeline --runs {args.runs} --burst {args.burst} --browsers {args.browsers} "
-             f"--browser-interval {args.browser_interval:g} --browsers-on {' '.join(args.browsers_on)}"
+             f"--browser-interval {args.browser_interval:g} --browsers-on {' '.join(args.browsers_on)} "
+             f"--gap {args.gap:g}"
              + (f" --base {args.base}" if args.base else "") + "`. Script `print('hi')`; every sandbox with 10 "
              "slots, warm pool 2, network `seatable`.", "",
-             "Sequential, one run at a time (POST until finished, polled every 5 ms), interleaved across systems:", "",
+             "Sequential, one run at a time (POST until finished, polled every 5 ms), interleaved across systems, "
+             f"{args.gap:g} s apart:", "",
              "| system | p50 ms | p90 ms | p50 minus sandbox alone p50 |", "|---|---:|---:|---:|"]
     for name, values in latency.items():
         lines.append(f"| {name} | {median(values):.0f} | {percentile(values, 90):.0f} | "

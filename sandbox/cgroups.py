@@ -28,13 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sandbox.runner_monitor import WRAPPER_DIR, install_script
+
 log = logging.getLogger(__name__)
 
 ROOT = Path("/sys/fs/cgroup")
 REQUIRED = ("memory", "pids")
 OPTIONAL = ("cpu",)
 CPU_PERIOD_US = 100_000
-WRAPPER_DIR = Path("/usr/local/libexec/seatable-sandbox")
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
 # In the OCI config of every runner that must run inside its own cgroups (see runtime_wrapper).
 RUN_CGROUPS_ANNOTATION = "org.seatable.run-cgroups"
@@ -356,12 +357,4 @@ def delegate_subtree(uid: int, gid: int) -> list[str]:
 
 def install_wrapper(user: str, uid: int, runc: str) -> Path:
     """The runtime wrapper, root-owned, for containers.conf's [engine.runtimes]."""
-    path = wrapper_path(user)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    text = runtime_wrapper(uid, runc)
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        tmp.replace(path)
-    return path
+    return install_script(wrapper_path(user), runtime_wrapper(uid, runc))

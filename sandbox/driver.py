@@ -29,6 +29,7 @@ from sandbox.network import CLOSED, OpenNetwork
 from sandbox.outcome import READY, ControlStream, Evidence, Outcome, decide
 from sandbox.output import OutputCap
 from sandbox.podman_api import STDERR, AttachStream, PodmanAPI, PodmanError, unreachable
+from sandbox.runner_monitor import CLEANUP_ANNOTATION
 from sandbox.runner_options import RunnerOptions
 
 log = logging.getLogger(__name__)
@@ -237,8 +238,10 @@ class ContainerDriver:
             # One fixed mapping for all runners (one copy of the image), a uid of its own in it.
             spec["userns"] = {"nsmode": "private"}
             spec["idmappings"] = self.identities.mapping.spec()
+        # Removed by the sandbox itself: its monitor starts no cleanup process when it ends (runner_monitor).
+        spec["annotations"] = {CLEANUP_ANNOTATION: "sandbox"}
         if self.cgroups is not None:  # the runtime wrapper refuses to start it outside its own cgroups
-            spec["annotations"] = {RUN_CGROUPS_ANNOTATION: "required"}
+            spec["annotations"][RUN_CGROUPS_ANNOTATION] = "required"
         unified = self.limits.unified(self.enforcement)
         if unified:
             spec["unified"] = unified

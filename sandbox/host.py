@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sandbox import cgroups, userfiles
+from sandbox import cgroups, runner_monitor, userfiles
 from sandbox.errors import SetupError
 from sandbox.limits import OOM_SCORE_SERVICES
 
@@ -176,8 +176,10 @@ class ConfigChange:
     engine: bool  # containers.conf changed: a running Podman service must be restarted
 
 
-def write_podman_config(user: SandboxUser, runtime: str, runtime_path: Path | None = None) -> ConfigChange:
-    """Write containers.conf and storage.conf; `runtime_path` replaces the runtime's binary (the wrapper)."""
+def write_podman_config(user: SandboxUser, runtime: str, runtime_path: Path | None = None,
+                        monitor_path: Path | None = None) -> ConfigChange:
+    """Write containers.conf and storage.conf; `runtime_path` replaces the runtime's binary (the wrapper),
+    `monitor_path` conmon's (runner_monitor)."""
     cgroup_manager = "systemd" if has_systemd() else "cgroupfs"
     containers_conf = (
         "# Written by seatable-sandbox host-setup.\n"
@@ -189,6 +191,8 @@ def write_podman_config(user: SandboxUser, runtime: str, runtime_path: Path | No
         f'events_logger = "{"journald" if has_systemd() else "file"}"\n'
         "service_timeout = 0\n"
     )
+    if monitor_path is not None:
+        containers_conf += f'conmon_path = ["{monitor_path}"]\n'
     if runtime_path is not None:
         # Same name (Podman keys runtime features by it), another binary: places runners in their cgroups.
         containers_conf += f'[engine.runtimes]\n{runtime} = ["{runtime_path}"]\n'
@@ -416,7 +420,9 @@ def setup_host(name: str = DEFAULT_USER, cgroups_only: bool = False) -> HostRepo
     wrapper = None
     if runtime == "runc" and set(cgroups.REQUIRED) <= set(delegated):
         wrapper = cgroups.install_wrapper(user.name, user.uid, str(shutil.which("runc")))
-    changed = write_podman_config(user, runtime, wrapper)
+    conmon = shutil.which("conmon")  # else Podman's own search, and runners keep the exit command
+    monitor = runner_monitor.install_wrapper(user.name, conmon) if conmon else None
+    changed = write_podman_config(user, runtime, wrapper, monitor)
     reset_storage_if_needed(user, changed.storage)
     if changed.engine and socket_alive(user):
         restart_api_service(user)

@@ -22,6 +22,8 @@ from podman import PodmanClient
 from podman.errors import APIError, NotFound
 
 API_PREFIX = "/v4.0.0/libpod"
+STOPPED = ("stopped", "exited")  # its processes gone; "exited" once Podman also cleaned it up
+WAIT_FIRST, WAIT_MAX = 0.005, 0.1  # seconds between looks at a container's state while waiting for its end
 STDOUT, STDERR = 1, 2
 
 
@@ -162,12 +164,17 @@ class PodmanAPI:
             raise PodmanError(f"start failed ({response.status_code}): {_json(response).get('message', '')}")
 
     def wait(self, container: str) -> int:
-        response = self.client.api.post(
-            f"/containers/{quote(container)}/wait", params={"condition": "exited", "interval": "5ms"}
-        )
-        if response.status_code != 200:
-            raise PodmanError(f"wait failed ({response.status_code})")
-        return int(response.text.strip())
+        """The container's exit code, once its processes are gone.
+
+        Read from its state, not from Podman's wait endpoint: a runner's monitor starts no cleanup process
+        (runner_monitor), and that endpoint holds a stopped container's answer for 20 s waiting for one."""
+        pause = WAIT_FIRST
+        while True:
+            state = self.inspect(container).get("State") or {}
+            if state.get("Status") in STOPPED:
+                return int(state.get("ExitCode", -1))
+            time.sleep(pause)
+            pause = min(pause * 2, WAIT_MAX)
 
     def logs(self, container: str) -> Iterator[tuple[int, bytes]]:
         """The container's whole output so far from its log file, as (stream, payload) frames
