@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,9 @@ def test_a_runner_ends_removed_by_the_sandbox_with_its_exit_code(driver: Contain
         result = driver.run(Job(1, "print('bye'); raise SystemExit(3)", "", {}), 30, lambda _c: None,
                             lambda _started: None, runner=runner)
         assert (result.return_code, result.output) == (3, "bye\n"), result
-        assert podman.inspect(runner.container)["State"]["ExitCode"] == 3  # from conmon's exit file
+        assert podman.wait(runner.container) == 3  # from conmon's exit file
+        time.sleep(0.5)
+        assert podman.inspect(runner.container)["State"]["Status"] == "stopped"  # no cleanup process ran
     finally:
         assert driver.cleanup(runner.container)
     assert runner.container not in {c["Id"] for c in podman.labelled(f"{LABEL}={driver.node}")}

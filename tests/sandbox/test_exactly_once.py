@@ -393,7 +393,8 @@ def test_a_finished_runner_is_removed_once_its_result_is_taken(sandbox_factory: 
     assert sandbox.run(251, "print('held')").status_code == 202
     assert arrived.wait(timeout=60)  # the result is on its way and not yet taken
     time.sleep(0.5)
-    assert [c["State"] for c in runners(251)] == ["exited"]
+    # Ended and still there; "stopped", not "exited": no cleanup process ran, its removal cleans up (runner_monitor).
+    assert [c["State"] for c in runners(251)] == ["stopped"]
     taken.set()
     assert receiver.result(251)["output"] == "held\n"
     eventually(lambda: not runners(251), what="the runner removed after its result was taken")
