@@ -35,6 +35,7 @@ SCRIPT_FETCH_TIMEOUT = 60
 # the scheduler and the runner are spared a request and a commit while the run is at its shortest.
 RUNNING_CALLBACK_DELAY = 0.2
 REMOVAL_WAITS_FOR_RESULT = 5.0  # at most, seconds a finished runner waits for its result to be taken before removal
+REASON_MAX, REASON_HEAD = 400, 80  # characters of a sandbox failure shown in the run's output, of them from its start
 
 
 class Busy(Exception):
@@ -284,5 +285,7 @@ def _input_text(context_data: Any) -> str:
 
 
 def _reason(exc: Exception) -> str:
+    """The failure's first line, at most REASON_MAX characters: Podman's and runc's causes come last, after
+    long prefixes (the container's id, "runc create failed: ..."), so a longer line keeps its end."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]
+    return text if len(text) <= REASON_MAX else text[:REASON_HEAD] + " … " + text[-(REASON_MAX - REASON_HEAD - 3):]

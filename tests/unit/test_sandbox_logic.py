@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from sandbox import runs
 from sandbox.config import SandboxConfig, parse_size
 from sandbox.limits import Enforcement, RunnerLimits, detect, human_size
 from sandbox.output import OutputCap
+from sandbox.podman_api import PodmanError
 from sandbox.runs import RunService
 from sandbox.seccomp_profile import DENIED, PODMAN_DEFAULT, tighten
 
@@ -140,3 +142,14 @@ def test_a_result_queued_without_its_own_fsync_is_synced_and_read_back(tmp_path:
     store.sync()
     store.close()
     again.close()
+
+
+def test_a_long_sandbox_failure_keeps_the_cause_at_its_end() -> None:
+    """Podman's message puts the cause (runc's error) after the container's id and the runtime's prefixes."""
+    prefix = "attach refused: HTTP/1.1 409 Conflict: preparing container " + "ab" * 32 + " for attach: runc: "
+    cause = "error during container init: error setting rlimits for ready process: operation not permitted"
+    reason = runs._reason(PodmanError(prefix + "runc create failed: unable to start container process: " * 4 + cause))
+    assert reason.startswith("attach refused: HTTP/1.1 409 Conflict") and reason.endswith(cause)
+    assert len(reason) == runs.REASON_MAX
+    assert runs._reason(PodmanError("short")) == "short"
+    assert runs._reason(RuntimeError("first line\nsecond")) == "first line"
