@@ -70,19 +70,22 @@ def build_image(podman: Podman, name: str, containerfile: str, base: str, contex
         argv += ["--build-arg", "PIP_ARGS=--no-index --find-links /wheels", "-v", f"{wheels}:/wheels:ro",
                  "--network", "none"]
     podman.run(*argv, str(context), timeout=900)
-    prune(podman, tag)
+    prune(podman, tag, name)
     return tag
 
 
-def prune(podman: Podman, keep: str) -> None:
-    """Remove this test's older builds of the same image (every source change makes a new tag) and the
-    untagged leftovers of its builds; only images carrying this test's label are ever touched."""
+def prune(podman: Podman, keep: str, name: str) -> None:
+    """Remove this test's older builds of the same image (every source change makes a new tag) and their older
+    untagged build stages. The newest build stage stays, and with it the layers under it: the next build after a
+    change to the code reuses its dependency layer. Only images carrying this test's label are ever touched."""
     repository = keep.rsplit(":", 1)[0]
     listed = podman.run("images", "--filter", f"label={LABEL}", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}",
                         check=False).stdout.split("\n")
-    stale = [line.split()[1] for line in listed if line.strip()
-             and ((line.startswith(repository + ":") and not line.startswith(keep + " "))
-                  or line.startswith("<none>:<none>"))]
+    stale = [line.split()[1] for line in listed
+             if line.startswith(repository + ":") and not line.startswith(keep + " ")]
+    stages = podman.run("images", "--filter", "dangling=true", "--filter", f"label={LABEL}={name}",
+                        "--format", "{{.CreatedAt}}|{{.ID}}", check=False).stdout.split("\n")
+    stale += [line.rsplit("|", 1)[1] for line in sorted(x for x in stages if "|" in x)[:-1]]  # all but the newest
     if stale:
         podman.run("rmi", *stale, check=False)  # an image still used by a container stays; fine
 

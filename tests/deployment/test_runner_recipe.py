@@ -59,7 +59,7 @@ def registry_image(cli: Podman) -> str:
                    "--build-arg", f"BASE_IMAGE={base}", "--build-arg", "PIP_ARGS=--no-index --find-links /wheels",
                    "-v", f"{wheels}:/wheels:ro", "--label", f"{LABEL}=runner-registry", "-t", tag, str(context),
                    timeout=1800)
-        prune(podman, tag)
+        prune(podman, tag, "runner-registry")
     return tag
 
 
