@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.runner_monitor import WRAPPER_DIR, install_script
+from sandbox.userfiles import install_script
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ ROOT = Path("/sys/fs/cgroup")
 REQUIRED = ("memory", "pids")
 OPTIONAL = ("cpu",)
 CPU_PERIOD_US = 100_000
+WRAPPER_DIR = Path("/usr/local/libexec/seatable-sandbox")
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
 # In the OCI config of every runner that must run inside its own cgroups (see runtime_wrapper).
 RUN_CGROUPS_ANNOTATION = "org.seatable.run-cgroups"

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sandbox.cgroups import WRAPPER_DIR
+from sandbox.userfiles import install_script
+
 CLEANUP_ANNOTATION = "org.seatable.cleanup"  # "sandbox": the sandbox removes this container itself
-WRAPPER_DIR = Path("/usr/local/libexec/seatable-sandbox")
 
 
 def wrapper_path(user: str) -> Path:
@@ -51,17 +53,6 @@ if [ -n "$bundle" ] && grep -qF '"{CLEANUP_ANNOTATION}":"sandbox"' "$bundle/conf
 fi
 exec {conmon} "$@"
 """
-
-
-def install_script(path: Path, text: str) -> Path:
-    """A root-owned executable at `path` with `text`, replaced atomically when it differs."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        tmp.replace(path)
-    return path
 
 
 def install_wrapper(user: str, conmon: str) -> Path:

@@ -161,6 +161,15 @@ def replace_file(directory: int, name: str, text: str, mode: int, owner: tuple[i
         raise SetupError(f"cannot replace {name}: {exc.strerror}") from None
 
 
+def install_script(path: Path, text: str) -> Path:
+    """A root-owned executable (0755) at `path` (host-setup's wrappers), replaced only when its text differs."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    with opened(os.open(path.parent, _DIR_FLAGS)) as directory:
+        if read_regular(directory, path.name, 0) != text:
+            replace_file(directory, path.name, text, 0o755, None)
+    return path
+
+
 def open_log(directory: int, name: str, uid: int, gid: int) -> int:
     """A descriptor appending to the user's log `name` (0600); anything but its own plain file is replaced first."""
     with contextlib.suppress(FileNotFoundError), opened(os.open(name, _PATH_FLAGS, dir_fd=directory)) as handle:

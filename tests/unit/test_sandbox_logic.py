@@ -14,6 +14,7 @@ from sandbox.output import OutputCap
 from sandbox.podman_api import PodmanError
 from sandbox.runs import RunService
 from sandbox.seccomp_profile import DENIED, PODMAN_DEFAULT, tighten
+from sandbox.userfiles import install_script
 
 
 def test_output_cap_keeps_exactly_the_limit_in_characters() -> None:
@@ -153,3 +154,20 @@ def test_a_long_sandbox_failure_keeps_the_cause_at_its_end() -> None:
     assert len(reason) == runs.REASON_MAX
     assert runs._reason(PodmanError("short")) == "short"
     assert runs._reason(RuntimeError("first line\nsecond")) == "first line"
+
+
+def test_a_wrapper_is_written_once_and_replaces_what_is_planted_at_its_name(tmp_path: Path) -> None:
+    """host-setup's wrappers (runtime, monitor): rewritten only when their text changes, never through a link."""
+    path = tmp_path / "libexec" / "conmon-user"
+    assert install_script(path, "#!/bin/sh\nexec conmon \"$@\"\n") == path
+    assert path.stat().st_mode & 0o777 == 0o755 and path.read_text() == "#!/bin/sh\nexec conmon \"$@\"\n"
+    inode = path.stat().st_ino
+    install_script(path, "#!/bin/sh\nexec conmon \"$@\"\n")
+    assert path.stat().st_ino == inode  # the same text: left alone
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("not a wrapper")
+    path.unlink()
+    path.symlink_to(elsewhere)
+    install_script(path, "#!/bin/sh\nexec other \"$@\"\n")
+    assert not path.is_symlink() and path.read_text() == "#!/bin/sh\nexec other \"$@\"\n"
+    assert elsewhere.read_text() == "not a wrapper"
