@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import cgroups
+from sandbox import cgroups, runner_monitor
 from sandbox.host import CONFIG_DIR, SERVICE_LOG, SandboxUser, lookup_user
 from sandbox.systemd import UNIT, USER_UNIT_DIR
 from tests.support.podman import VENV_BIN
@@ -76,6 +76,7 @@ def throwaway_user() -> Iterator[SandboxUser]:
             if subtree.is_dir():
                 subtree.rmdir()
         cgroups.wrapper_path(user.name).unlink(missing_ok=True)
+        runner_monitor.wrapper_path(user.name).unlink(missing_ok=True)
         shutil.rmtree(f"/etc/systemd/system/user@{user.uid}.service.d", ignore_errors=True)
         shutil.rmtree(user.runtime_dir, ignore_errors=True)
         subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
