@@ -15,7 +15,7 @@ import ctypes
 import os
 import struct
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,7 @@ def _comp(value: int) -> int:
     return (value & 0x1FFF) << (3 * (value >> 13))
 
 
-def _subuid_range(user: str) -> range:
+def subuid_range(user: str) -> range:
     for line in Path("/etc/subuid").read_text().splitlines():
         name, _, rest = line.partition(":")
         if name == user:
@@ -39,13 +39,61 @@ def _subuid_range(user: str) -> range:
     return range(0)
 
 
+@dataclass(frozen=True)
+class Exited:
+    """One process accounting record: who ran it, its command name (16 bytes), its CPU and wall seconds."""
+
+    uid: int
+    pid: int
+    ppid: int
+    comm: str
+    cpu: float
+    elapsed: float
+
+
+def exited_processes(path: Path) -> Iterator[Exited]:
+    """The records (acct v3) the kernel wrote to `path` while accounting was on."""
+    data = path.read_bytes()
+    for offset in range(0, len(data) - ACCT_RECORD + 1, ACCT_RECORD):
+        record = data[offset:offset + ACCT_RECORD]
+        if record[1] != 3:
+            continue
+        uid, _gid, pid, ppid = struct.unpack_from("<IIII", record, 8)
+        (elapsed,) = struct.unpack_from("<f", record, 28)
+        utime, stime = struct.unpack_from("<HH", record, 32)
+        comm = record[48:64].split(b"\0", 1)[0].decode(errors="replace")
+        yield Exited(uid, pid, ppid, comm, (_comp(utime) + _comp(stime)) / AHZ, elapsed / AHZ)
+
+
+class Accounting:
+    """Process accounting on for a `with` block, into a temporary file; `records` afterwards."""
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        handle, path = tempfile.mkstemp(prefix="bench-acct-")
+        os.close(handle)
+        self.path = Path(path)
+        self.records: list[Exited] = []
+
+    def __enter__(self) -> Accounting:
+        if self._libc.acct(str(self.path).encode()) != 0:
+            self.path.unlink()
+            raise OSError(ctypes.get_errno(), "acct(): process accounting needs root and a kernel with it")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._libc.acct(None)
+        self.records = list(exited_processes(self.path))
+        self.path.unlink()
+
+
 def busy_seconds() -> float:
     """The whole machine's busy CPU time (all cores, all but idle and iowait)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     return sum(int(x) for i, x in enumerate(fields) if i not in (3, 4)) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_seconds(proc: psutil.Process) -> float:
+def own_seconds(proc: psutil.Process) -> float:
     try:
         times = proc.cpu_times()
     except psutil.Error:
@@ -61,8 +109,7 @@ class CpuSplit:
     sandbox_uid: int
     groups: dict[str, Callable[[], list[int]]]
     seconds: dict[str, float] = field(default_factory=dict)
-    _acct: Path | None = None
-    _libc: ctypes.CDLL | None = None
+    _accounting: Accounting | None = None
     _procs: dict[int, tuple[str, psutil.Process, float]] = field(default_factory=dict)
     _busy: float = 0.0
 
@@ -79,14 +126,12 @@ class CpuSplit:
         return found
 
     def start(self) -> None:
-        handle, path = tempfile.mkstemp(prefix="bench-acct-")
-        os.close(handle)
-        self._acct = Path(path)
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        if self._libc.acct(str(self._acct).encode()) != 0:
-            self._acct.unlink()
-            self._acct = None  # no process accounting here (not root, or not in the kernel): long-lived only
-        self._procs = {pid: (name, proc, _own_seconds(proc)) for pid, (name, proc) in self._watch().items()}
+        self._accounting = Accounting()
+        try:
+            self._accounting.__enter__()
+        except OSError:
+            self._accounting = None  # no process accounting here (not root, or not in the kernel): long-lived only
+        self._procs = {pid: (name, proc, own_seconds(proc)) for pid, (name, proc) in self._watch().items()}
         self._busy = busy_seconds()
 
     def stop(self) -> dict[str, float]:
@@ -94,39 +139,29 @@ class CpuSplit:
         seconds: dict[str, float] = {}
         for name, proc, before in self._procs.values():
             if proc.is_running():
-                seconds[name] = seconds.get(name, 0.0) + _own_seconds(proc) - before
+                seconds[name] = seconds.get(name, 0.0) + own_seconds(proc) - before
         for pid, (name, proc) in self._watch().items():  # started during the phase (a gunicorn worker...)
             if pid not in self._procs:
-                seconds[name] = seconds.get(name, 0.0) + _own_seconds(proc)
-        if self._acct is not None and self._libc is not None:
-            self._libc.acct(None)
-            for name, value in self._exited().items():
+                seconds[name] = seconds.get(name, 0.0) + own_seconds(proc)
+        if self._accounting is not None:
+            self._accounting.__exit__()
+            for name, value in self._exited(self._accounting.records).items():
                 seconds[name] = seconds.get(name, 0.0) + value
-            self._acct.unlink()
         seconds["not ours (other sessions, kernel threads, exits we cannot place)"] = busy - sum(seconds.values())
         seconds["whole machine"] = busy
         self.seconds = seconds
         return seconds
 
-    def _exited(self) -> dict[str, float]:
-        assert self._acct is not None
-        runners = _subuid_range(self.sandbox_user)
+    def _exited(self, records: list[Exited]) -> dict[str, float]:
+        runners = subuid_range(self.sandbox_user)
         watched = set(self._procs)
-        data = self._acct.read_bytes()
         out: dict[str, float] = {}
-        for offset in range(0, len(data) - ACCT_RECORD + 1, ACCT_RECORD):
-            record = data[offset:offset + ACCT_RECORD]
-            if record[1] != 3:
-                continue
-            uid, _gid, pid, _ppid = struct.unpack_from("<IIII", record, 8)
-            utime, stime = struct.unpack_from("<HH", record, 32)
-            comm = record[48:64].split(b"\0", 1)[0].decode(errors="replace")
-            if pid in watched:
+        for record in records:
+            if record.pid in watched:
                 continue  # counted from its own counters
-            cpu = (_comp(utime) + _comp(stime)) / AHZ
-            name = self._classify(uid, comm, runners)
+            name = self._classify(record.uid, record.comm, runners)
             if name:
-                out[name] = out.get(name, 0.0) + cpu
+                out[name] = out.get(name, 0.0) + record.cpu
         return out
 
     def _classify(self, uid: int, comm: str, runners: range) -> str:

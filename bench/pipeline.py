@@ -27,7 +27,6 @@ import contextlib
 import datetime
 import multiprocessing
 import os
-import random
 import shutil
 import sqlite3
 import threading
@@ -39,6 +38,7 @@ from typing import Any
 
 import requests
 
+from bench.browsers import in_process as browsers_process
 from bench.cpu_split import CpuSplit, podman_service_pids
 from bench.report import machine, median, percentile, update_section
 from sandbox.host import configured_user, lookup_user
@@ -55,6 +55,8 @@ SANDBOX_ENV = {
     "PYTHON_RUNNER_NETWORK": "seatable",
     "PYTHON_SANDBOX_LOG_LEVEL": "warning",
 }
+BENCH_CLIENT = "bench client, SeaTable stand-in, stand-in scheduler"
+BROWSERS = "polling browsers (the bench's stand-ins for users' machines)"
 STAGES = ("POST answered", "accepted → handed off", "handed off → runner started", "runner started → ended",
           "runner ended → visible to GET")
 
@@ -79,34 +81,6 @@ class Burst:
     @property
     def rate(self) -> float:
         return self.runs / self.wall
-
-
-def browse(url: str, headers: dict[str, str], bases: list[str], first: int, n: int, browsers: int,
-           interval: float, stop: Any, results: Any) -> None:
-    """`browsers` threads in a process of their own, each asking for a run of the burst every `interval` s, as
-    SeaTable's page does for a user waiting on a script; the GET latencies go back through `results`."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def browser() -> None:
-        session = requests.Session()
-        stop.wait(random.uniform(0, interval))
-        while not stop.is_set():
-            script_id = random.randrange(first, first + n)
-            t0 = time.perf_counter()
-            with contextlib.suppress(requests.RequestException):
-                session.get(f"{url}/run-script/{script_id}/", headers=headers, timeout=30,
-                            params={"dtable_uuid": random.choice(bases), "script_name": "hi.py"})
-            with lock:
-                latencies.append((time.perf_counter() - t0) * 1000)
-            stop.wait(interval)
-
-    threads = [threading.Thread(target=browser, daemon=True) for _ in range(browsers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    results.put(latencies)
 
 
 class SandboxAlone:
@@ -280,12 +254,14 @@ class PipelineSystem:
                     ids.append((script_id, team))
 
         context = multiprocessing.get_context("spawn")
-        stop, results = context.Event(), context.Queue()
+        stop, ready, results = context.Event(), context.Event(), context.Queue()
         first_id = self._query("SELECT MAX(id) FROM script_log")[0][0] + 1  # the bench alone writes runs here
-        watchers = [context.Process(target=browse, args=(self.url, self.headers, self.bases, first_id, n, browsers,
-                                                         interval, stop, results), daemon=True)] if browsers else []
+        args = (self.url, self.headers, self.bases, first_id, n, browsers, interval, stop, results, ready)
+        watchers = [context.Process(target=browsers_process, args=args, daemon=True)] if browsers else []
         for process in watchers:
             process.start()
+            assert ready.wait(60), "the polling browsers did not start"
+        cpu.groups = {BROWSERS: lambda: [p.pid for p in watchers if p.pid], **cpu.groups}
         cpu.start()
         first = time.time()
         clients = [threading.Thread(target=team_client, args=(t,)) for t in range(TEAMS)]
@@ -324,11 +300,11 @@ class PipelineSystem:
 
 def cpu_meter(system: Any, mariadb: MariaDBServer | None) -> CpuSplit:
     user = lookup_user(configured_user())
-    groups = {**system.cpu_groups(),
-              "Podman API service": lambda: podman_service_pids(user.uid),
-              "bench client, SeaTable stand-in, stand-in scheduler": lambda: [os.getpid()]}
+    groups = {**system.cpu_groups(), "Podman API service": lambda: podman_service_pids(user.uid)}
     if mariadb is not None and isinstance(system, PipelineSystem) and system.db is not None:
         groups["MariaDB"] = lambda: [mariadb.process.pid]
+    # Last: a process belongs to the first group that names it, and MariaDB and the browsers are this one's children.
+    groups[BENCH_CLIENT] = lambda: [os.getpid()]
     return CpuSplit(user.name, user.uid, groups)
 
 
@@ -355,7 +331,7 @@ def main() -> int:
     load = os.getloadavg()
     try:
         systems.append(SandboxAlone(work))
-        code = [("", REPO, None)]
+        code: list[tuple[str, Path, Path | None]] = [("", REPO, None)]
         if args.base:
             checkout, _, prefix = args.base.partition(":")
             code.append((" (base)", Path(checkout).resolve(), Path(prefix) / "venv" / "bin"))
@@ -433,7 +409,7 @@ def render(results: dict[str, Any], args: argparse.Namespace, load: tuple[float,
         lines.append(f"| {name} | {b.rate:.2f} | {b.rate / alone_rate:.0%} | {median(b.to_result_ms):.0f} | "
                      f"{percentile(b.to_result_ms, 99):.0f} | {max(b.to_result_ms):.0f} | {gets} |")
     groups = sorted({g for b in bursts.values() for g in b.cpu}, key=lambda g: (g == "whole machine", "not ours" in g))
-    cols = [n for n in bursts if "browsers" not in n]
+    cols = list(bursts)
     lines += ["", "CPU per run during the burst, ms (process accounting and the services' counters):", "",
               "| process | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for group in groups:
