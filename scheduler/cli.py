@@ -80,6 +80,10 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     if args.migrate:
         migrate(args, config)
     metrics_dir.prepare_multiprocess_dir()
+    # The app's modules once, here in the master (after the metrics directory: prometheus_client picks its value
+    # class at import): every worker forks with them loaded and only builds its own app, connections and metrics.
+    import scheduler.app  # noqa: F401
+
     SchedulerServer(config, overrides).run()
     return 0
 
