@@ -38,7 +38,7 @@ class _Scheduler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def scheduler() -> Iterator[str]:
+def stand_in_api() -> Iterator[str]:
     _Scheduler.seen = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Scheduler)
     server.daemon_threads = True
@@ -55,9 +55,9 @@ def run_for(url: str, seconds: float, browsers: int, interval: float) -> list[fl
     return poll(url, "Token t", ["base-a", "base-b"], 100, 10, browsers, interval, stop)
 
 
-def test_each_browser_polls_at_its_interval_over_one_connection(scheduler: str) -> None:
+def test_each_browser_polls_at_its_interval_over_one_connection(stand_in_api: str) -> None:
     started = time.monotonic()
-    latencies = run_for(scheduler, 1.0, browsers=5, interval=0.2)
+    latencies = run_for(stand_in_api, 1.0, browsers=5, interval=0.2)
     elapsed = time.monotonic() - started
     # Each browser: a first GET within one interval, then one per interval (plus its answer's time).
     assert 5 * (elapsed / 0.2 - 2) <= len(latencies) <= 5 * (elapsed / 0.2 + 1), (len(latencies), elapsed)
@@ -72,10 +72,10 @@ def test_each_browser_polls_at_its_interval_over_one_connection(scheduler: str) 
     assert len({port for *_, port in _Scheduler.seen}) == 5  # keep-alive: one connection per browser
 
 
-def test_a_connection_the_server_closes_is_opened_again(scheduler: str) -> None:
+def test_a_connection_the_server_closes_is_opened_again(stand_in_api: str) -> None:
     _Scheduler.close_every = 3
     try:
-        latencies = run_for(scheduler, 1.0, browsers=2, interval=0.1)
+        latencies = run_for(stand_in_api, 1.0, browsers=2, interval=0.1)
     finally:
         _Scheduler.close_every = 0
     assert len(latencies) == len(_Scheduler.seen) >= 10
