@@ -2,7 +2,7 @@
 
 SeaTable's page asks for a run's state about once a second while a user waits on it. The browsers that do so
 run on the users' machines, not on the pipeline's host; the bench has to simulate them on that host, so their
-own CPU is kept as small as a client can make it (a prepared request, raw sockets, one selector loop) and what
+own CPU is kept as small as a client can make it (requests written by hand, raw sockets, one selector loop) and what
 is left of their load is the scheduler API's. A thread per browser with `requests` cost more CPU per GET than
 the scheduler's answer did, and counted against the runs.
 """
@@ -28,17 +28,18 @@ class Browser:
     buffer: bytearray = field(default_factory=bytearray)
 
 
-def _complete(buffer: bytearray) -> bool:
-    """A whole response (the scheduler always sends Content-Length) is in `buffer`."""
+def _complete(buffer: bytearray) -> tuple[bool, bool]:
+    """Whether a whole response (the scheduler always sends Content-Length) is in `buffer`, and whether the server
+    closes the connection after it."""
     head_end = buffer.find(b"\r\n\r\n")
     if head_end < 0:
-        return False
-    length = 0
+        return False, False
+    headers = {}
     for line in bytes(buffer[:head_end]).split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    return len(buffer) >= head_end + 4 + length
+        headers[name.strip().lower()] = value.strip().lower()
+    length = int(headers.get(b"content-length", b"0"))
+    return len(buffer) >= head_end + 4 + length, headers.get(b"connection") == b"close"
 
 
 def poll(url: str, token_header: str, bases: list[str], first: int, n: int, browsers: int, interval: float,
@@ -88,10 +89,11 @@ def poll(url: str, token_header: str, bases: list[str], first: int, n: int, brow
                 chunk = b""
             if chunk:
                 browser.buffer += chunk
-                if not _complete(browser.buffer):
+                complete, closing = _complete(browser.buffer)
+                if not complete:
                     continue
                 latencies.append((time.perf_counter() - browser.sent) * 1000)
-                if b"connection: close" in bytes(browser.buffer[:browser.buffer.find(b"\r\n\r\n")]).lower():
+                if closing:
                     drop(browser)
             else:  # closed by the server (keep-alive timeout): a new connection at the next poll
                 drop(browser)

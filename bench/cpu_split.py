@@ -41,14 +41,12 @@ def subuid_range(user: str) -> range:
 
 @dataclass(frozen=True)
 class Exited:
-    """One process accounting record: who ran it, its command name (16 bytes), its CPU and wall seconds."""
+    """One process accounting record: who ran it, its command name (16 bytes), its CPU seconds."""
 
     uid: int
     pid: int
-    ppid: int
     comm: str
     cpu: float
-    elapsed: float
 
 
 def exited_processes(path: Path) -> Iterator[Exited]:
@@ -58,33 +56,41 @@ def exited_processes(path: Path) -> Iterator[Exited]:
         record = data[offset:offset + ACCT_RECORD]
         if record[1] != 3:
             continue
-        uid, _gid, pid, ppid = struct.unpack_from("<IIII", record, 8)
-        (elapsed,) = struct.unpack_from("<f", record, 28)
+        uid, _gid, pid = struct.unpack_from("<III", record, 8)
         utime, stime = struct.unpack_from("<HH", record, 32)
         comm = record[48:64].split(b"\0", 1)[0].decode(errors="replace")
-        yield Exited(uid, pid, ppid, comm, (_comp(utime) + _comp(stime)) / AHZ, elapsed / AHZ)
+        yield Exited(uid, pid, comm, (_comp(utime) + _comp(stime)) / AHZ)
 
 
 class Accounting:
-    """Process accounting on for a `with` block, into a temporary file; `records` afterwards."""
+    """Process accounting from `start()` (or entering a `with` block) into a temporary file; `stop()` turns it off
+    and keeps the `records`."""
 
     def __init__(self) -> None:
         self._libc = ctypes.CDLL(None, use_errno=True)
+        self.path = Path()
+        self.records: list[Exited] = []
+
+    def start(self) -> None:
         handle, path = tempfile.mkstemp(prefix="bench-acct-")
         os.close(handle)
         self.path = Path(path)
-        self.records: list[Exited] = []
-
-    def __enter__(self) -> Accounting:
         if self._libc.acct(str(self.path).encode()) != 0:
             self.path.unlink()
             raise OSError(ctypes.get_errno(), "acct(): process accounting needs root and a kernel with it")
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> list[Exited]:
         self._libc.acct(None)
         self.records = list(exited_processes(self.path))
         self.path.unlink()
+        return self.records
+
+    def __enter__(self) -> Accounting:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def busy_seconds() -> float:
@@ -128,7 +134,7 @@ class CpuSplit:
     def start(self) -> None:
         self._accounting = Accounting()
         try:
-            self._accounting.__enter__()
+            self._accounting.start()
         except OSError:
             self._accounting = None  # no process accounting here (not root, or not in the kernel): long-lived only
         self._procs = {pid: (name, proc, own_seconds(proc)) for pid, (name, proc) in self._watch().items()}
@@ -144,8 +150,7 @@ class CpuSplit:
             if pid not in self._procs:
                 seconds[name] = seconds.get(name, 0.0) + own_seconds(proc)
         if self._accounting is not None:
-            self._accounting.__exit__()
-            for name, value in self._exited(self._accounting.records).items():
+            for name, value in self._exited(self._accounting.stop()).items():
                 seconds[name] = seconds.get(name, 0.0) + value
         seconds["not ours (other sessions, kernel threads, exits we cannot place)"] = busy - sum(seconds.values())
         seconds["whole machine"] = busy

@@ -261,7 +261,7 @@ class PipelineSystem:
         for process in watchers:
             process.start()
             assert ready.wait(60), "the polling browsers did not start"
-        cpu.groups = {BROWSERS: lambda: [p.pid for p in watchers if p.pid], **cpu.groups}
+        cpu.groups = {BROWSERS: lambda: [p.pid for p in watchers if p.pid is not None], **cpu.groups}
         cpu.start()
         first = time.time()
         clients = [threading.Thread(target=team_client, args=(t,)) for t in range(TEAMS)]

@@ -84,7 +84,8 @@ def test_a_connection_the_server_closes_is_opened_again(stand_in_api: str) -> No
 
 def test_a_response_is_complete_only_with_its_whole_body() -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"
-    assert not _complete(bytearray(head[:-2]))
-    assert not _complete(bytearray(head + b"abc"))
-    assert _complete(bytearray(head + b"abcd"))
-    assert _complete(bytearray(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    assert _complete(bytearray(head[:-2])) == (False, False)
+    assert _complete(bytearray(head + b"abc")) == (False, False)
+    assert _complete(bytearray(head + b"abcd")) == (True, False)
+    assert _complete(bytearray(b"HTTP/1.1 204 No Content\r\n\r\n")) == (True, False)
+    assert _complete(bytearray(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")) == (True, True)
