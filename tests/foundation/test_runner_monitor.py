@@ -89,4 +89,3 @@ def test_a_runner_ends_removed_by_the_sandbox_with_its_exit_code(driver: Contain
         assert driver.cleanup(runner.container)
     assert runner.container not in {c["Id"] for c in podman.labelled(f"{LABEL}={driver.node}")}
     assert not (sandbox_user.runtime_dir / "libpod" / "tmp" / "exits" / runner.container).exists()
-
