@@ -99,6 +99,9 @@ class HostReport:
         return asdict(self)
 
 
+HOME_MODE = 0o711
+
+
 def lookup_user(name: str) -> SandboxUser:
     try:
         entry = pwd.getpwnam(name)
@@ -119,7 +122,9 @@ def ensure_user(name: str, comment: str = "SeaTable Python sandbox") -> SandboxU
     for kind in ("uid", "gid"):
         _ensure_subids(user.name, Path(f"/etc/sub{kind}"), kind)
     with userfiles.opened(userfiles.user_dir(user.home, Path(), user.uid, user.gid)) as home_fd:
-        os.fchmod(home_fd, 0o700)  # its Podman configuration, storage and log are nobody else's business
+        # Nobody else may list it; its files are 0600. Others may traverse it: a runner's root is a subuid, and
+        # Podman adds that search bit itself before each start, so 0700 here races with the warm pool's starts.
+        os.fchmod(home_fd, HOME_MODE)
         userfiles.make_private(home_fd, SERVICE_LOG, user.uid)
     _ensure_runtime_dir(user)
     return user
