@@ -103,6 +103,7 @@ class GaleraNode:
             "--bind-address=127.0.0.1",
             f"--pid-file={run / 'mysqld.pid'}",
             f"--log-error={self.error_log}",
+            f"--tmpdir={self.base / 'tmp'}",  # its own, as tests/support/mariadb.py's servers
             "--skip-name-resolve",
             "--max-connections=500",
             "--character-set-server=utf8mb4",
@@ -216,7 +217,7 @@ class GaleraCluster:
         try:
             for i, node_ports in enumerate(ports):
                 node = GaleraNode(f"node{i + 1}", self.base / f"node{i + 1}", node_ports, name, peers)
-                for path in (node.datadir, node.socket.parent):
+                for path in (node.datadir, node.socket.parent, node.base / "tmp"):
                     path.mkdir(parents=True)
                 self.nodes.append(node)
             self._chown_to_mysql()

@@ -119,13 +119,13 @@ def start_server(extra_args: tuple[str, ...] = (), timeout: float = 60.0) -> Mar
     # As root the server runs as mysql, which must reach the datadir: /tmp, not a private TMPDIR.
     base = Path(tempfile.mkdtemp(prefix="mariadb-", dir="/tmp" if as_root else None))
     base.chmod(0o755)
-    datadir, run = base / "data", base / "run"
-    datadir.mkdir()
-    run.mkdir()
+    datadir, run, tmp = base / "data", base / "run", base / "tmp"
+    for path in (datadir, run, tmp):
+        path.mkdir()
     user_args: list[str] = []
     if as_root:
         mysql = pwd.getpwnam("mysql")
-        for path in (datadir, run):
+        for path in (datadir, run, tmp):
             os.chown(path, mysql.pw_uid, mysql.pw_gid)
         user_args = ["--user=mysql"]
     install = subprocess.run(
@@ -154,6 +154,9 @@ def start_server(extra_args: tuple[str, ...] = (), timeout: float = 60.0) -> Mar
         "--bind-address=127.0.0.1",
         f"--pid-file={run / 'mysqld.pid'}",
         f"--log-error={error_log}",
+        # Its own temporary tables: in a shared /tmp another server's or a cleaner's hands reached them
+        # (CI: "Error on delete of '/tmp/#sql-temptable-...MAD' (Errcode: 2)").
+        f"--tmpdir={tmp}",
         "--skip-name-resolve",
         "--max-connections=1000",
         "--character-set-server=utf8mb4",
