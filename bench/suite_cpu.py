@@ -1,20 +1,25 @@
 """Where the full test suite's CPU goes: `./dev test` under process accounting, split by what ran.
 
-Run as root: `./dev bench suite_cpu [--no-write] [-- PYTEST ARGS]`. The suite runs in parallel workers on a machine
-it keeps busy, so its wall time follows its CPU: this names the processes to make cheaper or start less often.
+Run as root: `./dev bench suite_cpu [--no-write] [--by-file] [-- PYTEST ARGS]`. The suite runs in parallel workers on
+a machine it keeps busy, so its wall time follows its CPU: this names the processes to make cheaper or start less often.
 Every process that exits during the run is counted by the kernel (BSD acct v3: uid, 16-byte command name, CPU),
 runners by their uid (the sandbox user's subordinate range), whatever their pid namespace; the sandbox user's
 long-lived Podman service by its own counters; the rest of the machine's busy time is "not placed" (kernel
 threads, processes that outlive the run, other sessions). A record carries no command line, so one is sampled
 each second for every process (pytest's workers, the services): a Python process too short-lived to be seen
 counts as "other Python".
+
+`--by-file` runs the suite in one worker instead and prints the machine's busy CPU and the wall time per test file
+(`bench/per_file_cpu.py`): which files to make cheaper. It takes about twice as long and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -134,11 +139,34 @@ def render(code: int, wall: float, rows: dict[str, tuple[float, int]], podman: f
     return "\n".join(lines)
 
 
+def by_file(pytest_args: list[str], top: int = 30) -> int:
+    """The suite in one worker with bench/per_file_cpu.py: a table of the test files that cost the most CPU."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        started = time.monotonic()
+        code = subprocess.run([str(REPO / "dev"), "test", "-n", "1", "-p", "bench.per_file_cpu", *pytest_args],
+                              cwd=REPO, env={**os.environ, "SUITE_CPU_BY_FILE": out.name}, check=False).returncode
+        wall = time.monotonic() - started
+        text = Path(out.name).read_text()
+    seen: dict[str, list[float]] = json.loads(text) if text else {}
+    total = sum(cpu for cpu, _, _ in seen.values()) or 1.0
+    print(f"{machine()}; `./dev test -n 1` exited {code} after {wall:.0f} s; the machine's busy CPU while each "
+          f"file's tests ran (fixtures' set-up with the first test that asks for them)\n")
+    print("| test file | CPU s | share | wall s | tests |\n|---|---:|---:|---:|---:|")
+    for name, (cpu, spent, tests) in sorted(seen.items(), key=lambda item: -item[1][0])[:top]:
+        print(f"| {name} | {cpu:.0f} | {cpu / total:.0%} | {spent:.0f} | {tests:.0f} |")
+    print(f"| all {len(seen)} files | {total:.0f} | 100% | {sum(v[1] for v in seen.values()):.0f} | "
+          f"{sum(v[2] for v in seen.values()):.0f} |")
+    return code
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--by-file", action="store_true", help="one worker; CPU and wall time per test file")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to ./dev test")
     args = parser.parse_args()
+    if args.by_file:
+        return by_file(args.pytest_args)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                             check=False).stdout.strip() or "unknown"
     code, wall, rows, podman, busy = run_suite(args.pytest_args)
