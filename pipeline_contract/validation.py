@@ -90,7 +90,7 @@ class Message:
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        Draft202012Validator.check_schema(self.schema)
+        # Not checked against the metaschema here (30 ms at every service start): tests/unit/test_contract.py does.
         object.__setattr__(self, "validator", Draft202012Validator(self.schema))
 
     def problems(self, data: Any, limit: int = MAX_PROBLEMS) -> list[str]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +19,18 @@ RunFn = Callable[..., RunResult]
 
 
 @pytest.fixture(scope="session")
-def driver(podman: PodmanAPI, runner_image: str) -> ContainerDriver:
+def driver(podman: PodmanAPI, runner_image: str) -> Iterator[ContainerDriver]:
     # Podman (the sandbox user) reads the profile: pytest's own temp dirs are root-only.
     state = Path(tempfile.mkdtemp(prefix="seccomp-"))
     state.chmod(0o755)
     isolation = probe(podman.client.info(), owner="foundation-tests", state_dir=state)
-    return ContainerDriver(
+    yield ContainerDriver(
         api=podman, image=runner_image,
         limits=RunnerLimits(memory=512 << 20, pids=256, cpus=0, timeout=30, tmpfs_size=100 << 20),
         enforcement=isolation.enforcement, node="foundation-tests", output_limit=1_000_000,
         seccomp_profile=str(write_profile(state)), identities=isolation.identities, cgroups=isolation.cgroups,
     )
+    shutil.rmtree(state, ignore_errors=True)  # every run left one behind in /tmp
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from sandbox import limits
 from sandbox.driver import RunResult
 from sandbox.resources.run import RunPython
 from scheduler import nodes, outcomes
+from scheduler.resources import callbacks
 from scheduler.resources.callbacks import ResultCallback, RunningCallback
 from scheduler.resources.common import MAX_ID
 
@@ -27,10 +28,13 @@ SECRET = "c" * 43  # the run's callback secret, as callback_auth.issue() makes t
 
 
 def test_every_message_is_a_draft_2020_12_schema_with_a_name_of_its_own() -> None:
+    """(A Message does not check its schema when made: this is where they are checked.)"""
     assert len({m.name for m in contract.MESSAGES}) == len(contract.MESSAGES)
     for message in contract.MESSAGES:
         assert message.schema["$schema"] == DIALECT, message.name
         Draft202012Validator.check_schema(message.schema)
+        Draft202012Validator.check_schema(message.closed().schema)
+    Draft202012Validator.check_schema(callbacks._NAMES_A_RUN.schema)
 
 
 def test_the_services_validate_with_the_contracts_own_schemas() -> None:
