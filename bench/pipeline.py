@@ -77,10 +77,22 @@ class Burst:
     cpu: dict[str, float]
     browsers: int = 0
     get_ms: list[float] = field(default_factory=list)
+    rounds: list[float] = field(default_factory=list)  # runs/s of each round, when there were several
 
     @property
     def rate(self) -> float:
         return self.runs / self.wall
+
+
+def pooled(bursts: list[Burst]) -> Burst:
+    """Several rounds of one system's burst as one: all runs over all their wall time, the CPU summed."""
+    cpu: dict[str, float] = {}
+    for burst in bursts:
+        for group, seconds in burst.cpu.items():
+            cpu[group] = cpu.get(group, 0.0) + seconds
+    return Burst(sum(b.runs for b in bursts), sum(b.wall for b in bursts),
+                 [ms for b in bursts for ms in b.to_result_ms], cpu, bursts[0].browsers,
+                 [ms for b in bursts for ms in b.get_ms], [b.rate for b in bursts] if len(bursts) > 1 else [])
 
 
 class SandboxAlone:
@@ -319,6 +331,9 @@ def main() -> int:
     parser.add_argument("--browsers-on", nargs="+", default=["MariaDB"], choices=["SQLite", "MariaDB"],
                         help="the pipelines that get the extra burst with browsers")
     parser.add_argument("--base", default="", help="CHECKOUT:PREFIX of the commit to compare with")
+    parser.add_argument("--burst-rounds", type=int, default=1,
+                        help="bursts in this many rounds, every other one in reverse order (the machine's drift "
+                             "during the bursts then falls on every system alike); runs/s over all rounds")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 5 runs, bursts of 40")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
@@ -364,16 +379,19 @@ def measure(systems: list[Any], args: argparse.Namespace, mariadb: MariaDBServer
                 if script_id is not None:
                     ids[system.name].append(script_id)
     breakdown = {s.name: s.breakdown(ids[s.name]) for s in systems if isinstance(s, PipelineSystem)}
-    bursts: dict[str, Burst] = {}
-    for system in systems:
-        time.sleep(2)
-        bursts[system.name] = system.burst(args.burst, cpu_meter(system, mariadb))
+    # (name, system, browsers): every burst of a round, the browsers' after the plain ones.
+    plan = [(system.name, system, 0) for system in systems]
     if args.browsers:
-        for system in systems:
-            if isinstance(system, PipelineSystem) and system.name in (f"pipeline, {db}" for db in args.browsers_on):
-                time.sleep(2)
-                bursts[system.name + f", {args.browsers} browsers"] = system.burst(
-                    args.burst, cpu_meter(system, mariadb), args.browsers, args.browser_interval)
+        chosen = [f"pipeline, {db}" for db in args.browsers_on]
+        plan += [(system.name + f", {args.browsers} browsers", system, args.browsers) for system in systems
+                 if isinstance(system, PipelineSystem) and system.name in chosen]
+    rounds: dict[str, list[Burst]] = {name: [] for name, _, _ in plan}
+    for round_ in range(max(1, args.burst_rounds)):
+        for name, system, browsers in plan if round_ % 2 == 0 else reversed(plan):
+            time.sleep(2)
+            rounds[name].append(system.burst(args.burst, cpu_meter(system, mariadb), browsers, args.browser_interval)
+                                if browsers else system.burst(args.burst, cpu_meter(system, mariadb)))
+    bursts = {name: pooled(each) for name, each in rounds.items()}
     return {"latency": latency, "breakdown": breakdown, "bursts": bursts}
 
 
@@ -383,7 +401,7 @@ def render(results: dict[str, Any], args: argparse.Namespace, load: tuple[float,
     lines = [f"{machine()}; load average before the run {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.",
              f"Command: `./dev bench pipeline --runs {args.runs} --burst {args.burst} --browsers {args.browsers} "
              f"--browser-interval {args.browser_interval:g} --browsers-on {' '.join(args.browsers_on)} "
-             f"--gap {args.gap:g}"
+             f"--gap {args.gap:g}" + (f" --burst-rounds {args.burst_rounds}" if args.burst_rounds > 1 else "")
              + (f" --base {args.base}" if args.base else "") + "`. Script `print('hi')`; every sandbox with 10 "
              "slots, warm pool 2, network `seatable`.", "",
              "Sequential, one run at a time (POST until finished, polled every 5 ms), interleaved across systems, "
@@ -400,14 +418,19 @@ def render(results: dict[str, Any], args: argparse.Namespace, load: tuple[float,
                      + " |")
     bursts: dict[str, Burst] = results["bursts"]
     alone_rate = bursts["sandbox alone"].rate
+    rounds = max(1, args.burst_rounds)
     lines += ["", f"Burst of {args.burst} runs from {TEAMS} teams (the sandbox alone: 10 in flight, the next one "
-              "sent when a result arrives):",
-              "", "| system | runs/s | vs sandbox alone | time to result p50 ms | p99 ms | max ms | GET p50 / p99 ms |",
-              "|---|---:|---:|---:|---:|---:|---|"]
+              "sent when a result arrives)"
+              + (f", {rounds} rounds, every other one in reverse order; runs/s over all of them:" if rounds > 1
+                 else ":"),
+              "", "| system | runs/s | vs sandbox alone | time to result p50 ms | p99 ms | max ms | GET p50 / p99 ms |"
+              + (" each round, runs/s |" if rounds > 1 else ""),
+              "|---|---:|---:|---:|---:|---:|---|" + ("---|" if rounds > 1 else "")]
     for name, b in bursts.items():
         gets = f"{median(b.get_ms):.0f} / {percentile(b.get_ms, 99):.0f} ({len(b.get_ms)} GETs)" if b.get_ms else ""
         lines.append(f"| {name} | {b.rate:.2f} | {b.rate / alone_rate:.0%} | {median(b.to_result_ms):.0f} | "
-                     f"{percentile(b.to_result_ms, 99):.0f} | {max(b.to_result_ms):.0f} | {gets} |")
+                     f"{percentile(b.to_result_ms, 99):.0f} | {max(b.to_result_ms):.0f} | {gets} |"
+                     + (" " + ", ".join(f"{r:.2f}" for r in b.rounds) + " |" if rounds > 1 else ""))
     groups = sorted({g for b in bursts.values() for g in b.cpu}, key=lambda g: (g == "whole machine", "not ours" in g))
     cols = list(bursts)
     lines += ["", "CPU per run during the burst, ms (process accounting and the services' counters):", "",
