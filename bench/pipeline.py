@@ -389,8 +389,7 @@ def measure(systems: list[Any], args: argparse.Namespace, mariadb: MariaDBServer
     for round_ in range(max(1, args.burst_rounds)):
         for name, system, browsers in plan if round_ % 2 == 0 else reversed(plan):
             time.sleep(2)
-            rounds[name].append(system.burst(args.burst, cpu_meter(system, mariadb), browsers, args.browser_interval)
-                                if browsers else system.burst(args.burst, cpu_meter(system, mariadb)))
+            rounds[name].append(system.burst(args.burst, cpu_meter(system, mariadb), browsers, args.browser_interval))
     bursts = {name: pooled(each) for name, each in rounds.items()}
     return {"latency": latency, "breakdown": breakdown, "bursts": bursts}
 
