@@ -26,6 +26,7 @@ SUBID_COUNT = 65536
 SUBID_FIRST = 100000
 CONFIG_DIR = Path(".config/containers")  # below the user's home
 SERVICE_LOG = "podman-service.log"  # in the user's home: the API service's output when host-setup starts it
+HOME_MODE = 0o711  # listed by nobody else; passable, as the runners (subordinate uids) must reach their layers
 
 
 def configured_user() -> str:
@@ -99,9 +100,6 @@ class HostReport:
         return asdict(self)
 
 
-HOME_MODE = 0o711
-
-
 def lookup_user(name: str) -> SandboxUser:
     try:
         entry = pwd.getpwnam(name)
@@ -122,8 +120,7 @@ def ensure_user(name: str, comment: str = "SeaTable Python sandbox") -> SandboxU
     for kind in ("uid", "gid"):
         _ensure_subids(user.name, Path(f"/etc/sub{kind}"), kind)
     with userfiles.opened(userfiles.user_dir(user.home, Path(), user.uid, user.gid)) as home_fd:
-        # Nobody else may list it; its files are 0600. Others may traverse it: a runner's root is a subuid, and
-        # Podman adds that search bit itself before each start, so 0700 here races with the warm pool's starts.
+        # Podman adds the others' search bit itself before each runner's start: 0700 here raced with the warm pool.
         os.fchmod(home_fd, HOME_MODE)
         userfiles.make_private(home_fd, SERVICE_LOG, user.uid)
     _ensure_runtime_dir(user)
