@@ -79,6 +79,11 @@ class GaleraNode:
         return self.base / "run" / "error.log"
 
     @property
+    def tmpdir(self) -> Path:
+        """Its own temporary tables, as tests/support/mariadb.py's servers."""
+        return self.base / "tmp"
+
+    @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -103,7 +108,7 @@ class GaleraNode:
             "--bind-address=127.0.0.1",
             f"--pid-file={run / 'mysqld.pid'}",
             f"--log-error={self.error_log}",
-            f"--tmpdir={self.base / 'tmp'}",  # its own, as tests/support/mariadb.py's servers
+            f"--tmpdir={self.tmpdir}",
             "--skip-name-resolve",
             "--max-connections=500",
             "--character-set-server=utf8mb4",
@@ -217,7 +222,7 @@ class GaleraCluster:
         try:
             for i, node_ports in enumerate(ports):
                 node = GaleraNode(f"node{i + 1}", self.base / f"node{i + 1}", node_ports, name, peers)
-                for path in (node.datadir, node.socket.parent, node.base / "tmp"):
+                for path in (node.datadir, node.socket.parent, node.tmpdir):
                     path.mkdir(parents=True)
                 self.nodes.append(node)
             self._chown_to_mysql()

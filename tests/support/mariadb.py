@@ -154,7 +154,7 @@ def start_server(extra_args: tuple[str, ...] = (), timeout: float = 60.0) -> Mar
         "--bind-address=127.0.0.1",
         f"--pid-file={run / 'mysqld.pid'}",
         f"--log-error={error_log}",
-        # Its own temporary tables: in a shared /tmp another server's or a cleaner's hands reached them
+        # Its own temporary tables: one in the shared /tmp went missing under a running server
         # (CI: "Error on delete of '/tmp/#sql-temptable-...MAD' (Errcode: 2)").
         f"--tmpdir={tmp}",
         "--skip-name-resolve",
