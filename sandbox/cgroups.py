@@ -12,8 +12,10 @@ does not own.)
 The memory controller charges anonymous memory, page cache, tmpfs files (/tmp, /dev/shm) and
 shared memory (memfd, SysV, POSIX) to the cgroup of the task that touched it first, all inside
 the run; memory.memsw bounds memory plus swap. When a run needs more, the kernel's OOM killer
-acts inside the run's cgroup only, and the sandbox (notified through an eventfd) ends the whole
-run, as cgroup v2's memory.oom.group does.
+stays out (memory.oom_control's oom_kill_disable): every task of the run that asks for more waits
+at the limit, and the sandbox, notified through an eventfd, ends the whole run, as cgroup v2's
+memory.oom.group does. Were the kernel to kill one task, the memory it freed would let the run's
+other tasks grow on until the sandbox's kill came.
 """
 
 from __future__ import annotations
@@ -164,6 +166,7 @@ class RunCgroups:
             self._write(container, "memory", "memory.limit_in_bytes", memory)
             if (self.base("memory") / container / "memory.memsw.limit_in_bytes").exists():
                 self._write(container, "memory", "memory.memsw.limit_in_bytes", memory)  # no swapping past it
+            self._write(container, "memory", "memory.oom_control", 1)  # the run waits at its limit for our kill
             self._write(container, "pids", "pids.max", pids)
             if cpus > 0 and "cpu" in self.controllers():
                 self._write(container, "cpu", "cpu.cfs_period_us", CPU_PERIOD_US)

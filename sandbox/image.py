@@ -140,6 +140,11 @@ class Progress:
         if not self.quiet:
             print(f"[{self.step}/{self.total}] {text} (+{time.monotonic() - self.started:.0f}s)", flush=True)
 
+    def done(self) -> None:
+        """The end, which is not a step of its own."""
+        if not self.quiet:
+            print(f"done (+{time.monotonic() - self.started:.0f}s)", flush=True)
+
 
 class RunnerImageBuilder:
     """Builds, caches and imports the runner image into the sandbox user's Podman storage."""
@@ -178,7 +183,7 @@ class RunnerImageBuilder:
             self._map_ids(progress)
             if prune:
                 self._prune(tarball)
-            progress("done")
+            progress.done()
         return self.recipe.tag
 
     def wheelhouse(self) -> Path:

@@ -1,14 +1,18 @@
 """A memory bound per run that counts everything the run holds (issue 13, item 2).
 
 Each attack script tries to hold three times the run's limit in a way RLIMIT_AS does not see (memfd,
-SysV and POSIX shared memory, tmpfs files, many processes). The run must end as "out of memory"
-within seconds, the script must never have held more than the limit, and the memory charged to the
-run (sampled from outside, while it runs) must stay within the limit.
+SysV and POSIX shared memory, tmpfs files, many processes, one process growing into what a killed
+sibling held). The run must end as "out of memory" within seconds, the script must never have held
+more than the limit, and the memory charged to the run (sampled from outside, while it runs) must
+stay within the limit.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +22,8 @@ from typing import Any
 import pytest
 
 from sandbox import texts
-from sandbox.cgroups import subtree_name
+from sandbox.cgroups import RunCgroups, subtree_name
+from sandbox.host import SandboxUser
 from sandbox.limits import CGROUP_V1_DELEGATED, CGROUP_V2
 from sandbox.podman_api import PodmanAPI
 from tests.isolation.runners import LiveRunner, live_runners, wait_for_runners, wait_until_holding
@@ -80,8 +85,37 @@ for _ in range({CHILDREN}):
     os.wait()
 """
 
+GROW_STEP_MIB = 4
+
+
+def grows_after_a_sibling(limit_mib: int) -> str:
+    """One child holds three quarters of the limit, a second grows in small steps to three times it. Were the
+    kernel to OOM-kill one task of the run (the big one), the second would grow into what that freed until the
+    sandbox's kill came; the run must end as a whole instead (cgroup v2's memory.oom.group; on v1 the kernel
+    kills no task and the run waits at its limit for the sandbox's kill)."""
+    big = 3 * limit_mib // 4
+    return f"""\
+import os, time
+if os.fork() == 0:
+    block = b'x' * ({big} << 20)
+    print('held', {big}, flush=True)
+    time.sleep(60)
+    os._exit(0)
+time.sleep(0.5)
+if os.fork() == 0:
+    blocks = []
+    for step in range(1, (3 * {limit_mib} - {big}) // {GROW_STEP_MIB} + 1):
+        blocks.append(b'x' * ({GROW_STEP_MIB} << 20))
+        print('held', {big} + step * {GROW_STEP_MIB}, flush=True)
+    time.sleep(60)
+    os._exit(0)
+os.wait()
+os.wait()
+"""
+
+
 ATTACKS = {"memfd": MEMFD, "sysv-shm": SYSV_SHM, "posix-shm": POSIX_SHM, "tmpfs-files": TMPFS_FILES,
-           "many-children": MANY_CHILDREN}
+           "many-children": MANY_CHILDREN, "grows-after-a-sibling": grows_after_a_sibling(LIMIT_MIB)}
 
 
 @pytest.fixture
@@ -194,3 +228,33 @@ def test_runs_within_the_bound_are_untouched(bounded: SandboxProcess, receiver: 
     assert bounded.run(530, script).status_code == 202
     result = receiver.result(530)
     assert (result["success"], result["output"]) == (True, "fine 100 60\n"), result
+
+
+def test_a_run_at_its_limit_waits_as_a_whole_for_the_sandbox_kill(sandbox_account: SandboxUser) -> None:
+    """cgroup v1, at the kernel: the run's cgroup made as the sandbox makes it, a run that meets its limit, and
+    a sandbox whose kill comes a second late (a loaded host, a slow Podman). No task of the run may be killed by
+    the kernel meanwhile: the others would grow into what it held (CI saw three children hold 288 MiB of 256)."""
+    cgroups = RunCgroups(owner_uid=sandbox_account.uid)
+    if cgroups.unusable():
+        pytest.skip(f"no delegated cgroup v1 subtree here: {cgroups.unusable()}")
+    limit_mib, container = 128, secrets.token_hex(32)
+    met = threading.Event()
+    cgroups.on_oom = lambda _container: met.set()
+    cgroups.create(container, memory=limit_mib << 20, pids=64)
+    procs = cgroups.base("memory") / container / "cgroup.procs"
+    run = subprocess.Popen(["sh", "-c", f'echo $$ > {procs} && exec /usr/bin/python3 -u -c "$0"',
+                            grows_after_a_sibling(limit_mib)],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert met.wait(30), "the run never met its limit"
+        time.sleep(1.0)  # the sandbox's kill, late
+        tasks = procs.read_text().split()
+        assert len(tasks) == 3, f"the kernel ended part of the run: {tasks} left of the script and its two children"
+    finally:
+        for pid in procs.read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        output, _ = run.communicate(timeout=30)
+        cgroups.stop()
+        cgroups.remove(container)
+    held = [int(line.split()[1]) for line in output.splitlines() if line.startswith("held ")]
+    assert held and max(held) <= limit_mib, output
