@@ -64,7 +64,7 @@ def build_runner(podman: Podman, tarball: Path, recipe: str) -> str:
         path.chmod(0o755)
     podman.run("build", "-q", "--network", "none", "-f", str(context / "Containerfile"),
                "--build-arg", f"RECIPE={recipe}", "--label", f"{LABEL}=runner", "-t", tag, str(context), timeout=900)
-    prune(podman, tag)
+    prune(podman, tag, "runner")
     return tag
 
 
