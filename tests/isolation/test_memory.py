@@ -240,19 +240,25 @@ def test_a_run_at_its_limit_waits_as_a_whole_for_the_sandbox_kill(sandbox_accoun
     limit_mib, container = 128, secrets.token_hex(32)
     met = threading.Event()
     cgroups.on_oom = lambda _container: met.set()
-    cgroups.create(container, memory=limit_mib << 20, pids=64)
+    script = grows_after_a_sibling(limit_mib)
+    run = subprocess.Popen(["sh", "-c", 'read go && exec /usr/bin/python3 -u -c "$0"', script],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert run.stdin is not None
     procs = cgroups.base("memory") / container / "cgroup.procs"
-    run = subprocess.Popen(["sh", "-c", f'echo $$ > {procs} && exec /usr/bin/python3 -u -c "$0"',
-                            grows_after_a_sibling(limit_mib)],
-                           stdout=subprocess.PIPE, text=True)
     try:
+        # Joined right after it is made: a sandbox starting meanwhile reclaims empty cgroups no container owns.
+        cgroups.create(container, memory=limit_mib << 20, pids=64)
+        procs.write_text(str(run.pid))
+        run.stdin.write("go\n")
+        run.stdin.flush()
         assert met.wait(30), "the run never met its limit"
         time.sleep(1.0)  # the sandbox's kill, late
         tasks = procs.read_text().split()
         assert len(tasks) == 3, f"the kernel ended part of the run: {tasks} left of the script and its two children"
     finally:
-        for pid in procs.read_text().split():
+        for pid in procs.read_text().split() if procs.exists() else []:
             os.kill(int(pid), signal.SIGKILL)
+        run.kill()
         output, _ = run.communicate(timeout=30)
         cgroups.stop()
         cgroups.remove(container)
