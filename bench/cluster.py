@@ -112,7 +112,7 @@ class Bench:
         rows = self.cluster.query(
             "SELECT created_at, dispatched_at, started_at, finished_at FROM script_log "
             f"WHERE id IN ({','.join(map(str, ids))}) ORDER BY id")
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [tuple(r) for r in rows]
 
     def cpu(self) -> dict[str, float]:
         c = self.cluster

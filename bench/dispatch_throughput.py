@@ -66,7 +66,7 @@ def _wait_line(path: Path, needle: str, process: subprocess.Popen[bytes], timeou
             if needle in line:
                 return line
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited:\n{path.read_text(errors='replace')}")
+            raise RuntimeError(f"{process.args!r} exited:\n{path.read_text(errors='replace')}")
         time.sleep(0.05)
     raise RuntimeError(f"no {needle!r} in {path}")
 

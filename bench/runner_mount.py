@@ -51,8 +51,8 @@ def main() -> int:
     try:
         one(api, image, True)  # warm the page cache
         for _ in range(args.runs):
-            for mounted in (False, True):
-                times[mounted].append(one(api, image, mounted))
+            for with_mount in (False, True):
+                times[with_mount].append(one(api, image, with_mount))
     finally:
         api.close()
     plain, mounted = median(times[False]) * 1000, median(times[True]) * 1000

@@ -81,7 +81,7 @@ def sandbox_samples(rounds: int) -> dict[str, dict[str, list[float]]]:
 
 def scheduler_samples(rounds: int) -> dict[str, dict[str, list[float]]]:
     with tempfile.TemporaryDirectory(prefix="bench-slow-") as tmp:
-        server = start_scheduler(env_for("sqlite", Path(tmp), None), Path(tmp) / "scheduler.log")
+        server = start_scheduler(env_for(Path(tmp) / "scheduler.sqlite3"), Path(tmp) / "scheduler.log")
         try:
             body = {"dtable_uuid": BASE, "script_name": "a.py", "owner": "o@x"}
             port = int(server.url.rsplit(":", 1)[1])

@@ -84,7 +84,7 @@ class LaneClock:
         self.tests: dict[str, int] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        lane = dict(report.user_properties).get(LANE_PROPERTY, "fast")
+        lane = str(dict(report.user_properties).get(LANE_PROPERTY, "fast"))  # set by lane_of, a str
         self.seconds[lane] = self.seconds.get(lane, 0.0) + report.duration
         if report.when == "call":
             self.tests[lane] = self.tests.get(lane, 0) + 1

@@ -11,9 +11,9 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from tests.chaos.harness import Chaos
+from tests.seatable_stub import StubServer
 from tests.seatable_stub.button import RunScriptButton
 
 TABLE = "Executions"
@@ -97,11 +97,33 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+class Harness(Protocol):
+    """What a Load uses of what it runs on: the chaos suite's Chaos, or a Cluster (tests/cluster/load.py)."""
+
+    @property
+    def secret(self) -> str: ...
+
+    @property
+    def stub(self) -> StubServer | None: ...
+
+    @property
+    def scheduler_url(self) -> str: ...
+
+    def try_query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]] | None: ...
+
+
+def _count(rows: list[tuple[object, ...]]) -> int:
+    """The value of a COUNT(*) query's one row (pymysql gives an int)."""
+    count = rows[0][0]
+    assert isinstance(count, int)
+    return count
+
+
 @dataclass
 class Load:
     """One fault's runs: a base of their own, submitted like SeaTable's button does, then tallied."""
 
-    chaos: Chaos
+    chaos: Harness
     fault: str
     org_id: int
     base: str = ""
@@ -136,13 +158,13 @@ class Load:
             f"SELECT COUNT(*) FROM script_log WHERE id IN ({self._ids()}) "
             "AND (dispatched_at IS NOT NULL OR state <> 'pending')"
         )
-        return int(rows[0][0]) if rows else 0  # type: ignore[arg-type]
+        return _count(rows) if rows else 0
 
     def unfinished(self) -> int | None:
         rows = self.chaos.try_query(
             f"SELECT COUNT(*) FROM script_log WHERE id IN ({self._ids()}) AND state <> 'finished'"
         )
-        return int(rows[0][0]) if rows else None  # type: ignore[arg-type]
+        return _count(rows) if rows else None
 
     def wait_under_way(self, share: float, timeout: float) -> None:
         """Until `share` of the runs are under way, so the fault meets runs in every phase."""

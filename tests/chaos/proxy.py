@@ -11,13 +11,13 @@ cannot tell one request from the next, and this one must pick individual request
 from __future__ import annotations
 
 import http.client
+import io
 import socket
 import socketserver
 import struct
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 HANDOFF = ("POST", "/function/run-python")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "te", "upgrade"}
@@ -99,7 +99,7 @@ class ResetProxy:
 Request = tuple[str, str, dict[str, str], bytes]
 
 
-def _read_request(rfile: BinaryIO) -> Request | None:
+def _read_request(rfile: io.BufferedIOBase) -> Request | None:
     line = rfile.readline(65537)
     if not line:
         return None

@@ -91,7 +91,8 @@ class Answers:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 challenge = self.headers.get(node_proof.CHALLENGE_HEADER)
-                if node_proof.valid_challenge(challenge):  # answers as the node holding SANDBOX_TOKEN signs them
+                # answers as the node holding SANDBOX_TOKEN signs them
+                if challenge is not None and node_proof.valid_challenge(challenge):
                     self.send_header(node_proof.PROOF_HEADER, node_proof.sign([SANDBOX_TOKEN], challenge, status,
                                                                                data))
                 self.end_headers()

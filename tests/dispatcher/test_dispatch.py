@@ -134,7 +134,11 @@ def test_seatable_down_runs_end_with_a_clear_text_and_the_dispatcher_keeps_worki
     seatable.server.stop()
     down = enqueue(store, seatable.base, 3)
     for run_id in down:
-        wait_for(lambda run_id=run_id: row(store, run_id)["state"] == "finished", 60, f"run {run_id} to end")
+
+        def finished(run_id: int = run_id) -> bool:
+            return row(store, run_id)["state"] == "finished"
+
+        wait_for(finished, 60, f"run {run_id} to end")
         ended = row(store, run_id)
         assert ended["success"] in (False, 0)
         assert ended["output"] == texts.SCRIPT_FETCH_FAILED.format(reason="SeaTable did not answer")

@@ -116,7 +116,12 @@ def test_the_node_answers_503_or_429_before_anything_was_sent_not_sent() -> None
         assert nodes.post(node.url, BODY).sent is Sent.NOT_SENT
         assert nodes.capacity() == 0 and nodes.take() is None  # skipped until /ready is asked again
         node.refuse_posts = False
-        wait_for(lambda: nodes.refresh() or nodes.capacity() > 0, 10, "the next /ready poll")
+
+        def refreshed() -> bool:
+            nodes.refresh()
+            return nodes.capacity() > 0
+
+        wait_for(refreshed, 10, "the next /ready poll")
         node.busy = True
         assert nodes.post(node.url, BODY).sent is Sent.NOT_SENT
         assert node.accepted[1] == 0
@@ -222,7 +227,7 @@ def test_only_nodes_that_sign_with_their_own_token_get_runs(
 
 
 # Which resets each run's POSTs meet (the first 16 runs; the other 24 meet none): 20 resets, every order of two.
-RESET_PLAN = [("before",)] * 6 + [("after",)] * 6 + [
+RESET_PLAN: list[tuple[str, ...]] = [("before",)] * 6 + [("after",)] * 6 + [
     ("before", "after"), ("after", "after"), ("after", "before"), ("before", "before"),
 ]
 

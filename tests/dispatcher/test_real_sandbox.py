@@ -36,7 +36,7 @@ def test_a_run_goes_pending_running_finished_with_its_output(
             "PYTHON_SANDBOX_AUTH_TOKEN": sandbox.token,
         }
     )
-    states = []
+    states: list[str] = []
 
     def finished() -> bool:
         state = row(store, run_id)["state"]

@@ -21,6 +21,7 @@ from sandbox.isolation import enforcement_of
 from sandbox.limits import CGROUP_V1_DELEGATED, CGROUP_V2, OOM_SCORE_IDLE, OOM_SCORE_SERVICES, RLIMIT, RunnerLimits
 from sandbox.server import limits_report
 from tests.support.podman import VENV_BIN
+from tests.support.registry import with_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK_SCRIPT = REPO / "docs" / "check-cgroup-v2.sh"
@@ -42,7 +43,7 @@ def test_v2_with_delegation_is_reported_as_cgroup_v2() -> None:
     enforcement, mapping, _cgroups = enforcement_of(podman_info_v2(["cpu", "memory", "pids"]))
     assert (enforcement.mechanism, enforcement.memory, enforcement.pids, enforcement.cpu) == (
         CGROUP_V2, "cgroup", "cgroup", "cgroup")
-    report = limits_report(enforcement, SandboxConfig(auth_token="a", scheduler_url="u"))
+    report = limits_report(enforcement, with_defaults(SandboxConfig, auth_token="a", scheduler_url="u"))
     assert report["mechanism"] == "cgroup-v2" and report["memory"] == "cgroup" and report["note"] == ""
     assert report["memory_bytes"] == 1 << 30 and report["pids_limit"] == 256
     assert (mapping.size, mapping.owner_uid, mapping.host_uid(RUN_UID_FIRST)) == (65536, 1001, 100000 + RUN_UID_FIRST)

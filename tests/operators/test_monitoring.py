@@ -57,7 +57,7 @@ Exposed = tuple[dict[tuple[str, tuple[tuple[str, str], ...]], float], set[str]]
 
 def declared_names(text: str) -> set[str]:
     """Series names a /metrics text declares (# TYPE), also those with no sample yet (a counter never bumped)."""
-    names = set()
+    names: set[str] = set()
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
         names.update((f"{name}_bucket", f"{name}_count", f"{name}_sum") if kind == "histogram" else (name,))
     return names

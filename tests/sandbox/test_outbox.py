@@ -283,7 +283,7 @@ def test_deployment_errors_are_retried_until_fixed_and_logged_once(
     delivery = box.health()["delivery"]
     assert isinstance(delivery, dict) and delivery["failing"] is True
     assert str(delivery["last_error"]).startswith(f"HTTP {failure}")
-    assert int(delivery["failed_attempts"]) >= 8  # type: ignore[call-overload]
+    assert int(delivery["failed_attempts"]) >= 8
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1, [r.getMessage() for r in errors]  # once per cause, not per attempt
     assert f"HTTP {failure}" in errors[0].getMessage()

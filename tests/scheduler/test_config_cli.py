@@ -13,6 +13,7 @@ from pipeline_config.variables import SCHEDULER
 from scheduler import cli
 from scheduler.config import VARIABLES, Config, ConfigError, markdown_table
 from tests.scheduler.conftest import REPO, TOKEN
+from tests.support.registry import with_defaults
 
 
 def test_defaults_follow_upstream() -> None:
@@ -23,7 +24,7 @@ def test_defaults_follow_upstream() -> None:
     assert (config.window_secs, config.rate_limit_percent, config.total_thread_count) == (300, 0.25, 10)
     assert config.database_name == "scheduler"
     assert not config.uses_mysql and not config.accept_unauthenticated_callbacks
-    assert config == Config()  # the dataclass defaults and the variable table agree
+    assert config == with_defaults(Config)  # the dataclass defaults and the variable table agree
 
 
 def test_every_variable_is_read_and_documented() -> None:
@@ -83,7 +84,7 @@ def test_auth_token_is_required() -> None:
     with pytest.raises(ConfigError):
         Config.from_env({}).require_auth_token()
     with pytest.raises(ConfigError):
-        dataclasses.replace(Config(), auth_token="").require_auth_token()
+        dataclasses.replace(with_defaults(Config), auth_token="").require_auth_token()
 
 
 def test_cli_migrate_is_idempotent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -93,7 +93,7 @@ def scheduler_http(config: Config, store: Store) -> Iterator[Scheduler]:
             bodies.append((environ["PATH_INFO"], json.loads(raw)))
         except ValueError:
             bodies.append((environ["PATH_INFO"], None))
-        return app(environ, start_response)  # type: ignore[no-any-return]
+        return app(environ, start_response)
 
     server = make_server("127.0.0.1", 0, recording, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -160,8 +160,8 @@ def test_what_the_sandbox_sends_is_what_the_scheduler_reads(scheduler_http: Sche
         assert CALLBACKS[path].closed().problems(body) == [], (path, body)
     started = {body["script_id"] for path, body in scheduler_http.bodies if path == "/script-running-callback/"}
     assert started == set(expected) - {unreachable, lost} - driver.quick  # only runs that reached a runner started
-    [quick] = driver.quick
-    stored_quick = runs.get_run(store, quick)
+    [quick_id] = driver.quick
+    stored_quick = runs.get_run(store, quick_id)
     assert stored_quick is not None and stored_quick["started_at"] != "", stored_quick  # from its result
     for run_id, (kind, output) in expected.items():
         stored = runs.get_run(store, run_id)

@@ -110,8 +110,8 @@ def test_run_script_parameter_errors(client: testing.TestClient) -> None:
         body = {k: v for k, v in good.items() if k != missing}
         result = client.simulate_post("/run-script/", json=body, headers=AUTH)
         assert (result.status_code, result.text) == (400, texts.PARAMETERS_INVALID), missing
-    for body in ([1, 2], "x", 3, None):
-        result = client.simulate_post("/run-script/", json=body, headers=AUTH)
+    for not_an_object in ([1, 2], "x", 3, None):
+        result = client.simulate_post("/run-script/", json=not_an_object, headers=AUTH)
         assert (result.status_code, result.text) == (400, texts.BAD_REQUEST)
     result = client.simulate_post("/run-script/", body=b"{not json", headers=AUTH)
     assert (result.status_code, result.text) == (400, texts.BAD_REQUEST)

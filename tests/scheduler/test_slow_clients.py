@@ -41,7 +41,8 @@ def test_ping_and_submit_answer_while_200_slow_clients_hold_connections(
 
 def read_responses(sock: socket.socket, count: int) -> list[bytes]:
     """`count` whole HTTP responses (Content-Length bodies) from one connection."""
-    data, responses = b"", []
+    data = b""
+    responses: list[bytes] = []
     while len(responses) < count:
         chunk = sock.recv(65536)
         assert chunk, f"connection closed after {len(responses)} responses: {data!r}"

@@ -7,7 +7,7 @@ dtable-web does not check (a 400 there becomes a 500 page in SeaTable's admin ar
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import requests
@@ -40,7 +40,7 @@ def test_redirects_head_and_404s_as_flask(
     assert status.status_code == 308
     assert status.headers["Location"] == f"/run-script/{run_id}/?dtable_uuid={BASE}&script_name=a.py"
 
-    get_routes = [
+    get_routes: list[tuple[str, Mapping[str, str | int]]] = [
         ("/ping/", {}),
         (f"/run-script/{run_id}/", SCRIPT),
         (f"/tasks/{BASE}/a.py/logs/", {}),

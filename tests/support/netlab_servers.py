@@ -50,7 +50,9 @@ class _Server(ThreadingHTTPServer):
     def server_bind(self) -> None:
         """Without HTTPServer's reverse lookup of its own address (the lab has no resolver)."""
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]
+        assert isinstance(host, str)  # AF_INET: typeshed allows bytes for other families
+        self.server_name, self.server_port = host, port
 
 
 def http_server(address: str, port: int, context: ssl.SSLContext | None) -> None:

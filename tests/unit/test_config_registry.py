@@ -31,6 +31,7 @@ from pipeline_config.variables import SANDBOX, SCHEDULER, TOOL_VARIABLES, VARIAB
 from sandbox.config import SandboxConfig
 from sandbox.timezone import host_time_zone
 from scheduler.config import Config
+from tests.support.registry import with_defaults
 
 TOKENS = {"PYTHON_SANDBOX_AUTH_TOKEN": "a", "PYTHON_SCHEDULER_AUTH_TOKEN": "b", "HOME": "/home/x"}
 # Upstream's runner settings (sandbox.runner_options): a value each that changes the runners' options, and the
@@ -130,7 +131,7 @@ def test_every_variable_is_read_into_the_config(service: Service) -> None:
 
 
 def test_defaults_come_from_the_registry_once() -> None:
-    assert Config.from_env({}) == Config()
+    assert Config.from_env({}) == with_defaults(Config)
     fields = {f.name: f for f in dataclasses.fields(Config)}
     assert fields["process_timeout"].default == 60
     assert not fields["auth_token"].repr and not fields["db_passwd"].repr  # secrets never in a repr
@@ -238,7 +239,7 @@ def test_a_config_class_must_declare_every_registry_field() -> None:
         one: int
         derived: str = "x"
 
-    assert Good() == Good(1, "x")
+    assert with_defaults(Good) == Good(1, "x")
     with pytest.raises(TypeError, match="declared twice"):
         services(table * 2)
 

@@ -15,7 +15,7 @@ from scheduler.config import Config, ConfigError
 FORGED = "evil.py\n2030-01-01 00:00:00,000 ERROR scheduler.runs: all runs deleted\r\x1b[2K"
 
 
-def emit(formatter: logging.Formatter, *args: object, **fields: object) -> str:
+def emit(formatter: logging.Formatter, *args: object, **fields: str) -> str:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)

@@ -120,7 +120,7 @@ def test_imported_modules_reads_import_lines() -> None:
 def test_pick_prefers_exact_then_smallest_superset_then_most_overlap() -> None:
     from sandbox.pool import pick
 
-    full, api, none = frozenset({"seatable_api", "pandas"}), frozenset({"seatable_api"}), frozenset()
+    full, api, none = frozenset({"seatable_api", "pandas"}), frozenset({"seatable_api"}), frozenset[str]()
     assert pick([], api) is None
     assert pick([full, api, none], api) == 1
     assert pick([full, none], api) == 0  # has everything: fastest for this script
