@@ -11,11 +11,12 @@ does not own.)
 
 The memory controller charges anonymous memory, page cache, tmpfs files (/tmp, /dev/shm) and
 shared memory (memfd, SysV, POSIX) to the cgroup of the task that touched it first, all inside
-the run; memory.memsw bounds memory plus swap. When a run needs more, the kernel's OOM killer
-stays out (memory.oom_control's oom_kill_disable): every task of the run that asks for more waits
-at the limit, and the sandbox, notified through an eventfd, ends the whole run, as cgroup v2's
-memory.oom.group does. Were the kernel to kill one task, the memory it freed would let the run's
-other tasks grow on until the sandbox's kill came.
+the run; memory.memsw bounds memory plus swap. Once the container runs, the kernel's OOM killer
+stays out of the run (memory.oom_control's oom_kill_disable): every task of the run that asks for
+more waits at the limit, and the sandbox, notified through an eventfd, ends the whole run, as
+cgroup v2's memory.oom.group does. Were the kernel to kill one task, the memory it freed would let
+the run's other tasks grow on until the sandbox's kill came. Until the container runs, the kernel
+does kill: a limit too small for `runc create` then fails the start instead of holding it.
 """
 
 from __future__ import annotations
@@ -166,7 +167,6 @@ class RunCgroups:
             self._write(container, "memory", "memory.limit_in_bytes", memory)
             if (self.base("memory") / container / "memory.memsw.limit_in_bytes").exists():
                 self._write(container, "memory", "memory.memsw.limit_in_bytes", memory)  # no swapping past it
-            self._write(container, "memory", "memory.oom_control", 1)  # the run waits at its limit for our kill
             self._write(container, "pids", "pids.max", pids)
             if cpus > 0 and "cpu" in self.controllers():
                 self._write(container, "cpu", "cpu.cfs_period_us", CPU_PERIOD_US)
@@ -176,6 +176,13 @@ class RunCgroups:
             for path in reversed(made):
                 _rmdir(path)
             raise
+
+    def hold_at_limit(self, container: str) -> None:
+        """From now on the kernel kills no task of the run at its memory limit: each waits there for the sandbox
+        to end the whole run. Call once the container runs: `runc create` runs inside the run's cgroups, and held
+        at a limit too small for it, it would hold Podman's lock on the container, and with it the kill."""
+        self._check(container)
+        self._write(container, "memory", "memory.oom_control", 1)
 
     def remove(self, container: str) -> None:
         """After the container is gone: stop watching it and remove its cgroups."""

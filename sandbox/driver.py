@@ -278,6 +278,8 @@ class ContainerDriver:
             stream = self.api.attach(created.id)
             try:
                 self.api.start(created.id)
+                if self.cgroups is not None:
+                    self.cgroups.hold_at_limit(created.id)
                 if self.network is not None:  # its rules before its job: the entrypoint waits for the job
                     state = self.api.inspect(created.id)["State"]
                     self.network.attach(created.id, int(state["Pid"]), int(state["ConmonPid"]))

@@ -249,6 +249,7 @@ def test_a_run_at_its_limit_waits_as_a_whole_for_the_sandbox_kill(sandbox_accoun
         # Joined right after it is made: a sandbox starting meanwhile reclaims empty cgroups no container owns.
         cgroups.create(container, memory=limit_mib << 20, pids=64)
         procs.write_text(str(run.pid))
+        cgroups.hold_at_limit(container)  # as the driver does once the container runs
         run.stdin.write("go\n")
         run.stdin.flush()
         assert met.wait(30), "the run never met its limit"
@@ -264,3 +265,17 @@ def test_a_run_at_its_limit_waits_as_a_whole_for_the_sandbox_kill(sandbox_accoun
         cgroups.remove(container)
     held = [int(line.split()[1]) for line in output.splitlines() if line.startswith("held ")]
     assert held and max(held) <= limit_mib, output
+
+
+def test_a_limit_too_small_for_the_runtime_stops_the_sandbox_and_leaves_podman_answering(
+        sandbox_factory: Any, podman: PodmanAPI, sandbox_account: SandboxUser) -> None:
+    """4 MiB does not hold `runc create`, which runs inside the run's cgroup on cgroup v1. The kernel must kill it
+    there (one clear line, as for any runner that cannot start); were the run's tasks held at the limit already,
+    runc would wait forever with Podman's lock on the container, and every later Podman call with it."""
+    if RunCgroups(owner_uid=sandbox_account.uid).unusable():
+        pytest.skip("runc create joins the run's cgroup only with the sandbox's own cgroup v1 subtree")
+    with pytest.raises(AssertionError, match="sandbox exited at start") as failure:
+        sandbox_factory(PYTHON_RUNNER_CONTAINER_MEMORY="4m", PYTHON_SANDBOX_WARM_POOL="0")
+    assert "cannot run the sandbox's entrypoint" in str(failure.value)
+    assert "memory limit too low" in str(failure.value)
+    podman.client.info()  # answers (the client's own timeout would raise)
