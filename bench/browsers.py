@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 RECV_BYTES = 65536
+DRAIN_SECONDS = 5.0  # at most this long for the answers in flight when the browsers stop
 
 
 @dataclass
@@ -45,7 +46,7 @@ def _complete(buffer: bytearray) -> tuple[bool, bool]:
 def poll(url: str, token_header: str, bases: list[str], first: int, n: int, browsers: int, interval: float,
          stop: Any) -> list[float]:
     """`browsers` pollers, each asking for a random run of ids [first, first + n) every `interval` s until
-    `stop` is set; the latency of every answered GET in ms."""
+    `stop` is set; the latency of every answered GET in ms (the GETs in flight at the stop are waited for)."""
     parts = urlsplit(url)
     address = (parts.hostname or "127.0.0.1", parts.port or 80)
     host = parts.netloc.encode()
@@ -65,10 +66,15 @@ def poll(url: str, token_header: str, bases: list[str], first: int, n: int, brow
             browser.sock.close()
             browser.sock = None
 
-    while not stop.is_set():
+    drain_until = 0.0  # once stopped, the answers already asked for are still read (and counted), this long
+    while True:
         now = time.monotonic()
+        if stop.is_set() and not drain_until:
+            drain_until = now + DRAIN_SECONDS
+        if drain_until and (now >= drain_until or not any(b.sent for b in pollers)):
+            break
         for browser in pollers:
-            if browser.sent or browser.due > now:
+            if drain_until or browser.sent or browser.due > now:
                 continue
             try:
                 if browser.sock is None:
@@ -79,7 +85,7 @@ def poll(url: str, token_header: str, bases: list[str], first: int, n: int, brow
             except OSError:
                 drop(browser)
                 browser.sent, browser.due = 0.0, now + interval
-        waiting = [b.due for b in pollers if not b.sent]
+        waiting = [b.due for b in pollers if not b.sent and not drain_until]
         timeout = max(0.0, min(waiting) - time.monotonic()) if waiting else 0.1
         for key, _ in selector.select(min(timeout, 0.1)):
             browser = key.data
