@@ -152,6 +152,9 @@ class NodeCollector:
         yield takes
         yield CounterMetricFamily("seatable_sandbox_warm_pool_failures", "Warm runners that failed to start.",
                                   value=pool.failures)
+        yield CounterMetricFamily("seatable_sandbox_warm_pool_ended_before_ready", "Warm runners whose container "
+                                  "ended before they were ready (e.g. their pre-imports met the memory limit).",
+                                  value=pool.ended_before_ready)
 
     @staticmethod
     def _outbox(outbox: Any) -> Iterator[Metric]:

@@ -11,6 +11,11 @@ Pre-imports follow the scripts: a run takes the runner whose pre-imports best ma
 modules its script imports, and the runner made to replace it pre-imports what that script
 needed. A stream of scripts that never touch pandas thus stops paying for importing it in
 every runner, while pandas scripts keep finding it loaded.
+
+Runners that end before they are ready are replaced more slowly each time in a row; and
+pre-imports that take three runners in a row to their memory limit are dropped, with one
+warning: the pool then serves bare runners instead of cycling through runners that never
+get ready. (A Podman restart also ends idle runners' streams; that alone drops nothing.)
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import re
 import select
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,11 @@ REFILL_THREADS = 2
 # result's way to the scheduler) gets the CPU first. An empty pool is refilled at once.
 REFILL_PAUSE = 0.15
 RETRY_AFTER_FAILURE = 2.0
+# Runners that end before they are ready delay the next start, doubling up to MAX_HOLD; after OVER_LIMIT_IN_A_ROW
+# of the same pre-imports in a row ended at their memory limit, the pool stops pre-importing.
+MAX_HOLD = 60.0
+OVER_LIMIT_IN_A_ROW = 3
+CHECK_EVERY = 1.0  # how often idle runners are looked at (ended? ready?) and the memory situation re-read
 _IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+([\w.]+)[ \t]+import\b|import[ \t]+([\w., \t]+))", re.MULTILINE)
 
 
@@ -84,6 +94,11 @@ class WarmPool:
         self.served = 0
         self.misses = 0
         self.failures = 0
+        self.ended_before_ready = 0
+        self.preimport_stopped: str | None = None  # why the pool no longer pre-imports, once it gave up
+        self._ended_in_a_row = 0  # runners that ended before they were ready, until one is ready
+        self._over_limit_in_a_row: Counter[frozenset[str]] = Counter()  # of those at their memory limit, by pre-imports
+        self._hold_until = 0.0  # monotonic time before which no runner starts (runners keep ending early)
 
     def start(self) -> None:
         if self.size <= 0 or self._threads:
@@ -109,6 +124,8 @@ class WarmPool:
                 index = pick([runner.preimport for runner in candidates], needs)
                 assert index is not None
                 runner = candidates[index]
+                if runner.ready:
+                    self._note_ready(runner)
                 self._idle.remove(runner)
                 self._cond.notify_all()
                 if _alive(runner):
@@ -127,7 +144,12 @@ class WarmPool:
                         if len(self._idle) > self.target():
                             self._discard(self._idle.pop())  # shrink: memory is short
                             continue
-                        self._cond.wait(timeout=5.0)  # re-read the memory situation now and then
+                        self._cond.wait(timeout=CHECK_EVERY)
+                        self._drop_dead()
+                        continue
+                    hold = self._hold_until - time.monotonic()
+                    if hold > 0:
+                        self._cond.wait(timeout=min(hold, CHECK_EVERY))
                         self._drop_dead()
                         continue
                     pause = self._taken_at + REFILL_PAUSE - time.monotonic()
@@ -170,15 +192,64 @@ class WarmPool:
             return len(self._idle)
 
     def _drop_dead(self) -> None:
-        """Idle runners whose container ended before it was ready (entrypoint failed): replace them."""
-        for runner in [r for r in self._idle if not r.check_ready() and r.gone]:
+        """Idle runners whose container ended before it was ready: replace them, more slowly each time in a row."""
+        for runner in list(self._idle):
+            if runner.check_ready():
+                self._note_ready(runner)
+                continue
+            if not runner.gone:
+                continue
             log.warning("warm runner %s ended before it was ready; replacing it", runner.container[:12])
             self._idle.remove(runner)
-            self._discard(runner)
+            self._discard(runner, ended_early=True)
+            self.ended_before_ready += 1
+            self._ended_in_a_row += 1
+            hold = min(MAX_HOLD, RETRY_AFTER_FAILURE * 2 ** (self._ended_in_a_row - 1))
+            self._hold_until = max(self._hold_until, time.monotonic() + hold)
 
-    def _discard(self, runner: Runner) -> None:
+    def _note_ready(self, runner: Runner) -> None:
+        """A runner got ready: the streaks of runners ending early end."""
+        self._ended_in_a_row = 0
+        self._over_limit_in_a_row.pop(runner.preimport, None)
+
+    def _discard(self, runner: Runner, ended_early: bool = False) -> None:
         runner.stream.close()
-        threading.Thread(target=self.driver.cleanup, args=(runner.container,), daemon=True).start()
+        threading.Thread(target=self._remove, args=(runner, ended_early), daemon=True).start()
+
+    def _remove(self, runner: Runner, ended_early: bool) -> None:
+        """Off the pool's lock: asking Podman why a runner ended may take a while."""
+        if ended_early and runner.preimport:
+            try:
+                over_limit = self.driver.oom_killed(runner.container)  # before cleanup, which forgets it
+            except Exception:
+                over_limit = False
+            with self._cond:
+                self._count_over_limit(runner.preimport, over_limit)
+        self.driver.cleanup(runner.container)
+
+    def _count_over_limit(self, modules: frozenset[str], over_limit: bool) -> None:
+        """Pre-imports that keep ending runners at their memory limit are dropped: better bare runners than a
+        pool that never has one ready."""
+        if not over_limit or not self.modules:
+            self._over_limit_in_a_row.pop(modules, None)
+            return
+        self._over_limit_in_a_row[modules] += 1
+        in_a_row = self._over_limit_in_a_row[modules]
+        if in_a_row < OVER_LIMIT_IN_A_ROW:
+            return
+        self.preimport_stopped = (f"{in_a_row} runners in a row ended at their memory limit while pre-importing "
+                                  f"{','.join(sorted(modules))} (PYTHON_RUNNER_CONTAINER_MEMORY too small for "
+                                  "PYTHON_SANDBOX_PREIMPORT?)")
+        log.warning("warm pool: %s; its runners no longer pre-import anything", self.preimport_stopped)
+        self.modules = frozenset()
+        self._wanted.clear()
+        self._over_limit_in_a_row.clear()
+        self._ended_in_a_row = 0
+        self._hold_until = 0.0
+        for runner in [r for r in self._idle if r.preimport and not r.check_ready()]:
+            self._idle.remove(runner)
+            self._discard(runner)
+        self._cond.notify_all()
 
     def stop(self) -> None:
         with self._cond:
@@ -211,6 +282,8 @@ class WarmPool:
             "served": self.served,
             "misses": self.misses,
             "failures": self.failures,
+            "ended_before_ready": self.ended_before_ready,
+            "preimport_stopped": self.preimport_stopped,
         }
 
     def idle_rss(self, idle: list[Runner] | None = None) -> list[int | None]:

@@ -141,6 +141,7 @@ def test_sandbox_metrics(ops: Ops) -> None:
     hits = value(text, "seatable_sandbox_warm_pool_takes_total", result="hit")
     misses = value(text, "seatable_sandbox_warm_pool_takes_total", result="miss")
     assert hits + misses == value(text, "seatable_sandbox_runs_accepted_total")
+    assert value(text, "seatable_sandbox_warm_pool_ended_before_ready_total") == 0
     assert value(text, "seatable_sandbox_runner_containers") >= value(text, "seatable_sandbox_warm_pool_idle")
 
 

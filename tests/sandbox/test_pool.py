@@ -58,3 +58,17 @@ def test_a_pooled_runner_carries_no_job_data(sandbox: SandboxProcess, podman: An
     for entry in idle:
         config = str(podman.inspect(entry["Id"]))
         assert "api_token" not in config and "dtable_web_url" not in config
+
+
+def test_pre_imports_that_do_not_fit_the_memory_limit_are_dropped(sandbox_factory: Any,
+                                                                   receiver: CallbackReceiver) -> None:
+    """A pool whose pre-imports end every runner at its limit falls back to bare runners, and says why."""
+    sandbox = sandbox_factory(PYTHON_RUNNER_CONTAINER_MEMORY="40m", PYTHON_SANDBOX_WARM_POOL="1",
+                              PYTHON_SANDBOX_PREIMPORT="pandas")  # the factory waits for a ready runner
+    pool = sandbox.health()["warm_pool"]
+    assert pool["preimport_stopped"] is not None and "pandas" in pool["preimport_stopped"], pool
+    assert pool["ended_before_ready"] >= 3 and pool["idle_runner_preimports"] == [""]
+    assert "its runners no longer pre-import anything" in sandbox.log()
+    assert sandbox.run(320, "import sys\nprint('pandas' in sys.modules)\n").status_code == 202
+    assert receiver.result(320)["output"] == "False\n"
+    assert sandbox.health()["warm_pool"]["served"] == 1

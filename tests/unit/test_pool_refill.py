@@ -86,3 +86,87 @@ def test_an_empty_pool_is_refilled_at_once(warm: Any) -> None:
     assert within(1.0, lambda: len(driver.prepared) >= before + 1), "an empty pool waited"
     assert driver.prepared[before] - emptied < 1.0
     assert pool.wait_ready(2, 5)
+
+
+@dataclass
+class EndingDriver(StandInDriver):
+    """Runners with pre-imports in `ends` end before they are ready, at their memory limit if `over_limit`."""
+
+    ends: Callable[[frozenset[str]], bool] = lambda modules: True
+    over_limit: bool = True
+    flavours: list[frozenset[str]] = field(default_factory=list)
+    asked: list[str] = field(default_factory=list)
+
+    def prepare(self, label: str, preimport: str = "", modules: frozenset[str] = frozenset()) -> Runner:
+        self.prepared.append(time.monotonic())
+        self.flavours.append(modules)
+        ends = self.ends(modules)
+        return Runner(f"runner-{len(self.prepared)}", StandInStream(eof=ends), preimport=modules,  # type: ignore[arg-type]
+                      ready=not ends)
+
+    def oom_killed(self, container: str) -> bool:
+        self.asked.append(container)
+        return self.over_limit
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "CHECK_EVERY", 0.02)
+    monkeypatch.setattr(pool_module, "RETRY_AFTER_FAILURE", 0.05)
+
+
+def test_pre_imports_that_take_runners_to_their_memory_limit_are_dropped(quick: None) -> None:
+    driver = EndingDriver(ends=lambda modules: "pandas" in modules)
+    pool = WarmPool(driver, size=2, preimport="seatable_api,pandas", min_available=0)  # type: ignore[arg-type]
+    pool.start()
+    try:
+        assert within(10, lambda: pool.health(rss=False)["preimport_stopped"] is not None)
+        assert within(5, lambda: pool.idle_count() == 2 and all(r.ready for r in list(pool._idle)))
+        health = pool.health(rss=False)
+        assert "pandas,seatable_api" in health["preimport_stopped"]
+        assert "PYTHON_RUNNER_CONTAINER_MEMORY" in health["preimport_stopped"]
+        assert health["ended_before_ready"] >= 3
+        assert health["idle_runner_preimports"] == ["", ""]
+        dropped_at = next(i for i, flavour in enumerate(driver.flavours) if not flavour)
+        assert all(driver.flavours[:dropped_at]) and not any(driver.flavours[dropped_at:])
+        runner = pool.take("import pandas\nprint(pandas.__name__)\n")
+        assert runner is not None and runner.preimport == frozenset()
+        assert within(5, lambda: pool.idle_count() == 2)
+        assert not any(driver.flavours[dropped_at:]), "a runner made after a take pre-imported again"
+    finally:
+        pool.stop()
+
+
+def test_runners_ending_early_for_another_reason_drop_nothing_and_are_replaced_ever_more_slowly(quick: None) -> None:
+    driver = EndingDriver(over_limit=False)  # e.g. Podman restarted: the streams end, no memory limit was met
+    pool = WarmPool(driver, size=2, preimport="pandas", min_available=0)  # type: ignore[arg-type]
+    pool.start()
+    try:
+        time.sleep(2.0)
+        health = pool.health(rss=False)
+        assert health["preimport_stopped"] is None and all(driver.flavours)
+        assert driver.asked, "the pool did not ask why its runners ended"
+        # Holds of 0.05, 0.1, 0.2, 0.4, 0.8 s in a row: about eight starts in 2 s, where an unheld pool
+        # would start hundreds.
+        assert 3 <= len(driver.prepared) <= 12, driver.prepared
+        gaps = [b - a for a, b in zip(driver.prepared[2:], driver.prepared[3:], strict=False)]
+        assert max(gaps) >= 0.4, gaps
+    finally:
+        pool.stop()
+
+
+def test_a_ready_runner_ends_the_streak(quick: None) -> None:
+    """Two runners at their limit, then a ready one of the same pre-imports: the count starts again."""
+    outcomes = iter([True, True, False, True, True, False] + [False] * 100)
+    driver = EndingDriver(ends=lambda modules: next(outcomes))
+    pool = WarmPool(driver, size=1, preimport="pandas", min_available=0)  # type: ignore[arg-type]
+    pool.start()
+    try:
+        assert within(5, lambda: len(driver.prepared) >= 3 and pool.idle_count() == 1)
+        assert pool.take("import pandas") is not None
+        assert within(5, lambda: len(driver.prepared) >= 6 and pool.idle_count() == 1)
+        time.sleep(0.2)
+        assert pool.health(rss=False)["preimport_stopped"] is None
+        assert all(driver.flavours)
+    finally:
+        pool.stop()
