@@ -173,7 +173,7 @@ class RunnerImageBuilder:
                 progress(f"image {self.recipe.tag} is present; nothing to build")
                 self._map_ids(progress)
                 return self.recipe.tag
-            tarball = self.cache_dir / f"rootfs-{self.recipe.digest()}.tar"
+            tarball = self.tarball()
             if force or not tarball.exists():
                 with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix="build-") as work:
                     self._build_tree(Path(work), tarball, progress)
@@ -185,6 +185,25 @@ class RunnerImageBuilder:
                 self._prune(tarball)
             progress.done()
         return self.recipe.tag
+
+    def tarball(self) -> Path:
+        """Where the recipe's root filesystem is cached (another recipe's build with --prune removes it)."""
+        return self.cache_dir / f"rootfs-{self.recipe.digest()}.tar"
+
+    def rootfs(self) -> Path:
+        """The recipe's root filesystem tarball, built first if the cache lacks it; nothing is imported."""
+        self._check_tools()
+        self._check_cache_dir()
+        tarball = self.tarball()
+        if tarball.exists():
+            return tarball
+        with self._lock():
+            if not tarball.exists():
+                progress = Progress(total=5, quiet=self.quiet)
+                with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix="build-") as work:
+                    self._build_tree(Path(work), tarball, progress)
+                progress.done()
+        return tarball
 
     def wheelhouse(self) -> Path:
         """Every file of the lock, hash-checked, plus the build tools: what offline installs of it read
