@@ -39,6 +39,9 @@ DEFAULT_MIRRORS = (
     f"deb http://deb.debian.org/debian {SUITE}-updates main",
     f"deb http://deb.debian.org/debian-security {SUITE}-security main",
 )
+# Debian's archive keys (package debian-archive-keyring). Debian trusts them through /etc/apt/trusted.gpg.d already;
+# Ubuntu's package installs them only here, so mmdebstrap is given this file as well (apt's trusted.gpg.d still counts).
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 # Where the sandbox mounts the trusted entrypoint and relay, and how every runner is started: the image's own python3.
 RUNNER_FILES = "/" + RUNNER_FILES_MOUNT
 ENTRYPOINT = f"{RUNNER_FILES}/entrypoint.py"
@@ -273,11 +276,17 @@ class RunnerImageBuilder:
         suite lacks failed only after a minute of work; --simulate of the extract variant resolves just the
         listed packages in seconds (not --quiet: apt's "Unable to locate package" is the line to show; a
         tarball target: nothing is written)."""
-        _run(self._mmdebstrap_argv("extract", work / "simulated.tar", "--simulate"),
-             "mmdebstrap failed to resolve the Debian packages", stdin=subprocess.DEVNULL)
+        try:
+            _run(self._mmdebstrap_argv("extract", work / "simulated.tar", "--simulate"),
+                 "mmdebstrap failed to resolve the Debian packages", stdin=subprocess.DEVNULL)
+        except SetupError as exc:
+            if "is not signed" not in str(exc) or DEBIAN_KEYRING.is_file():
+                raise
+            raise SetupError(f"{exc} (this host lacks Debian's archive keys: "
+                             "apt-get install debian-archive-keyring)") from None
 
     def _mmdebstrap_argv(self, variant: str, target: Path, *options: str) -> list[str]:
-        return ["mmdebstrap", f"--variant={variant}", "--mode=root",
+        return ["mmdebstrap", f"--variant={variant}", "--mode=root", *keyring_options(),
                 f"--include={','.join(self.recipe.debian_packages)}", *options,
                 SUITE, str(target), *self.recipe.mirrors]
 
@@ -349,6 +358,11 @@ class RunnerImageBuilder:
         for ref in listed.stdout.split():
             if ref not in (self.recipe.tag, f"{IMAGE_NAME}:latest"):
                 self.user.run(["podman", "rmi", "--force", ref])
+
+
+def keyring_options() -> list[str]:
+    """mmdebstrap's --keyring for Debian's archive, where the file is (see DEBIAN_KEYRING)."""
+    return [f"--keyring={DEBIAN_KEYRING}"] if DEBIAN_KEYRING.is_file() else []
 
 
 def _run(argv: list[str], what: str, **kwargs: object) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.host import SandboxUser
-from sandbox.image import DPKG_EXCLUDES, _run, strip_setid_bits
+from sandbox.image import DPKG_EXCLUDES, _run, keyring_options, strip_setid_bits
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/seatable-deploy-test")
@@ -92,7 +92,7 @@ def build_base(podman: Podman, suite: str = SERVICES_SUITE, packages: tuple[str,
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE, prefix="base-") as work:
         rootfs = Path(work) / "rootfs"
-        _run(["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
+        _run(["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet", *keyring_options(),
               f"--include={','.join(packages)}",
               *(f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES),
               "--dpkgopt=path-include=/usr/share/doc/*/copyright",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import tempfile
 import time
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from sandbox import image
+from sandbox.errors import SetupError
 from sandbox.host import SandboxUser
 from sandbox.image import IMAGE_NAME, Recipe
 from sandbox.podman_api import PodmanAPI
@@ -102,6 +105,20 @@ def test_missing_debian_package_is_one_clear_line(sandbox_account: SandboxUser, 
     assert_one_line_error(result, "mmdebstrap failed", "no-such-package-seatable-xyz")
     assert "mmdebstrap --simulate" in result.stdout, result.stdout
     assert "fetching the locked Python packages" not in result.stdout, result.stdout
+
+
+def test_an_archive_without_trusted_keys_is_one_line_naming_debians_keyring(
+        sandbox_account: SandboxUser, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host without Debian's archive keys (Ubuntu until debian-archive-keyring is installed) fails at the resolve
+    step, saying which package brings them. Here Ubuntu's archive, whose keys this Debian host lacks, stands in."""
+    monkeypatch.setattr(image, "DEBIAN_KEYRING", fresh_cache / "no-such-keyring.gpg")
+    recipe = dataclasses.replace(Recipe.packaged(), mirrors=("deb http://archive.ubuntu.com/ubuntu noble main",))
+    builder = image.RunnerImageBuilder(sandbox_account, recipe, fresh_cache, quiet=True)
+    with pytest.raises(SetupError) as raised:
+        builder.build()
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("mmdebstrap failed to resolve the Debian packages"), message
+    assert "is not signed" in message and "apt-get install debian-archive-keyring" in message, message
 
 
 def test_a_list_that_cannot_be_locked_is_one_clear_line(sandbox_account: SandboxUser, tmp_path: Path) -> None:

@@ -6,12 +6,21 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from tests.support.pipeline import Pipeline
+
+DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
+
+
+def chromium() -> str | None:
+    """The browser Playwright drives: Debian's chromium, else (None) Playwright's own build, which ./dev installs
+    where the distribution has no chromium package (Ubuntu's is a snap)."""
+    return str(DEBIAN_CHROMIUM) if DEBIAN_CHROMIUM.exists() else None
 
 OWNER = "ops@auth.local"
 SCRIPTS = {

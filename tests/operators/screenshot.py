@@ -15,6 +15,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from tests.operators.conftest import chromium
 from tests.support.pipeline import Pipeline
 
 SCRIPTS = {
@@ -60,7 +61,7 @@ def main(target: str) -> int:
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(user, range(4)))
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium")
+            browser = playwright.chromium.launch(executable_path=chromium())
             context = browser.new_context(http_credentials={"username": "ops", "password": status_token},
                                           viewport={"width": 1280, "height": 900})
             page = context.new_page()

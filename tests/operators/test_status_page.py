@@ -1,4 +1,4 @@
-"""The status page in a real headless browser (Debian's chromium driven by Playwright) over the real pipeline."""
+"""The status page in a real headless browser (Chromium driven by Playwright) over the real pipeline."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pytest
 import requests
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from tests.operators.conftest import Ops
+from tests.operators.conftest import Ops, chromium
 
-CHROMIUM = "/usr/bin/chromium"
 # Output a careless page would turn into markup (and run): it must show up as text.
 XSS_OUTPUT = '<img src=x onerror="document.title=\'owned\'"><script>document.title="owned"</script>'
 XSS_SCRIPT = f"print({XSS_OUTPUT!r})\nraise SystemExit(5)\n"
@@ -21,7 +20,7 @@ XSS_SCRIPT = f"print({XSS_OUTPUT!r})\nraise SystemExit(5)\n"
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        browser = playwright.chromium.launch(executable_path=chromium())
         yield browser
         browser.close()
 
