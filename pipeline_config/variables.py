@@ -325,7 +325,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PYTHON_SANDBOX_PREIMPORT", Text(), sandbox=Use(
         "preimport", "seatable_api,pandas",
         "Modules warm runners import before their job; a runner made to replace a taken one imports those of "
-        "them the taken run's script imported. Dropped, with one warning, once three runners in a row end at "
+        "them the taken run's script imported. Dropped, with one warning, once three runners in a row meet "
         "their memory limit while importing them.", keep_blank=True)),
     Variable("PYTHON_SANDBOX_POOL_MIN_AVAILABLE", Size(), sandbox=Use(
         "pool_min_available", "1g", "Below this much available memory the pool empties.")),

@@ -281,7 +281,7 @@ def preimport(modules: str) -> None:
         try:
             importlib.import_module(name)
         except Exception as exc:  # a missing optional module must not stop the runner
-            print(f"runner: preimport of {name} failed: {exc}", file=sys.stderr)
+            print(f"runner: preimport of {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def read_job() -> dict[str, object]:

@@ -122,6 +122,9 @@ _KINDS = {
 }
 
 
+PREIMPORT_FAILED = b"runner: preimport of "  # the entrypoint's line for a module it could not pre-import
+
+
 @dataclass
 class Runner:
     """A started runner container whose entrypoint waits for its one job on stdin."""
@@ -131,6 +134,8 @@ class Runner:
     created: float = field(default_factory=time.monotonic)
     preimport: frozenset[str] = frozenset()  # modules its interpreter imports before the job
     ready: bool = False  # its entrypoint said it waits for the job (pre-imports done)
+    # A pre-import ran out of memory (the rlimit fallback: the runner lives on, its memory reserved).
+    preimport_short_of_memory: bool = False
 
     def check_ready(self) -> bool:
         """Without waiting: has the ready line arrived? What came before it is only logged."""
@@ -139,6 +144,8 @@ class Runner:
                 if READY in payload:
                     self.ready = True
                 elif payload.strip():
+                    if PREIMPORT_FAILED in payload and b"MemoryError" in payload:
+                        self.preimport_short_of_memory = True
                     log.warning("warm runner %s: %s", self.container[:12], payload.decode(errors="replace")[:200])
         return self.ready
 

@@ -16,6 +16,8 @@ Runners that end before they are ready are replaced more slowly each time in a r
 pre-imports that take three runners in a row to their memory limit are dropped, with one
 warning: the pool then serves bare runners instead of cycling through runners that never
 get ready. (A Podman restart also ends idle runners' streams; that alone drops nothing.)
+Where only rlimits bound a run, a pre-import over the limit fails inside a runner that
+lives on with the memory it reserved; three such in a row count the same.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ REFILL_THREADS = 2
 REFILL_PAUSE = 0.15
 RETRY_AFTER_FAILURE = 2.0
 # Runners that end before they are ready delay the next start, doubling up to MAX_HOLD; after OVER_LIMIT_IN_A_ROW
-# of the same pre-imports in a row ended at their memory limit, the pool stops pre-importing.
+# of the same pre-imports in a row meet their memory limit, the pool stops pre-importing.
 MAX_HOLD = 60.0
 OVER_LIMIT_IN_A_ROW = 3
 CHECK_EVERY = 1.0  # how often idle runners are looked at (ended? ready?) and the memory situation re-read
@@ -99,6 +101,7 @@ class WarmPool:
         self._ended_in_a_row = 0  # runners that ended before they were ready, until one is ready
         self._over_limit_in_a_row: Counter[frozenset[str]] = Counter()  # of those at their memory limit, by pre-imports
         self._hold_until = 0.0  # monotonic time before which no runner starts (runners keep ending early)
+        self._noted: set[str] = set()  # idle runners whose readiness _ready has counted
 
     def start(self) -> None:
         if self.size <= 0 or self._threads:
@@ -119,14 +122,17 @@ class WarmPool:
             self._wanted.append(needs)
             self._taken_at = time.monotonic()
             while self._idle:
+                for runner in list(self._idle):  # first: noting one may drop the pool's pre-imported runners
+                    self._ready(runner)
                 # A runner still importing is slower than a ready one, but still faster than a cold start.
-                candidates = [runner for runner in self._idle if runner.check_ready()] or list(self._idle)
+                candidates = [runner for runner in self._idle if runner.ready] or list(self._idle)
+                if not candidates:
+                    break
                 index = pick([runner.preimport for runner in candidates], needs)
                 assert index is not None
                 runner = candidates[index]
-                if runner.ready:
-                    self._note_ready(runner)
                 self._idle.remove(runner)
+                self._noted.discard(runner.container)
                 self._cond.notify_all()
                 if _alive(runner):
                     self.served += 1
@@ -194,8 +200,7 @@ class WarmPool:
     def _drop_dead(self) -> None:
         """Idle runners whose container ended before it was ready: replace them, more slowly each time in a row."""
         for runner in list(self._idle):
-            if runner.check_ready():
-                self._note_ready(runner)
+            if self._ready(runner):
                 continue
             if not runner.gone:
                 continue
@@ -207,12 +212,21 @@ class WarmPool:
             hold = min(MAX_HOLD, RETRY_AFTER_FAILURE * 2 ** (self._ended_in_a_row - 1))
             self._hold_until = max(self._hold_until, time.monotonic() + hold)
 
-    def _note_ready(self, runner: Runner) -> None:
-        """A runner got ready: the streaks of runners ending early end."""
+    def _ready(self, runner: Runner) -> bool:
+        """runner.check_ready(), under the lock. A runner counted ready for the first time ends the streaks of
+        runners ending early, or, if a pre-import ran out of memory (the rlimit fallback, where nothing ends it),
+        counts as one at its limit."""
+        if not runner.check_ready():
+            return False
+        if runner.container in self._noted:
+            return True
+        self._noted.add(runner.container)
         self._ended_in_a_row = 0
-        self._over_limit_in_a_row.pop(runner.preimport, None)
+        self._count_over_limit(runner.preimport, runner.preimport_short_of_memory)
+        return True
 
     def _discard(self, runner: Runner, ended_early: bool = False) -> None:
+        self._noted.discard(runner.container)
         runner.stream.close()
         threading.Thread(target=self._remove, args=(runner, ended_early), daemon=True).start()
 
@@ -237,7 +251,7 @@ class WarmPool:
         in_a_row = self._over_limit_in_a_row[modules]
         if in_a_row < OVER_LIMIT_IN_A_ROW:
             return
-        self.preimport_stopped = (f"{in_a_row} runners in a row ended at their memory limit while pre-importing "
+        self.preimport_stopped = (f"{in_a_row} runners in a row met their memory limit while pre-importing "
                                   f"{','.join(sorted(modules))} (PYTHON_RUNNER_CONTAINER_MEMORY too small for "
                                   "PYTHON_SANDBOX_PREIMPORT?)")
         log.warning("warm pool: %s; its runners no longer pre-import anything", self.preimport_stopped)
@@ -246,7 +260,7 @@ class WarmPool:
         self._over_limit_in_a_row.clear()
         self._ended_in_a_row = 0
         self._hold_until = 0.0
-        for runner in [r for r in self._idle if r.preimport and not r.check_ready()]:
+        for runner in [r for r in self._idle if r.preimport and (not r.check_ready() or r.preimport_short_of_memory)]:
             self._idle.remove(runner)
             self._discard(runner)
         self._cond.notify_all()
@@ -267,7 +281,7 @@ class WarmPool:
         """The pool's state; `rss` asks Podman for each idle runner's pid (kept off the request path)."""
         with self._cond:
             idle = list(self._idle)
-            ready = sum(runner.check_ready() for runner in idle)
+            ready = sum(self._ready(runner) for runner in idle)
             starting = self._starting
         return {
             "size": self.size,

@@ -12,6 +12,7 @@ import pytest
 
 from sandbox import pool as pool_module
 from sandbox.driver import Runner
+from sandbox.outcome import READY
 from sandbox.pool import WarmPool
 
 
@@ -168,5 +169,46 @@ def test_a_ready_runner_ends_the_streak(quick: None) -> None:
         time.sleep(0.2)
         assert pool.health(rss=False)["preimport_stopped"] is None
         assert all(driver.flavours)
+    finally:
+        pool.stop()
+
+
+@dataclass
+class ChattyStream(StandInStream):
+    """A runner's attach stream whose entrypoint said something before its ready line."""
+
+    said: bytes = b""
+
+    def drain(self) -> list[Any]:
+        said, self.said = self.said, b""
+        return [(2, said), (2, READY)] if said else []
+
+
+def test_pre_imports_short_of_memory_in_runners_that_live_on_are_dropped_too(quick: None) -> None:
+    """The rlimit fallback: a pre-import over the limit raises MemoryError in a runner that lives on."""
+
+    @dataclass
+    class ShortDriver(StandInDriver):
+        flavours: list[frozenset[str]] = field(default_factory=list)
+
+        def prepare(self, label: str, preimport: str = "", modules: frozenset[str] = frozenset()) -> Runner:
+            self.prepared.append(time.monotonic())
+            self.flavours.append(modules)
+            said = b"runner: preimport of pandas failed: MemoryError: \n" if "pandas" in modules else b"ok\n"
+            return Runner(f"runner-{len(self.prepared)}", ChattyStream(said=said),  # type: ignore[arg-type]
+                          preimport=modules)
+
+    driver = ShortDriver()
+    pool = WarmPool(driver, size=1, preimport="pandas", min_available=0)  # type: ignore[arg-type]
+    pool.start()
+    try:
+        for _ in range(2):  # two ready runners short of memory: counted, nothing dropped yet
+            assert within(5, lambda: pool.idle_count() == 1)
+            assert pool.take("import pandas") is not None  # its replacement pre-imports pandas again
+        assert pool.health(rss=False)["preimport_stopped"] is None
+        assert within(5, lambda: pool.health(rss=False)["preimport_stopped"] is not None)
+        assert "pandas" in pool.health(rss=False)["preimport_stopped"]
+        assert within(5, lambda: pool.idle_count() == 1 and driver.flavours[-1] == frozenset())
+        assert driver.flavours[:3] == [frozenset({"pandas"})] * 3
     finally:
         pool.stop()
