@@ -16,6 +16,7 @@ from typing import Any
 
 from sandbox.cgroups import CgroupError
 from sandbox.driver import EGRESS_MOUNT, ContainerDriver
+from sandbox.limits import human_size
 from sandbox.network import CLOSED
 from sandbox.podman_api import STDOUT, PodmanError
 
@@ -70,10 +71,24 @@ def probe(driver: ContainerDriver, timeout: float = PROBE_TIMEOUT) -> RunnerFact
             stream.close()
         status = driver.api.wait(created.id)
     except (PodmanError, CgroupError) as exc:
-        raise ProbeError(f"runner image {driver.image} cannot run the sandbox's entrypoint: {exc}") from None
+        hint = _memory_hint(driver, created.id)
+        raise ProbeError(f"runner image {driver.image} cannot run the sandbox's entrypoint: {exc}{hint}") from None
     finally:
         driver.cleanup(created.id)
     return _facts(driver.image, status, output)
+
+
+def _memory_hint(driver: ContainerDriver, container: str) -> str:
+    """Our own words when the run's memory limit killed the runtime's init: the runtime's own message for it varies
+    with the moment of the kill ("container init was OOM-killed", "writing syncT ...: broken pipe")."""
+    try:
+        killed = driver.oom_killed(container)
+    except Exception:  # Podman away as well: its own error says enough
+        return ""
+    if not killed:
+        return ""
+    return (f" (the runners' memory limit, {human_size(driver.limits.memory)}, is too low for the container runtime "
+            "itself: raise PYTHON_RUNNER_CONTAINER_MEMORY)")
 
 
 def _facts(image: str, status: int, output: bytes) -> RunnerFacts:

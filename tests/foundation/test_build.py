@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import tempfile
 import time
@@ -110,12 +109,14 @@ def test_missing_debian_package_is_one_clear_line(sandbox_account: SandboxUser, 
 def test_an_archive_without_trusted_keys_is_one_line_naming_debians_keyring(
         sandbox_account: SandboxUser, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A host without Debian's archive keys (Ubuntu until debian-archive-keyring is installed) fails at the resolve
-    step, saying which package brings them. Here Ubuntu's archive, whose keys this Debian host lacks, stands in."""
+    step, saying which package brings them. Here apt is given an empty directory of trusted keys instead."""
+    untrusted = fresh_cache / "no-keys"
+    untrusted.mkdir()
     monkeypatch.setattr(image, "DEBIAN_KEYRING", fresh_cache / "no-such-keyring.gpg")
-    recipe = dataclasses.replace(Recipe.packaged(), mirrors=("deb http://archive.ubuntu.com/ubuntu noble main",))
-    builder = image.RunnerImageBuilder(sandbox_account, recipe, fresh_cache, quiet=True)
+    monkeypatch.setattr(image, "keyring_options", lambda: [f"--keyring={untrusted}"])
+    builder = image.RunnerImageBuilder(sandbox_account, Recipe.packaged(), fresh_cache, quiet=True)
     with pytest.raises(SetupError) as raised:
-        builder.build()
+        builder.rootfs()  # the build's first step, without the image that is present already
     message = str(raised.value)
     assert "\n" not in message and message.startswith("mmdebstrap failed to resolve the Debian packages"), message
     assert "is not signed" in message and "apt-get install debian-archive-keyring" in message, message

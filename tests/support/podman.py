@@ -445,8 +445,8 @@ class SandboxStarter:
 
     def __call__(self, tls_ca: str | None = None, client_cert: tuple[str, str] | None = None,
                  **overrides: str) -> SandboxProcess:
-        state = self.base / f"state-{len(self.started)}"
-        state.mkdir()
+        state = Path(tempfile.mkdtemp(dir=self.base, prefix="state-"))  # a start that failed keeps its own
+        state.chmod(0o755)
         os.chown(state, self.user.uid, self.user.gid)
         port = free_port()
         env = {
