@@ -101,7 +101,6 @@ class WarmPool:
         self._ended_in_a_row = 0  # runners that ended before they were ready, until one is ready
         self._over_limit_in_a_row: Counter[frozenset[str]] = Counter()  # of those at their memory limit, by pre-imports
         self._hold_until = 0.0  # monotonic time before which no runner starts (runners keep ending early)
-        self._noted: set[str] = set()  # idle runners whose readiness _ready has counted
 
     def start(self) -> None:
         if self.size <= 0 or self._threads:
@@ -121,18 +120,15 @@ class WarmPool:
         with self._cond:
             self._wanted.append(needs)
             self._taken_at = time.monotonic()
+            for runner in list(self._idle):  # first: one that just got ready may drop the pre-imported ones
+                self._ready(runner)
             while self._idle:
-                for runner in list(self._idle):  # first: noting one may drop the pool's pre-imported runners
-                    self._ready(runner)
                 # A runner still importing is slower than a ready one, but still faster than a cold start.
                 candidates = [runner for runner in self._idle if runner.ready] or list(self._idle)
-                if not candidates:
-                    break
                 index = pick([runner.preimport for runner in candidates], needs)
                 assert index is not None
                 runner = candidates[index]
                 self._idle.remove(runner)
-                self._noted.discard(runner.container)
                 self._cond.notify_all()
                 if _alive(runner):
                     self.served += 1
@@ -200,9 +196,7 @@ class WarmPool:
     def _drop_dead(self) -> None:
         """Idle runners whose container ended before it was ready: replace them, more slowly each time in a row."""
         for runner in list(self._idle):
-            if self._ready(runner):
-                continue
-            if not runner.gone:
+            if self._ready(runner) or not runner.gone:
                 continue
             log.warning("warm runner %s ended before it was ready; replacing it", runner.container[:12])
             self._idle.remove(runner)
@@ -213,20 +207,18 @@ class WarmPool:
             self._hold_until = max(self._hold_until, time.monotonic() + hold)
 
     def _ready(self, runner: Runner) -> bool:
-        """runner.check_ready(), under the lock. A runner counted ready for the first time ends the streaks of
-        runners ending early, or, if a pre-import ran out of memory (the rlimit fallback, where nothing ends it),
-        counts as one at its limit."""
+        """runner.check_ready(), under the lock. A runner that just got ready ends the streak of runners ending
+        early, or, if a pre-import ran out of memory (the rlimit fallback, where nothing ends it), counts as one
+        at its limit."""
+        if runner.ready:
+            return True
         if not runner.check_ready():
             return False
-        if runner.container in self._noted:
-            return True
-        self._noted.add(runner.container)
         self._ended_in_a_row = 0
         self._count_over_limit(runner.preimport, runner.preimport_short_of_memory)
         return True
 
     def _discard(self, runner: Runner, ended_early: bool = False) -> None:
-        self._noted.discard(runner.container)
         runner.stream.close()
         threading.Thread(target=self._remove, args=(runner, ended_early), daemon=True).start()
 
@@ -260,7 +252,7 @@ class WarmPool:
         self._over_limit_in_a_row.clear()
         self._ended_in_a_row = 0
         self._hold_until = 0.0
-        for runner in [r for r in self._idle if r.preimport and (not r.check_ready() or r.preimport_short_of_memory)]:
+        for runner in [r for r in self._idle if r.preimport and (not self._ready(r) or r.preimport_short_of_memory)]:
             self._idle.remove(runner)
             self._discard(runner)
         self._cond.notify_all()

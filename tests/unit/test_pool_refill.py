@@ -36,6 +36,20 @@ class StandInStream:
 
 
 @dataclass
+class ChattyStream(StandInStream):
+    """An attach stream whose entrypoint says `said`, then that it waits for its job, as a real one does once."""
+
+    said: bytes = b""
+    told: bool = False
+
+    def drain(self) -> list[Any]:
+        if self.told:
+            return []
+        self.told = True
+        return [(2, self.said), (2, READY)]
+
+
+@dataclass
 class StandInDriver:
     prepared: list[float] = field(default_factory=list)  # monotonic time of each runner started
 
@@ -101,9 +115,8 @@ class EndingDriver(StandInDriver):
     def prepare(self, label: str, preimport: str = "", modules: frozenset[str] = frozenset()) -> Runner:
         self.prepared.append(time.monotonic())
         self.flavours.append(modules)
-        ends = self.ends(modules)
-        return Runner(f"runner-{len(self.prepared)}", StandInStream(eof=ends), preimport=modules,  # type: ignore[arg-type]
-                      ready=not ends)
+        stream = StandInStream(eof=True) if self.ends(modules) else ChattyStream()
+        return Runner(f"runner-{len(self.prepared)}", stream, preimport=modules)  # type: ignore[arg-type]
 
     def oom_killed(self, container: str) -> bool:
         self.asked.append(container)
@@ -171,17 +184,6 @@ def test_a_ready_runner_ends_the_streak(quick: None) -> None:
         assert all(driver.flavours)
     finally:
         pool.stop()
-
-
-@dataclass
-class ChattyStream(StandInStream):
-    """A runner's attach stream whose entrypoint said something before its ready line."""
-
-    said: bytes = b""
-
-    def drain(self) -> list[Any]:
-        said, self.said = self.said, b""
-        return [(2, said), (2, READY)] if said else []
 
 
 def test_pre_imports_short_of_memory_in_runners_that_live_on_are_dropped_too(quick: None) -> None:
