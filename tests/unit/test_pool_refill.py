@@ -6,6 +6,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from sandbox import pool as pool_module
 from sandbox.driver import Runner
 from sandbox.outcome import READY
 from sandbox.pool import WarmPool
+from tests.support.entrypoint import checkout_entrypoint
 
 
 @dataclass
@@ -186,8 +188,18 @@ def test_a_ready_runner_ends_the_streak(quick: None) -> None:
         pool.stop()
 
 
-def test_pre_imports_short_of_memory_in_runners_that_live_on_are_dropped_too(quick: None) -> None:
+def memory_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> bytes:
+    """What this checkout's entrypoint says when a pre-import raises MemoryError."""
+    (tmp_path / "hungry_module.py").write_text("raise MemoryError\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    checkout_entrypoint().preimport("hungry_module")
+    return capsys.readouterr().err.encode()
+
+
+def test_pre_imports_short_of_memory_in_runners_that_live_on_are_dropped_too(
+        quick: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The rlimit fallback: a pre-import over the limit raises MemoryError in a runner that lives on."""
+    short_of_memory = memory_error_line(tmp_path, monkeypatch, capsys)
 
     @dataclass
     class ShortDriver(StandInDriver):
@@ -196,7 +208,7 @@ def test_pre_imports_short_of_memory_in_runners_that_live_on_are_dropped_too(qui
         def prepare(self, label: str, preimport: str = "", modules: frozenset[str] = frozenset()) -> Runner:
             self.prepared.append(time.monotonic())
             self.flavours.append(modules)
-            said = b"runner: preimport of pandas failed: MemoryError: \n" if "pandas" in modules else b"ok\n"
+            said = short_of_memory if "pandas" in modules else b"ok\n"
             return Runner(f"runner-{len(self.prepared)}", ChattyStream(said=said),  # type: ignore[arg-type]
                           preimport=modules)
 

@@ -12,6 +12,7 @@ from sandbox import runner_lock
 from sandbox.errors import SetupError
 from sandbox.image import Recipe
 from sandbox.seccomp_profile import DENIED, EPERM, clone_rules, tighten
+from tests.support.entrypoint import checkout_entrypoint
 
 REPO = Path(__file__).resolve().parents[2]
 LOCKED = """# header
@@ -51,7 +52,7 @@ def test_wheels_only_but_the_sdist_only_packages_in_the_order_pip_needs() -> Non
     assert f"manylinux_2_{runner_lock.GLIBC[1]}_x86_64" in platforms
 
 
-def test_the_digest_covers_the_lock_but_not_the_entrypoint() -> None:
+def test_the_digest_covers_the_lock_but_not_thecheckout_entrypoint() -> None:
     recipe = Recipe.packaged()
     other_lock = Recipe(**{**recipe.__dict__, "lock": recipe.lock + "\n"})
     assert other_lock.digest() != recipe.digest()
@@ -93,17 +94,6 @@ def test_clone_stays_allowed_without_namespace_flags() -> None:
     assert [(r["args"][0]["index"], r["args"][0]["valueTwo"]) for r in allow] == [(0, 0), (1, 0)]
 
 
-def _entrypoint() -> Any:
-    """This checkout's entrypoint module (the installed copy may be older)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("checkout_entrypoint", REPO / "runner-rootfs" / "entrypoint.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(("source", "printed"), [
     (b"\xef\xbb\xbfx = 'bom'\n", "bom"),
     (b"# -*- coding: latin-1 -*-\nx = 'caf\xe9'\n", "caf\u00e9"),
@@ -112,20 +102,20 @@ def _entrypoint() -> Any:
 ])
 def test_script_bytes_compile_as_python_reads_a_file(source: bytes, printed: str) -> None:
     namespace: dict[str, Any] = {}
-    exec(_entrypoint().compile_script(source), namespace)  # noqa: S102 - the test's own fixed sources
+    exec(checkout_entrypoint().compile_script(source), namespace)  # noqa: S102 - the test's own fixed sources
     assert namespace["x"] == printed
 
 
 def test_invalid_utf8_without_a_declaration_is_the_file_readers_syntax_error() -> None:
     with pytest.raises(SyntaxError) as error:
-        _entrypoint().compile_script(b"print(1)\n# caf\xe9\n")
+        checkout_entrypoint().compile_script(b"print(1)\n# caf\xe9\n")
     assert str(error.value) == ("Non-UTF-8 code starting with '\\xe9' in file /scripts/index.py on line 2, but no "
                                 "encoding declared; see https://peps.python.org/pep-0263/ for details")
 
 
-def test_scripts_get_no_future_flags_from_the_entrypoint() -> None:
+def test_scripts_get_no_future_flags_from_thecheckout_entrypoint() -> None:
     namespace: dict[str, Any] = {}
-    exec(_entrypoint().compile_script(b"def f(x: int): pass\n"), namespace)  # noqa: S102
+    exec(checkout_entrypoint().compile_script(b"def f(x: int): pass\n"), namespace)  # noqa: S102
     assert namespace["f"].__annotations__ == {"x": int}
 
 
