@@ -178,8 +178,7 @@ class RunnerImageBuilder:
                 return self.recipe.tag
             tarball = self.tarball()
             if force or not tarball.exists():
-                with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix="build-") as work:
-                    self._build_tree(Path(work), tarball, progress)
+                self._build_tarball(tarball, progress)
             else:
                 progress(f"root filesystem {tarball.name} is cached")
             self._import(tarball, progress)
@@ -203,8 +202,7 @@ class RunnerImageBuilder:
         with self._lock():
             if not tarball.exists():
                 progress = Progress(total=5, quiet=self.quiet)
-                with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix="build-") as work:
-                    self._build_tree(Path(work), tarball, progress)
+                self._build_tarball(tarball, progress)
                 progress.done()
         return tarball
 
@@ -248,6 +246,10 @@ class RunnerImageBuilder:
 
     def _pip_env(self) -> dict[str, str]:
         return dict(os.environ, PIP_CACHE_DIR=str(self.cache_dir / "pip"), PIP_DISABLE_PIP_VERSION_CHECK="1")
+
+    def _build_tarball(self, tarball: Path, progress: Progress) -> None:
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix="build-") as work:
+            self._build_tree(Path(work), tarball, progress)
 
     def _build_tree(self, work: Path, tarball: Path, progress: Progress) -> None:
         progress(f"checking that Debian {SUITE} has {' '.join(self.recipe.debian_packages)} (mmdebstrap --simulate)")
