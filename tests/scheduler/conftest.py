@@ -23,6 +23,7 @@ from falcon import testing
 from scheduler.app import create_app
 from scheduler.config import Config
 from scheduler.db import Store, open_store
+from tests.support.harness import terminate
 from tests.support.mariadb import DatabaseSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -203,13 +204,7 @@ def start_scheduler(
 
 
 def stop_scheduler(server: RunningServer) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+    terminate(server.process)
 
 
 @pytest.fixture

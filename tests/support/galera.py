@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pymysql
 
-from tests.support.harness import pid_alive
+from tests.support.harness import pid_alive, terminate
 from tests.support.mariadb import INSTALL_DB, MARIADBD, DatabaseSettings
 
 PROVIDER = "/usr/lib/galera/libgalera_smm.so"
@@ -150,12 +150,7 @@ class GaleraNode:
         if not self.running:
             return
         assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, timeout)
 
     def root(self) -> pymysql.connections.Connection:
         return pymysql.connect(unix_socket=str(self.socket), user="root", password="", autocommit=True,

@@ -1,11 +1,14 @@
-"""What the test harnesses share: waiting for a process to answer, whether it lives, its children, log tails."""
+"""What the test harnesses share: waiting for a process to answer, whether it lives, its children, stopping it,
+log tails."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -26,6 +29,18 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def terminate(process: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """SIGTERM (a clean stop), SIGKILL after `timeout`; returns once the process has exited."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from tests.support.harness import terminate
+
 MARIADBD = shutil.which("mariadbd", path="/usr/sbin:/usr/bin:/sbin") or "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
 
@@ -90,13 +92,7 @@ class MariaDBServer:
             cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         shutil.rmtree(self.base, ignore_errors=True)
 
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.harness import terminate
+
 REPO = Path(__file__).resolve().parents[2]
 AS112_BLOCK = ipaddress.ip_network("192.175.48.0/24")
 AS112_SERVERS = {1, 6, 42}  # prisoner, blackhole-1, blackhole-2: never used here
@@ -135,13 +137,8 @@ class NetLab:
                 return list(self.seen)
 
     def destroy(self) -> None:
-        if self.servers is not None and self.servers.poll() is None:
-            self.servers.terminate()
-            try:
-                self.servers.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.servers.kill()
-                self.servers.wait()
+        if self.servers is not None:
+            terminate(self.servers, timeout=10)
         for address in (self.public, self.private):
             subprocess.run(["ip", "route", "del", f"{address}/32"], capture_output=True, check=False)
         subprocess.run(["ip", "link", "del", self.veth], capture_output=True, check=False)

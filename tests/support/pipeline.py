@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import requests
 from sandbox.host import configured_user, lookup_user
 from tests.seatable_stub import StubServer
 from tests.seatable_stub.button import RunScriptButton
+from tests.support.harness import terminate
 from tests.support.podman import SandboxProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,13 +37,7 @@ class Service:
     log: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def tail(self, lines: int = 30) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
