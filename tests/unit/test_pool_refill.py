@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,13 +40,15 @@ class StandInStream:
 
 @dataclass
 class ChattyStream(StandInStream):
-    """An attach stream whose entrypoint says `said`, then that it waits for its job, as a real one does once."""
+    """An attach stream whose entrypoint says `said`, then that it waits for its job, as a real one does once
+    (once `speak` is set, when given: the test decides when the runner has finished its pre-imports)."""
 
     said: bytes = b""
     told: bool = False
+    speak: threading.Event | None = None
 
     def drain(self) -> list[Any]:
-        if self.told:
+        if self.told or (self.speak is not None and not self.speak.is_set()):
             return []
         self.told = True
         return [(2, self.said), (2, READY)]
@@ -204,22 +207,36 @@ def test_pre_imports_short_of_memory_in_runners_that_live_on_are_dropped_too(
     @dataclass
     class ShortDriver(StandInDriver):
         flavours: list[frozenset[str]] = field(default_factory=list)
+        # One per pandas runner: set, it says its pre-import failed and that it is ready. Until then the pool
+        # sees a runner still importing, so the test, not the pool's timing, decides how many have said it.
+        speak: list[threading.Event] = field(default_factory=list)
 
         def prepare(self, label: str, preimport: str = "", modules: frozenset[str] = frozenset()) -> Runner:
             self.prepared.append(time.monotonic())
             self.flavours.append(modules)
-            said = short_of_memory if "pandas" in modules else b"ok\n"
-            return Runner(f"runner-{len(self.prepared)}", ChattyStream(said=said),  # type: ignore[arg-type]
-                          preimport=modules)
+            if "pandas" in modules:
+                self.speak.append(threading.Event())
+                stream = ChattyStream(said=short_of_memory, speak=self.speak[-1])
+            else:
+                stream = ChattyStream(said=b"ok\n")
+            return Runner(f"runner-{len(self.prepared)}", stream, preimport=modules)  # type: ignore[arg-type]
 
     driver = ShortDriver()
     pool = WarmPool(driver, size=1, preimport="pandas", min_available=0)  # type: ignore[arg-type]
     pool.start()
+
+    def pandas_runner_idle(count: int) -> Callable[[], bool]:
+        return lambda: len(driver.speak) == count and pool.idle_count() == 1
+
     try:
-        for _ in range(2):  # two ready runners short of memory: counted, nothing dropped yet
-            assert within(5, lambda: pool.idle_count() == 1)
+        for n in range(2):  # two ready runners short of memory: counted, nothing dropped yet
+            assert within(5, pandas_runner_idle(n + 1))
+            driver.speak[n].set()
             assert pool.take("import pandas") is not None  # its replacement pre-imports pandas again
+        assert within(5, pandas_runner_idle(3))
+        time.sleep(0.2)  # the third still importing: the pool's refill loop looks at it and counts nothing
         assert pool.health(rss=False)["preimport_stopped"] is None
+        driver.speak[2].set()
         assert within(5, lambda: pool.health(rss=False)["preimport_stopped"] is not None)
         assert "pandas" in pool.health(rss=False)["preimport_stopped"]
         assert within(5, lambda: pool.idle_count() == 1 and driver.flavours[-1] == frozenset())
