@@ -176,6 +176,9 @@ class WarmPool:
                 if self._stopping:
                     self._discard(runner)
                     return
+                if not runner.preimport <= self.modules:  # it was starting when its pre-imports were dropped
+                    self._discard(runner)
+                    continue
                 self._idle.append(runner)
                 self._cond.notify_all()
 

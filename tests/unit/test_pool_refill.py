@@ -110,18 +110,31 @@ def test_an_empty_pool_is_refilled_at_once(warm: Any) -> None:
 
 @dataclass
 class EndingDriver(StandInDriver):
-    """Runners with pre-imports in `ends` end before they are ready, at their memory limit if `over_limit`."""
+    """Runners with pre-imports in `ends` end before they are ready, at their memory limit if `over_limit`.
+
+    A runner is made only once each earlier one that ended is cleaned up (after the pool counted why it ended), as
+    Podman answers well within a real pool's refill pause: the outcomes reach the pool in the order of the runners."""
 
     ends: Callable[[frozenset[str]], bool] = lambda modules: True
     over_limit: bool = True
     flavours: list[frozenset[str]] = field(default_factory=list)
     asked: list[str] = field(default_factory=list)
+    ended: set[str] = field(default_factory=set)
+    cleaned: set[str] = field(default_factory=set)
 
     def prepare(self, label: str, preimport: str = "", modules: frozenset[str] = frozenset()) -> Runner:
+        self.flavours.append(modules)  # what the pool asked for, when it asked
+        assert within(5, lambda: self.ended <= self.cleaned), "a runner that ended was never cleaned up"
         self.prepared.append(time.monotonic())
-        self.flavours.append(modules)
-        stream = StandInStream(eof=True) if self.ends(modules) else ChattyStream()
-        return Runner(f"runner-{len(self.prepared)}", stream, preimport=modules)  # type: ignore[arg-type]
+        name = f"runner-{len(self.prepared)}"
+        if self.ends(modules):
+            self.ended.add(name)
+            return Runner(name, StandInStream(eof=True), preimport=modules)  # type: ignore[arg-type]
+        return Runner(name, ChattyStream(), preimport=modules)  # type: ignore[arg-type]
+
+    def cleanup(self, container: str) -> bool:
+        self.cleaned.add(container)
+        return True
 
     def oom_killed(self, container: str) -> bool:
         self.asked.append(container)
@@ -152,6 +165,39 @@ def test_pre_imports_that_take_runners_to_their_memory_limit_are_dropped(quick: 
         assert runner is not None and runner.preimport == frozenset()
         assert within(5, lambda: pool.idle_count() == 2)
         assert not any(driver.flavours[dropped_at:]), "a runner made after a take pre-imported again"
+    finally:
+        pool.stop()
+
+
+def test_a_runner_asked_for_before_the_pre_imports_were_dropped_is_replaced(quick: None) -> None:
+    """Three runners end at their limit; the fourth, asked for with pandas before the third was counted, starts
+    after the pool dropped its pre-imports and would live on with them: it is replaced by a bare one."""
+    outcomes = iter([True, True, True] + [False] * 100)
+    fourth_asked_for = threading.Event()
+    pools: list[WarmPool] = []
+
+    @dataclass
+    class LateDriver(EndingDriver):
+        def prepare(self, label: str, preimport: str = "", modules: frozenset[str] = frozenset()) -> Runner:
+            if len(self.flavours) == 3:
+                fourth_asked_for.set()
+                assert within(5, lambda: pools[0].preimport_stopped is not None)
+            return super().prepare(label, preimport, modules)
+
+        def oom_killed(self, container: str) -> bool:
+            if container == "runner-3":
+                assert fourth_asked_for.wait(5)
+            return super().oom_killed(container)
+
+    driver = LateDriver(ends=lambda modules: next(outcomes))
+    pool = WarmPool(driver, size=1, preimport="pandas", min_available=0)  # type: ignore[arg-type]
+    pools.append(pool)
+    pool.start()
+    try:
+        assert within(5, lambda: len(driver.prepared) >= 5 and pool.idle_count() == 1)
+        assert driver.flavours[:4] == [frozenset({"pandas"})] * 4 and driver.flavours[4] == frozenset()
+        assert pool.health(rss=False)["idle_runner_preimports"] == [""]
+        assert "runner-4" in driver.cleaned
     finally:
         pool.stop()
 
