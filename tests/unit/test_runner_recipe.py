@@ -52,7 +52,7 @@ def test_wheels_only_but_the_sdist_only_packages_in_the_order_pip_needs() -> Non
     assert f"manylinux_2_{runner_lock.GLIBC[1]}_x86_64" in platforms
 
 
-def test_the_digest_covers_the_lock_but_not_thecheckout_entrypoint() -> None:
+def test_the_digest_covers_the_lock_but_not_the_entrypoint() -> None:
     recipe = Recipe.packaged()
     other_lock = Recipe(**{**recipe.__dict__, "lock": recipe.lock + "\n"})
     assert other_lock.digest() != recipe.digest()
@@ -113,7 +113,7 @@ def test_invalid_utf8_without_a_declaration_is_the_file_readers_syntax_error() -
                                 "encoding declared; see https://peps.python.org/pep-0263/ for details")
 
 
-def test_scripts_get_no_future_flags_from_thecheckout_entrypoint() -> None:
+def test_scripts_get_no_future_flags_from_the_entrypoint() -> None:
     namespace: dict[str, Any] = {}
     exec(checkout_entrypoint().compile_script(b"def f(x: int): pass\n"), namespace)  # noqa: S102
     assert namespace["f"].__annotations__ == {"x": int}
