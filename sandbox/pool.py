@@ -255,7 +255,9 @@ class WarmPool:
         self._over_limit_in_a_row.clear()
         self._ended_in_a_row = 0
         self._hold_until = 0.0
-        for runner in [r for r in self._idle if r.preimport and (not self._ready(r) or r.preimport_short_of_memory)]:
+        # Idle ones still importing, or short of memory, go; ready ones whose imports fit stay. (check_ready, not
+        # _ready: with the pre-imports dropped there is nothing left to count.)
+        for runner in [r for r in self._idle if r.preimport and (not r.check_ready() or r.preimport_short_of_memory)]:
             self._idle.remove(runner)
             self._discard(runner)
         self._cond.notify_all()
