@@ -25,7 +25,7 @@ def test_pool_serves_runs_and_refills(sandbox: SandboxProcess, receiver: Callbac
     # /health's RSS figures are sampled every 5 s, off the request path: the first sample after the pool got
     # ready holds both runners with their imports (one taken before could show a runner still starting).
     deadline = time.monotonic() + 15
-    while not ((rss := sandbox.health()["warm_pool"]["idle_runner_rss_bytes"]) and len(rss) == 2
+    while not (len(rss := sandbox.health()["warm_pool"]["idle_runner_rss_bytes"]) == 2
                and all(isinstance(size, int) and size > 10 << 20 for size in rss)):
         assert time.monotonic() < deadline, rss
         time.sleep(0.2)

@@ -174,14 +174,15 @@ def test_a_runner_asked_for_before_the_pre_imports_were_dropped_is_replaced(quic
     after the pool dropped its pre-imports and would live on with them: it is replaced by a bare one."""
     outcomes = iter([True, True, True] + [False] * 100)
     fourth_asked_for = threading.Event()
-    pools: list[WarmPool] = []
 
     @dataclass
     class LateDriver(EndingDriver):
+        pool: WarmPool | None = None
+
         def prepare(self, label: str, preimport: str = "", modules: frozenset[str] = frozenset()) -> Runner:
             if len(self.flavours) == 3:
                 fourth_asked_for.set()
-                assert within(5, lambda: pools[0].preimport_stopped is not None)
+                assert within(5, lambda: self.pool is not None and self.pool.preimport_stopped is not None)
             return super().prepare(label, preimport, modules)
 
         def oom_killed(self, container: str) -> bool:
@@ -190,8 +191,7 @@ def test_a_runner_asked_for_before_the_pre_imports_were_dropped_is_replaced(quic
             return super().oom_killed(container)
 
     driver = LateDriver(ends=lambda modules: next(outcomes))
-    pool = WarmPool(driver, size=1, preimport="pandas", min_available=0)  # type: ignore[arg-type]
-    pools.append(pool)
+    pool = driver.pool = WarmPool(driver, size=1, preimport="pandas", min_available=0)  # type: ignore[arg-type]
     pool.start()
     try:
         assert within(5, lambda: len(driver.prepared) >= 5 and pool.idle_count() == 1)
